@@ -1,0 +1,88 @@
+"""Every tunable number of the engine and transport, in one config object.
+
+``Flow(..., flow_options={...})`` and the ``VIDEOFLOW_*`` environment variables both land here;
+nothing else in the package hard-codes a queue size, a slot count or a timeout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+START_METHODS = ("forkserver", "spawn", "fork")
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowConfig:
+    """Engine settings. Defaults are chosen for video frames on a few cores.
+
+    queue_depth:       messages a control queue holds (POSIX message queues: at most msg_max,
+                       10 on a stock kernel for unprivileged users).
+    message_size:      largest control message in bytes; bigger payloads go to a slot as a blob.
+    inline_max:        a value whose pickle is at most this many bytes rides inside the message.
+    oob_min:           a buffer of at least this many bytes inside a value goes out of band.
+    reorder_window:    extra in-flight messages a multi-task node may have beyond 2 * nb_tasks.
+    poll_interval:     seconds between checks of stop/abort flags while a task waits.
+    stop_grace:        seconds the parent waits for tasks to exit after an abort before killing.
+    start_timeout:     seconds tasks have to open their node and report ready.
+    start_method:      multiprocessing start method (forkserver, spawn or fork).
+    debug:             check slot generations on every read (detects use after release).
+    """
+
+    queue_depth: int = 4
+    message_size: int = 4096
+    inline_max: int = 1024
+    oob_min: int = 4096
+    reorder_window: int = 4
+    poll_interval: float = 0.1
+    stop_grace: float = 3.0
+    start_timeout: float = 60.0
+    start_method: str = "forkserver"
+    debug: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.queue_depth <= 64:
+            raise ValueError(f"queue_depth must be between 1 and 64, got {self.queue_depth}")
+        if self.message_size < 512:
+            raise ValueError(f"message_size must be at least 512 bytes, got {self.message_size}")
+        if not 0 < self.inline_max <= self.message_size // 2:
+            raise ValueError("inline_max must be positive and at most half of message_size")
+        if self.start_method not in START_METHODS:
+            raise ValueError(
+                f"start_method must be one of {', '.join(START_METHODS)}, got {self.start_method!r}"
+            )
+        if self.poll_interval <= 0 or self.stop_grace <= 0 or self.start_timeout <= 0:
+            raise ValueError("poll_interval, stop_grace and start_timeout must be positive")
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any] | None = None) -> FlowConfig:
+        """Build a config from environment variables, then ``options`` (which win)."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for name, field in fields.items():
+            env = os.environ.get(f"VIDEOFLOW_{name.upper()}")
+            if env is not None:
+                values[name] = _parse(env, field.type, name)
+        for name, value in (options or {}).items():
+            if name not in fields:
+                raise ValueError(
+                    f"unknown flow option {name!r}; known options: {', '.join(sorted(fields))}"
+                )
+            values[name] = value
+        return cls(**values)
+
+
+def _parse(text: str, type_name: Any, name: str) -> Any:
+    kind = str(type_name)
+    try:
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+        if kind == "bool":
+            return text.strip().lower() in ("1", "true", "yes", "on")
+    except ValueError:
+        raise ValueError(f"environment variable VIDEOFLOW_{name.upper()}={text!r} is not a {kind}")
+    return text

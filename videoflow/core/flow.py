@@ -1,0 +1,149 @@
+"""Flow: a validated graph of nodes and the handle on its run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from videoflow.config import FlowConfig
+from videoflow.core.constants import BATCH, FLOW_TYPES, REALTIME
+from videoflow.core.graph import sorted_nodes
+from videoflow.core.node import Node
+from videoflow.engine.plan import StageSpec
+from videoflow.engine.runner import ProcessEngine
+from videoflow.engine.stats import FlowStats
+
+log = logging.getLogger(__name__)
+
+
+class Flow:
+    """A graph from one producer to its consumers, run as one OS process per task.
+
+    producers:    a list with the flow's producer (exactly one for now).
+    consumers:    the consumers that end its branches.
+    flow_type:    REALTIME (drop messages that downstream cannot take in time) or BATCH
+                  (never drop: a full queue makes its sender wait).
+    flow_options: overrides of :class:`videoflow.config.FlowConfig` fields
+                  (``queue_depth``, ``start_method``, ``debug``, ...).
+
+    The graph is checked here: a cycle, a number of producers other than one, a consumer used
+    as a parent or a node cut off from the producer or from every consumer raise ValueError.
+    """
+
+    def __init__(
+        self,
+        producers: list[Node],
+        consumers: list[Node],
+        flow_type: str = REALTIME,
+        flow_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if flow_type not in FLOW_TYPES:
+            raise ValueError(f"flow_type must be BATCH or REALTIME, got {flow_type!r}")
+        self._nodes = sorted_nodes(list(producers), list(consumers))
+        self._flow_type = flow_type
+        self._config = FlowConfig.from_options(flow_options)
+        self._engine: ProcessEngine | None = None
+
+    @property
+    def flow_type(self) -> str:
+        return self._flow_type
+
+    @property
+    def config(self) -> FlowConfig:
+        return self._config
+
+    @property
+    def nodes(self) -> list[Node]:
+        """The nodes in the order their tasks are chained."""
+        return list(self._nodes)
+
+    def _specs(self) -> list[StageSpec]:
+        return [
+            StageSpec(
+                node=node,
+                name=node.name,
+                kind=node.kind,
+                node_id=node.id,
+                reads=tuple(p.id for p in node.parents),
+                nb_tasks=node.nb_tasks,
+                device_type=node.device_type,
+            )
+            for node in self._nodes
+        ]
+
+    def run(self) -> None:
+        """Start the flow and return at once; ``join()`` waits for its end."""
+        if self._engine is not None:
+            raise RuntimeError("this flow was already started: a Flow runs once")
+        engine = ProcessEngine(self._specs(), self._flow_type == REALTIME, self._config)
+        self._engine = engine
+        engine.start()
+
+    def _started(self) -> ProcessEngine:
+        if self._engine is None:
+            raise RuntimeError("the flow has not been started: call run() first")
+        return self._engine
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the end of the flow; raise FlowError if a task failed.
+
+        Ctrl-C while waiting stops the flow gracefully (in batch mode every value already
+        produced is still delivered); a second Ctrl-C kills its tasks and re-raises.
+        Returns False only when ``timeout`` elapsed first.
+        """
+        engine = self._started()
+        interrupted = False
+        waited = 0.0
+        while True:
+            try:
+                if engine.wait(0.1):
+                    break
+                waited += 0.1
+                if timeout is not None and waited >= timeout:
+                    return False
+            except KeyboardInterrupt:
+                if interrupted:
+                    engine.kill()
+                    engine.wait()
+                    raise
+                interrupted = True
+                log.warning("interrupted: stopping the flow (Ctrl-C again to kill it)")
+                engine.stop()
+        if engine.errors:
+            raise engine.errors[0]
+        return True
+
+    def stop(self) -> None:
+        """Ask the flow to end: the producer stops and what it produced drains."""
+        self._started().stop()
+
+    def abort(self) -> None:
+        """End the flow at once, dropping what is in flight."""
+        self._started().abort()
+
+    def stats(self) -> FlowStats:
+        """Counters per node, live while running and final after ``join()``."""
+        return self._started().stats()
+
+    def __enter__(self) -> Flow:
+        self.run()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._engine is None:
+            return
+        if exc_type is not None:
+            self._engine.abort()
+            self._engine.wait()
+            return
+        self.join()
+
+
+__all__ = ["BATCH", "REALTIME", "Flow"]

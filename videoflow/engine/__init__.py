@@ -1,0 +1,1 @@
+"""Execution engine (internal): task chain plan, task processes, stop/error protocol, counters."""

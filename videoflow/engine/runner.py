@@ -1,0 +1,329 @@
+"""The owner of a running flow: starts every task process, watches them, ends them, cleans up.
+
+One monitor thread waits on every task's event pipe and process sentinel at once
+(``multiprocessing.connection.wait``), so an error report or a death is seen at once. The first
+failure sets the abort flag, which every task sees within ``poll_interval``; tasks still alive
+after ``stop_grace`` are killed. Whatever the ending, the flow's queues and shared-memory
+segments are unlinked by their common name prefix before ``wait()`` returns.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing as mp
+import pickle
+import signal
+import threading
+import time
+import weakref
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from videoflow.config import FlowConfig
+from videoflow.engine.plan import MERGE, Plan, StageSpec, assign_gpus, build_plan, visible_gpus
+from videoflow.engine.stats import (
+    ABORT, FLAGS, GO, ROW, STOP, FlowStats, NodeStats, node_stats, task_stats,
+)
+from videoflow.engine.task import TaskSpec, task_main
+from videoflow.errors import FlowError
+from videoflow.transport.names import list_entries, new_flow_prefix, sweep_dead_owners, unlink_prefix
+from videoflow.transport.queue import ControlQueue
+from videoflow.transport.shm import SlotPool
+
+log = logging.getLogger(__name__)
+_running: weakref.WeakSet[ProcessEngine] = weakref.WeakSet()
+
+
+def _context(method: str) -> Any:
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(["videoflow.engine.task", "numpy"])
+    return ctx
+
+
+class _TaskHandle:
+    def __init__(self, stage_name: str, worker: int, process: Any, conn: Connection) -> None:
+        self.name = stage_name
+        self.worker = worker
+        self.process = process
+        self.conn: Connection | None = conn
+        self.attached = False
+        self.ready = False
+        self.done = False
+        self.failed = False
+
+
+class ProcessEngine:
+    """Runs a plan with one OS process per task."""
+
+    def __init__(self, specs: list[StageSpec], realtime: bool, config: FlowConfig) -> None:
+        self.config = config
+        self.realtime = realtime
+        self.plan: Plan = build_plan(specs, config)
+        self.prefix = new_flow_prefix()
+        self.errors: list[FlowError] = []
+        self.pool_slots_in_use: int | None = None
+        self._tasks: list[_TaskHandle] = []
+        self._queues: list[ControlQueue] = []
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._aborting = False
+        self._kill_at: float | None = None
+        ntasks = len(self.plan.tasks)
+        counters = sum(1 for link in self.plan.links if link.window)
+        self._rows_at = FLAGS + counters
+        self._ctx = _context(config.start_method)
+        self.control = self._ctx.RawArray("q", self._rows_at + ROW * ntasks)
+
+    # -- start -----------------------------------------------------------------------------
+    def _node_bytes(self, spec: StageSpec) -> bytes | None:
+        if spec.node is None:
+            return None
+        try:
+            return pickle.dumps(spec.node, protocol=5)
+        except Exception as exc:
+            raise ValueError(
+                f"node {spec.name!r} cannot be sent to its task process ({exc}); define its "
+                "class and functions at module level, or use start_method='fork'"
+            ) from exc
+
+    def start(self) -> None:
+        sweep_dead_owners()
+        plan, cfg = self.plan, self.config
+        node_bytes = {s.index: self._node_bytes(s.spec) for s in plan.stages}
+        gpus = assign_gpus(plan, visible_gpus())
+        try:
+            self._queues = [
+                ControlQueue(
+                    f"{self.prefix}.q{link.index}", create=True,
+                    depth=cfg.queue_depth, message_size=cfg.message_size,
+                )
+                for link in plan.links
+            ]
+            row = self._rows_at
+            for stage, worker in plan.tasks:
+                inbox, outbox = stage.inbox, stage.outbox
+                merge_counter = window_counter = -1
+                if inbox is not None and inbox.senders > 1:
+                    merge_counter = FLAGS + plan.links[inbox.index - 1].counter
+                if outbox is not None and outbox.window:
+                    window_counter = FLAGS + outbox.counter
+                gpu = gpus.get((stage.index, worker))
+                spec = TaskSpec(
+                    stage=stage,
+                    worker=worker,
+                    node_bytes=node_bytes[stage.index],
+                    realtime=self.realtime,
+                    config=cfg,
+                    pool_prefix=self.prefix,
+                    inbox_queue=self._queues[inbox.index].name if inbox else None,
+                    outbox_queue=self._queues[outbox.index].name if outbox else None,
+                    row=row,
+                    inbox_window_counter=merge_counter,
+                    outbox_window_counter=window_counter,
+                    gpu=gpu,
+                    cpu_fallback=(stage.index, worker) in gpus and gpu is None,
+                )
+                row += ROW
+                reader, writer = self._ctx.Pipe(duplex=False)
+                process = self._ctx.Process(
+                    target=task_main,
+                    args=(spec, writer, self.control),
+                    name=f"videoflow:{stage.spec.name}[{worker}]",
+                    daemon=True,
+                )
+                self._tasks.append(_TaskHandle(stage.spec.name, worker, process, reader))
+                process.start()
+                writer.close()
+        except BaseException:
+            self._abort_now()
+            self._cleanup()
+            self._done.set()
+            raise
+        _running.add(self)
+        threading.Thread(target=self._monitor, name="videoflow-monitor", daemon=True).start()
+
+    # -- control ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Graceful stop: the producer stops and everything already produced drains."""
+        self.control[STOP] = 1
+
+    def abort(self) -> None:
+        """Immediate stop: tasks leave at their next check; stragglers are killed."""
+        with self._lock:
+            if not self._aborting:
+                self._aborting = True
+                self._kill_at = time.monotonic() + self.config.stop_grace
+            self.control[ABORT] = 1
+
+    def kill(self) -> None:
+        """Kill every task now (second Ctrl-C)."""
+        self.abort()
+        self._kill_at = time.monotonic()
+        self._abort_now()
+
+    def _abort_now(self) -> None:
+        self.control[ABORT] = 1
+        for task in self._tasks:
+            if task.process.is_alive():
+                task.process.kill()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    @property
+    def running(self) -> bool:
+        return not self._done.is_set()
+
+    # -- monitor ---------------------------------------------------------------------------
+    def _fail(self, err: FlowError) -> None:
+        self.errors.append(err)
+        self.abort()
+
+    def _on_event(self, task: _TaskHandle, event: tuple[Any, ...]) -> None:
+        what = event[0]
+        if what == "attached":
+            task.attached = True
+        elif what == "ready":
+            task.ready = True
+        elif what == "done":
+            task.done = True
+        elif what == "error":
+            _, phase, type_name, message, tb = event
+            task.failed = True
+            where = f" in {phase}()" if phase not in ("start", "load") else f" at {phase}"
+            self._fail(
+                FlowError(
+                    f"node {task.name!r} (task {task.worker}) raised {type_name}{where}: {message}",
+                    node=task.name, task=task.worker, remote_traceback=tb,
+                )
+            )
+
+    def _on_exit(self, task: _TaskHandle) -> None:
+        code = task.process.exitcode
+        if task.failed or task.done or self._aborting:
+            return
+        if code is not None and code < 0:
+            try:
+                how = f"was killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited unexpectedly with code {code}"
+        self._fail(
+            FlowError(
+                f"task {task.worker} of node {task.name!r} {how}",
+                node=task.name, task=task.worker, exitcode=code,
+            )
+        )
+
+    def _monitor(self) -> None:
+        try:
+            self._watch()
+        except BaseException as exc:  # never leave join() waiting on a dead monitor
+            log.exception("videoflow monitor failed")
+            self.errors.append(FlowError(f"flow monitor failed: {exc}", node="<engine>"))
+            self._abort_now()
+        finally:
+            for task in self._tasks:
+                task.process.join(timeout=5)
+            self._cleanup()
+            _running.discard(self)
+            self._done.set()
+
+    def _read(self, conns: dict[Any, _TaskHandle], conn: Any) -> None:
+        task = conns[conn]
+        try:
+            event = conn.recv()
+        except (EOFError, OSError):
+            del conns[conn]
+            return
+        self._on_event(task, event)
+
+    def _watch(self) -> None:
+        start_deadline = time.monotonic() + self.config.start_timeout
+        queues_unlinked = False
+        alive = {t.process.sentinel: t for t in self._tasks}
+        conns: dict[Any, _TaskHandle] = {t.conn: t for t in self._tasks}
+        while alive:
+            ready = wait([*alive, *conns], timeout=0.2)
+            for obj in ready:
+                if obj in conns:
+                    self._read(conns, obj)
+            for obj in ready:
+                if obj in alive:
+                    task = alive.pop(obj)  # type: ignore[call-overload]
+                    task.process.join(timeout=1)
+                    conn = task.conn
+                    while conn in conns and conn.poll():  # its last events come first
+                        self._read(conns, conn)
+                    conns.pop(conn, None)
+                    self._on_exit(task)
+            if not queues_unlinked and all(t.attached for t in self._tasks):
+                for queue in self._queues:
+                    queue.unlink()
+                queues_unlinked = True
+            if not self.control[GO] and all(t.ready for t in self._tasks):
+                self.control[GO] = 1
+            if not self.control[GO] and time.monotonic() > start_deadline and not self._aborting:
+                slow = next(t for t in self._tasks if not t.ready)
+                self._fail(
+                    FlowError(
+                        f"node {slow.name!r} (task {slow.worker}) did not open within "
+                        f"{self.config.start_timeout:g} s",
+                        node=slow.name, task=slow.worker,
+                    )
+                )
+            if self._kill_at is not None and time.monotonic() >= self._kill_at:
+                for task in alive.values():
+                    if task.process.is_alive():
+                        task.process.kill()
+
+    def _cleanup(self) -> None:
+        for queue in self._queues:
+            queue.unlink()
+            queue.close()
+        in_use = 0
+        for name in list_entries(self.prefix):
+            try:
+                in_use += SlotPool.attach(name).occupancy()
+            except Exception:
+                continue
+        self.pool_slots_in_use = in_use
+        unlink_prefix(self.prefix)
+        for task in self._tasks:
+            if task.conn is not None:
+                task.conn.close()
+
+    # -- statistics ------------------------------------------------------------------------
+    def stats(self) -> FlowStats:
+        rows = list(self.control)
+        nodes: list[NodeStats] = []
+        at = self._rows_at
+        for stage in self.plan.stages:
+            tasks = []
+            for worker in range(stage.spec.nb_tasks):
+                tasks.append(task_stats(stage.spec.name, worker, rows[at : at + ROW]))
+                at += ROW
+            if stage.spec.kind != MERGE:
+                nodes.append(node_stats(stage.spec.name, stage.spec.kind, tasks))
+        dropped = sum(n.dropped for n in nodes)
+        return FlowStats(
+            nodes=tuple(nodes),
+            produced=nodes[0].messages_in,
+            delivered=nodes[-1].messages_in,
+            dropped=dropped,
+            running=self.running,
+            pool_slots_in_use=self.pool_slots_in_use,
+        )
+
+
+@atexit.register
+def _shutdown_running() -> None:
+    """At interpreter exit, tear down flows still running (their tasks are daemons anyway)."""
+    for engine in list(_running):
+        engine.abort()
+        if not engine.wait(engine.config.stop_grace + 2):
+            engine.kill()
+            engine.wait(5)

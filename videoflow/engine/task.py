@@ -1,0 +1,408 @@
+"""What runs inside each task process: open the node, loop over messages, close, exit.
+
+A task receives a message from its inbox, calls its node, adds the output to the message,
+drops the outputs it was the last reader of (freeing their slots) and sends the message on.
+STOP travels the chain like data; the abort flag, or the loss of the flow's owner process,
+ends the loop at the next check, which every wait reaches within ``poll_interval``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import signal
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from videoflow.config import FlowConfig
+from videoflow.engine.plan import CONSUMER, MERGE, PRODUCER, Link, Stage
+from videoflow.engine.stats import ABORT, BLOCKED_NS, BUSY_NS, DROPPED, GO, IN, OUT, STOP, WAIT_NS
+from videoflow.transport.codec import Codec, value_refs
+from videoflow.transport.queue import ControlQueue
+from videoflow.transport.shm import PoolRegistry, SlotAllocator, SlotRef
+
+DATA, STOP_FLOW, BLOB = 0, 1, 2
+_now = time.perf_counter_ns
+
+
+class Aborted(Exception):
+    """The flow is being torn down: leave the loop without forwarding anything."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """Everything a task process needs, sent to it at start."""
+
+    stage: Stage
+    worker: int
+    node_bytes: bytes | None
+    realtime: bool
+    config: FlowConfig
+    pool_prefix: str
+    inbox_queue: str | None
+    outbox_queue: str | None
+    row: int  # start of this task's counter row in the control block
+    inbox_window_counter: int  # control index the merge advances (-1: not a merge)
+    outbox_window_counter: int  # control index the numbering sender waits on (-1: none)
+    gpu: str | None = None
+    cpu_fallback: bool = False
+
+
+class Lifeline:
+    """Raises Aborted once the flow is aborted or its owner process is gone."""
+
+    def __init__(self, control: Any) -> None:
+        self.control = control
+        self.ppid = os.getppid()
+
+    def check(self) -> None:
+        if self.control[ABORT] or os.getppid() != self.ppid:
+            raise Aborted
+
+    @property
+    def orphaned(self) -> bool:
+        return os.getppid() != self.ppid
+
+
+def message_refs(values: dict[int, Any]) -> set[SlotRef]:
+    refs: set[SlotRef] = set()
+    for enc in values.values():
+        refs.update(value_refs(enc))
+    return refs
+
+
+class Inbox:
+    """Receives messages; with several senders, hands them out in sequence order."""
+
+    def __init__(
+        self, queue: ControlQueue, link: Link, spec: TaskSpec, control: Any, life: Lifeline,
+        registry: PoolRegistry,
+    ) -> None:
+        self.queue = queue
+        self.senders = link.senders
+        self.control = control
+        self.counter = spec.inbox_window_counter
+        self.life = life
+        self.registry = registry
+        self.poll = spec.config.poll_interval
+        self.pending: dict[int, tuple[Any, ...]] = {}
+        self.next_seq = 0
+        self.stops = 0
+
+    def _receive(self) -> tuple[Any, ...]:
+        while True:
+            raw = self.queue.get(self.poll)
+            if raw is not None:
+                msg = pickle.loads(raw)
+                if msg[0] == BLOB:
+                    ref, nbytes = msg[1], msg[2]
+                    msg = pickle.loads(self.registry.view(ref, 0, nbytes))
+                    self.registry.release(ref)
+                return msg
+            self.life.check()
+
+    def get(self) -> tuple[Any, ...]:
+        if self.senders == 1:
+            return self._receive()
+        while True:
+            msg = self.pending.pop(self.next_seq, None)
+            if msg is not None:
+                self.next_seq += 1
+                self.control[self.counter] = self.next_seq
+                return msg
+            if self.stops == self.senders:
+                if self.pending:
+                    raise RuntimeError(f"merge ended with sequence gaps before {min(self.pending)}")
+                return (STOP_FLOW, 0, None, None)
+            msg = self._receive()
+            if msg[0] == STOP_FLOW:
+                self.stops += 1
+            else:
+                self.pending[msg[1]] = msg
+
+
+class Outbox:
+    """Sends messages on. Batch mode waits for room; realtime mode drops when there is none.
+
+    Into a multi-task node, messages are numbered here and at most ``window`` of them may be
+    between this sender and the merge that restores their order.
+    """
+
+    def __init__(
+        self, queue: ControlQueue, link: Link, spec: TaskSpec, control: Any, life: Lifeline,
+        allocator: SlotAllocator | None, row: int,
+    ) -> None:
+        self.queue = queue
+        self.link = link
+        self.numbered = link.receivers > 1
+        self.keep_seq = link.senders > 1
+        self.window = link.window
+        self.counter = spec.outbox_window_counter
+        self.control = control
+        self.life = life
+        self.allocator = allocator
+        self.max_size = queue.max_message_size
+        self.realtime = spec.realtime and not self.keep_seq
+        self.poll = spec.config.poll_interval
+        self.blocked_at = row + BLOCKED_NS
+        self.next_seq = 0
+
+    def _put_blocking(self, data: bytes) -> None:
+        if self.queue.put(data, 0):
+            return
+        t0 = _now()
+        while not self.queue.put(data, self.poll):
+            self.life.check()
+        self.control[self.blocked_at] += _now() - t0
+
+    def _wait_window(self) -> bool:
+        if self.next_seq - self.control[self.counter] < self.window:
+            return True
+        if self.realtime:
+            return False
+        t0 = _now()
+        delay = 20e-6
+        while self.next_seq - self.control[self.counter] >= self.window:
+            self.life.check()
+            time.sleep(delay)
+            delay = min(delay * 2, 2e-3)
+        self.control[self.blocked_at] += _now() - t0
+        return True
+
+    def _pack(self, msg: tuple[Any, ...]) -> tuple[bytes, SlotRef | None]:
+        data = pickle.dumps(msg, protocol=5)
+        if len(data) <= self.max_size:
+            return data, None
+        if self.allocator is None:
+            raise RuntimeError("a message outgrew the control queue and this task has no pool")
+        ref, nbytes = self.allocator.write(data)
+        self.allocator.fresh.clear()
+        return pickle.dumps((BLOB, ref, nbytes), protocol=5), ref
+
+    def send(self, seq: int, meta: dict[str, Any], values: dict[int, Any]) -> bool:
+        """Send a data message; False when realtime mode dropped it (the caller frees it)."""
+        if self.numbered:
+            if not self._wait_window():
+                return False
+            seq = self.next_seq
+        elif not self.keep_seq:
+            seq = 0
+        data, blob = self._pack((DATA, seq, meta, values))
+        if self.realtime:
+            if not self.queue.put(data, 0):
+                if blob is not None:
+                    self.allocator.registry.release(blob)  # type: ignore[union-attr]
+                return False
+        else:
+            self._put_blocking(data)
+        if self.numbered:
+            self.next_seq += 1
+        return True
+
+    def send_stop(self) -> None:
+        data = pickle.dumps((STOP_FLOW, 0, None, None), protocol=5)
+        for _ in range(self.link.receivers):
+            self._put_blocking(data)
+
+
+class Task:
+    """One task: a node (or a merge) between an inbox and an outbox."""
+
+    def __init__(self, spec: TaskSpec, conn: Connection, control: Any) -> None:
+        self.spec = spec
+        self.stage = spec.stage
+        self.conn = conn
+        self.control = control
+        self.life = Lifeline(control)
+        self.row = spec.row
+        self.registry = PoolRegistry(debug=spec.config.debug)
+        self.allocator: SlotAllocator | None = None
+        if self.stage.keep_output or self.stage.outbox is not None:
+            self.allocator = SlotAllocator(
+                self.registry,
+                f"{spec.pool_prefix}.{self.stage.index}-{spec.worker}",
+                self.stage.nslots,
+                on_wait=self.life.check,
+            )
+        self.codec = Codec(
+            self.registry, self.allocator, spec.config.inline_max, spec.config.oob_min
+        )
+        self.node: Any = None
+        self.inbox: Inbox | None = None
+        self.outbox: Outbox | None = None
+        self.phase = "start"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def run(self) -> None:
+        opened = False
+        try:
+            self._open_queues()
+            self.conn.send(("attached",))
+            self._load_node()
+            if self.node is not None:
+                self.phase = "open"
+                self.node.open()
+            opened = True
+            self.conn.send(("ready",))
+            self._wait_go()
+            if self.stage.spec.kind == PRODUCER:
+                self.phase = "next"
+                self._produce()
+            else:
+                self._loop()
+            if self.outbox is not None:
+                self.outbox.send_stop()
+            self.phase = "close"
+            opened = False
+            if self.node is not None:
+                self.node.close()
+            self.conn.send(("done",))
+        except Aborted:
+            pass
+        except BaseException as exc:
+            self._report(exc)
+        finally:
+            if opened and self.node is not None:
+                try:
+                    self.node.close()
+                except Exception:
+                    pass
+            if self.life.orphaned and self.allocator is not None:
+                for pool in self.allocator.owned():
+                    pool.unlink()
+
+    def _report(self, exc: BaseException) -> None:
+        try:
+            self.conn.send(
+                ("error", self.phase, type(exc).__name__, str(exc), traceback.format_exc())
+            )
+        except OSError:
+            pass
+
+    def _open_queues(self) -> None:
+        spec = self.spec
+        if spec.inbox_queue is not None and self.stage.inbox is not None:
+            self.inbox = Inbox(
+                ControlQueue(spec.inbox_queue), self.stage.inbox, spec, self.control, self.life,
+                self.registry,
+            )
+        if spec.outbox_queue is not None and self.stage.outbox is not None:
+            self.outbox = Outbox(
+                ControlQueue(spec.outbox_queue), self.stage.outbox, spec, self.control,
+                self.life, self.allocator, self.row,
+            )
+
+    def _load_node(self) -> None:
+        if self.spec.gpu is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = self.spec.gpu
+        if self.spec.node_bytes is None:
+            return
+        self.phase = "load"
+        self.node = pickle.loads(self.spec.node_bytes)
+        if self.spec.cpu_fallback:
+            self.node.change_device("cpu")
+        if self.allocator is not None:
+            self.node._allocator = self.allocator.array
+
+    def _wait_go(self) -> None:
+        while not self.control[GO]:
+            self.life.check()
+            time.sleep(0.002)
+
+    # -- per message -----------------------------------------------------------------------
+    def _release(self, refs: set[SlotRef] | list[SlotRef]) -> None:
+        for ref in refs:
+            self.registry.release(ref)
+
+    def _forward(self, seq: int, meta: dict[str, Any], values: dict[int, Any]) -> None:
+        control, row = self.control, self.row
+        if self.outbox is None:
+            self._release(message_refs(values))
+        elif self.outbox.send(seq, meta, values):
+            control[row + OUT] += 1
+        else:
+            control[row + DROPPED] += 1
+            self._release(message_refs(values))
+
+    def _produce(self) -> None:
+        node, control, row, life = self.node, self.control, self.row, self.life
+        allocator = self.allocator
+        assert allocator is not None
+        node_id = self.stage.spec.node_id
+        index = 0
+        while True:
+            life.check()
+            if control[STOP]:
+                break
+            meta: dict[str, Any] = {"index": index}
+            node._meta = meta
+            t0 = _now()
+            try:
+                value = node.next()
+            except StopIteration:
+                allocator.end_call(set())
+                break
+            control[row + BUSY_NS] += _now() - t0
+            enc = self.codec.encode(value, set(allocator.fresh))
+            allocator.end_call(set(value_refs(enc)))
+            control[row + IN] += 1
+            self._forward(0, meta, {node_id: enc})
+            index += 1
+
+    def _loop(self) -> None:
+        assert self.inbox is not None
+        inbox, control, row = self.inbox, self.control, self.row
+        stage = self.stage
+        spec = stage.spec
+        node, codec, allocator = self.node, self.codec, self.allocator
+        is_consumer = spec.kind == CONSUMER
+        is_merge = spec.kind == MERGE
+        reads, drop_after, node_id = spec.reads, stage.drop_after, spec.node_id
+        self.phase = "consume" if is_consumer else "process"
+        while True:
+            t0 = _now()
+            msg = inbox.get()
+            control[row + WAIT_NS] += _now() - t0
+            if msg[0] == STOP_FLOW:
+                return
+            control[row + IN] += 1
+            _, seq, meta, values = msg
+            if not is_merge:
+                inputs = [codec.decode(values[nid]) for nid in reads]
+                node._meta = meta
+                t0 = _now()
+                if is_consumer:
+                    node.consume(*inputs)
+                    output = None
+                else:
+                    output = node.process(*inputs)
+                control[row + BUSY_NS] += _now() - t0
+                del inputs
+                if allocator is not None:
+                    if stage.keep_output:
+                        held = message_refs(values)
+                        held.update(allocator.fresh)
+                        enc = codec.encode(output, held)
+                        values[node_id] = enc
+                        allocator.end_call(set(value_refs(enc)))
+                    else:
+                        allocator.end_call(set())
+                del output
+                if drop_after:
+                    gone = [values.pop(nid) for nid in drop_after if nid in values]
+                    freed: set[SlotRef] = set()
+                    for enc in gone:
+                        freed.update(value_refs(enc))
+                    if freed:
+                        freed.difference_update(message_refs(values))
+                        self._release(freed)
+            self._forward(seq, meta, values)
+
+
+def task_main(spec: TaskSpec, conn: Connection, control: Any) -> None:
+    """Entry point of a task process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    Task(spec, conn, control).run()

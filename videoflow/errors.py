@@ -1,0 +1,58 @@
+"""The exception hierarchy of videoflow, in one place.
+
+    VideoflowError
+    ├── FlowError             a task of a running flow failed: its node raised, or its process died
+    ├── PoolExhaustedError    a shared-memory pool could not be created or grown
+    └── StaleSlotError        (debug mode) a node read a slot that had already been reused
+"""
+
+from __future__ import annotations
+
+
+class VideoflowError(Exception):
+    """Base class of every error videoflow raises on its own behalf."""
+
+
+class FlowError(VideoflowError):
+    """A task of a flow failed; raised by ``Flow.join()``.
+
+    ``node`` names the node, ``task`` is the worker index within a multi-task node (0 otherwise),
+    ``remote_traceback`` is the traceback text from the task process (empty when the process
+    was killed), ``exitcode`` is the process exit code when it died (negative: killed by a signal).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node: str,
+        task: int = 0,
+        remote_traceback: str = "",
+        exitcode: int | None = None,
+    ) -> None:
+        text = message
+        if remote_traceback:
+            text = f"{message}\n\nTraceback in the task process:\n{remote_traceback.rstrip()}"
+        super().__init__(text)
+        self.node = node
+        self.task = task
+        self.remote_traceback = remote_traceback
+        self.exitcode = exitcode
+
+    def __reduce__(self):  # keep attributes across pickling
+        return (_rebuild_flow_error, (self.args[0], self.node, self.task, self.exitcode))
+
+
+def _rebuild_flow_error(text: str, node: str, task: int, exitcode: int | None) -> FlowError:
+    err = FlowError.__new__(FlowError)
+    VideoflowError.__init__(err, text)
+    err.node, err.task, err.remote_traceback, err.exitcode = node, task, "", exitcode
+    return err
+
+
+class PoolExhaustedError(VideoflowError):
+    """Shared memory for frames could not be reserved (for example /dev/shm is too small)."""
+
+
+class StaleSlotError(VideoflowError):
+    """A node read a shared-memory slot after it was released and reused (debug mode only)."""

@@ -1,0 +1,112 @@
+"""Producers of plain values and synthetic frames, for examples, tests and benchmarks."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from videoflow.core.node import ProducerNode
+
+
+class IntProducer(ProducerNode):
+    """Produces the integers ``start, start + 1, ..., end - 1``, pausing between them.
+
+    end:  None produces forever (until the flow is stopped).
+    """
+
+    def __init__(
+        self,
+        start: int = 0,
+        end: int | None = None,
+        wait_time_in_seconds: float = 0.0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        if wait_time_in_seconds < 0:
+            raise ValueError(f"wait_time_in_seconds must be >= 0, got {wait_time_in_seconds}")
+        self._start = start
+        self._end = end
+        self._wait = wait_time_in_seconds
+        self._next = start
+
+    def open(self) -> None:
+        self._next = self._start
+
+    def next(self) -> int:
+        if self._end is not None and self._next >= self._end:
+            raise StopIteration
+        if self._wait and self._next != self._start:
+            time.sleep(self._wait)
+        value = self._next
+        self._next += 1
+        return value
+
+
+def frame_value(index: int) -> int:
+    """The byte value synthetic frame ``index`` is filled with (pattern ``"index"``)."""
+    return index % 251
+
+
+def check_frame(frame: np.ndarray, index: int) -> bool:
+    """True when ``frame`` is exactly synthetic frame ``index`` of pattern ``"index"``."""
+    flat = frame.reshape(-1).view(np.uint8)
+    if int(np.frombuffer(flat[:8].tobytes(), dtype="<u8")[0]) != index:
+        return False
+    return bool((flat[8:] == frame_value(index)).all())
+
+
+class SyntheticFrameProducer(ProducerNode):
+    """Produces ``count`` frames of ``shape`` and ``dtype``, written in place in shared memory.
+
+    pattern:  ``"index"`` fills frame i with ``frame_value(i)`` and stamps i (uint64) in its
+              first 8 bytes, so a consumer can check every byte (``check_frame``);
+              ``"stamp"`` only stamps i, leaving the rest of the slot as it was: the cheapest
+              possible producer, for measuring the transport alone.
+    fps:      pace the frames at this rate (None: as fast as possible).
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, ...] = (720, 1280, 3),
+        dtype: Any = np.uint8,
+        count: int | None = 100,
+        fps: float | None = None,
+        pattern: str = "index",
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        if pattern not in ("index", "stamp"):
+            raise ValueError(f"pattern must be 'index' or 'stamp', got {pattern!r}")
+        if fps is not None and fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        if int(np.prod(self.shape)) * self.dtype.itemsize < 8:
+            raise ValueError("synthetic frames need at least 8 bytes for their index stamp")
+        self.count = count
+        self.fps = fps
+        self.pattern = pattern
+        self._index = 0
+        self._t0 = 0.0
+
+    def open(self) -> None:
+        self._index = 0
+        self._t0 = time.monotonic()
+
+    def next(self) -> np.ndarray:
+        i = self._index
+        if self.count is not None and i >= self.count:
+            raise StopIteration
+        if self.fps is not None:
+            delay = self._t0 + i / self.fps - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        frame = self.allocate(self.shape, self.dtype)
+        flat = frame.reshape(-1).view(np.uint8)
+        if self.pattern == "index":
+            flat[8:] = frame_value(i)
+        flat[:8] = np.frombuffer(np.array(i, dtype="<u8").tobytes(), dtype=np.uint8)
+        self._index = i + 1
+        return frame

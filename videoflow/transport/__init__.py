@@ -1,0 +1,1 @@
+"""Transport (internal): shared-memory slot pools, value codec, control queues."""

@@ -1,0 +1,131 @@
+"""Turning node outputs into small, picklable descriptions and back.
+
+An encoded value is a tuple whose first item says its form:
+
+    ("o", obj)                                 a small scalar or string, carried as is
+    ("a", ref, offset, shape, strides, dtype)  an ndarray living in a slot (no pickle at all)
+    ("p", data, bufs)                          pickle protocol 5 bytes, small enough to ride inline,
+                                               with out-of-band buffers ``bufs`` in slots
+    ("b", ref, nbytes, bufs)                   the same, but the pickle bytes are in a slot too
+
+``bufs`` is a list of ``(ref, offset, nbytes)``. An array (or buffer) that already lives in a
+slot held by the message being processed is referenced where it is: a pass-through node or a
+crop costs no copy. Anything else costs exactly one copy into a slot of the encoding task.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import numpy as np
+
+from videoflow.transport.shm import PoolRegistry, SlotAllocator, SlotRef
+
+try:
+    from numpy.lib.array_utils import byte_bounds
+except ImportError:  # numpy < 2
+    from numpy import byte_bounds  # type: ignore[attr-defined,no-redef]
+
+Encoded = tuple[Any, ...]
+_SCALARS = (int, float, bool, type(None), complex)
+
+
+def value_refs(enc: Encoded) -> list[SlotRef]:
+    """The slots an encoded value keeps alive."""
+    form = enc[0]
+    if form == "o":
+        return []
+    if form == "a":
+        return [enc[1]]
+    refs = [b[0] for b in enc[-1]]
+    if form == "b":
+        refs.append(enc[1])
+    return refs
+
+
+class Codec:
+    """Encodes outputs into slots of this task and decodes inputs from any task's slots."""
+
+    def __init__(
+        self,
+        registry: PoolRegistry,
+        allocator: SlotAllocator | None,
+        inline_max: int = 1024,
+        oob_min: int = 4096,
+    ) -> None:
+        self.registry = registry
+        self.allocator = allocator
+        self.inline_max = inline_max
+        self.oob_min = oob_min
+
+    # -- encode ----------------------------------------------------------------------------
+    def _place(self, address: int, nbytes: int, held: set[SlotRef]) -> tuple[SlotRef, int] | None:
+        """Where ``[address, address + nbytes)`` already lives in a slot this message holds."""
+        found = self.registry.locate(address, nbytes)
+        if found is None:
+            return None
+        pool, slot, offset = found
+        ref = SlotRef(pool.name, slot, int(pool.gens[slot]))
+        return (ref, offset) if ref in held else None
+
+    def _allocator(self) -> SlotAllocator:
+        if self.allocator is None:
+            raise RuntimeError("this task has no slot allocator")
+        return self.allocator
+
+    def encode(self, value: Any, held: set[SlotRef]) -> Encoded:
+        """Describe ``value``; ``held`` are the slots the message (and this call) hold now."""
+        if isinstance(value, _SCALARS) or (
+            isinstance(value, (str, bytes)) and len(value) <= self.inline_max
+        ):
+            return ("o", value)
+        if type(value) is np.ndarray and not value.dtype.hasobject and value.nbytes:
+            return self._encode_array(value, held)
+        return self._encode_pickle(value, held)
+
+    def _encode_array(self, arr: np.ndarray, held: set[SlotRef]) -> Encoded:
+        low, high = byte_bounds(arr)
+        placed = self._place(low, high - low, held)
+        if placed is not None:
+            ref, offset = placed
+            offset += arr.ctypes.data - low
+            return ("a", ref, offset, arr.shape, arr.strides, arr.dtype.str)
+        out = self._allocator().array(arr.shape, arr.dtype)
+        np.copyto(out, arr, casting="no")
+        return ("a", self._allocator().fresh[-1], 0, out.shape, out.strides, out.dtype.str)
+
+    def _encode_pickle(self, value: Any, held: set[SlotRef]) -> Encoded:
+        bufs: list[tuple[SlotRef, int, int]] = []
+
+        def out_of_band(pb: pickle.PickleBuffer) -> bool:
+            raw = pb.raw()
+            if raw.nbytes < self.oob_min:
+                return True
+            address = np.frombuffer(raw, dtype=np.uint8).ctypes.data
+            placed = self._place(address, raw.nbytes, held)
+            if placed is None:
+                ref, nbytes = self._allocator().write(raw)
+                bufs.append((ref, 0, nbytes))
+            else:
+                bufs.append((placed[0], placed[1], raw.nbytes))
+            return False
+
+        data = pickle.dumps(value, protocol=5, buffer_callback=out_of_band)
+        if len(data) <= self.inline_max:
+            return ("p", data, bufs)
+        ref, nbytes = self._allocator().write(data)
+        return ("b", ref, nbytes, bufs)
+
+    # -- decode ----------------------------------------------------------------------------
+    def decode(self, enc: Encoded) -> Any:
+        """The value described by ``enc``; arrays are read-only views onto their slots."""
+        form = enc[0]
+        if form == "o":
+            return enc[1]
+        if form == "a":
+            return self.registry.array(enc[1], enc[2], enc[3], enc[4], enc[5])
+        view = self.registry.view
+        buffers = [view(ref, offset, nbytes) for ref, offset, nbytes in enc[-1]]
+        data = enc[1] if form == "p" else view(enc[1], 0, enc[2])
+        return pickle.loads(data, buffers=buffers)

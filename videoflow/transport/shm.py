@@ -1,0 +1,297 @@
+"""Shared-memory slot pools: where frames live while they travel between tasks.
+
+A pool is one POSIX shared-memory segment holding a header and ``nslots`` equal slots. It has
+exactly one owner, the task that writes into it; that task alone takes slots (``acquire``).
+Any process that read a slot may give it back (``release``): the engine arranges that exactly
+one task releases each slot, the last reader of the message holding it, so a single-byte store
+per transition is enough and no lock is needed.
+
+Header layout (little endian): magic u64, nslots u32, pad u32, slot_size u64, then one state
+byte per slot (0 free, 1 used), then one u32 generation per slot, padded to a page. The
+generation grows each time a slot is taken; handles carry it, so debug mode can tell a live
+slot from a reused one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import mmap
+import os
+import struct
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+import posix_ipc
+
+from videoflow.errors import PoolExhaustedError, StaleSlotError
+
+MAGIC = 0x31_4C_4F_4F_50_46_56  # "VFPOOL1"
+_HEAD = struct.Struct("<QIIQ")
+PAGE = mmap.PAGESIZE
+FREE, USED = 0, 1
+
+
+class SlotRef(NamedTuple):
+    """Identifies one use of one slot: the pool's name, the slot index and its generation."""
+
+    pool: str
+    slot: int
+    gen: int
+
+
+def size_class(nbytes: int) -> int:
+    """Round a request up so that similar sizes share a pool, wasting at most 1/8."""
+    if nbytes <= PAGE:
+        return PAGE
+    step = max(PAGE, 1 << (nbytes.bit_length() - 4))
+    return -(-nbytes // step) * step
+
+
+def _header_size(nslots: int) -> int:
+    gens_at = -(-(_HEAD.size + nslots) // 4) * 4
+    return -(-(gens_at + 4 * nslots) // PAGE) * PAGE
+
+
+class SlotPool:
+    """A mapped pool. ``create`` makes a new one (owner); ``attach`` maps an existing one."""
+
+    def __init__(self, name: str, mm: mmap.mmap, owner: bool) -> None:
+        magic, nslots, _, slot_size = _HEAD.unpack_from(mm, 0)
+        if magic != MAGIC:
+            raise ValueError(f"shared memory segment {name!r} is not a videoflow pool")
+        self.name = name
+        self.owner = owner
+        self.nslots = nslots
+        self.slot_size = slot_size
+        self.mm = mm
+        self.readonly = memoryview(mm).toreadonly()
+        self.states_at = _HEAD.size
+        self.data_at = _header_size(nslots)
+        gens_at = -(-(_HEAD.size + nslots) // 4) * 4
+        self.gens = np.ndarray((nslots,), dtype=np.uint32, buffer=mm, offset=gens_at)
+        self.base = int(np.frombuffer(mm, dtype=np.uint8, count=1).ctypes.data)
+        self.end = self.base + len(mm)
+        self._cursor = 0
+
+    @classmethod
+    def create(cls, name: str, nslots: int, slot_size: int) -> SlotPool:
+        """Create, reserve and map a pool; PoolExhaustedError when /dev/shm lacks the room."""
+        size = _header_size(nslots) + nslots * slot_size
+        shm = posix_ipc.SharedMemory("/" + name, posix_ipc.O_CREX, size=0)
+        try:
+            os.ftruncate(shm.fd, size)
+            try:
+                # Reserve the pages now: a full tmpfs must fail here, not SIGBUS on first write.
+                os.posix_fallocate(shm.fd, 0, size)
+            except OSError as exc:
+                shm.unlink()
+                raise PoolExhaustedError(
+                    f"cannot reserve {size / 2**20:.1f} MiB of shared memory for {nslots} slots "
+                    f"of {slot_size / 2**20:.2f} MiB in pool {name!r}: {exc.strerror}; "
+                    "free space in /dev/shm or lower queue_depth"
+                ) from None
+            mm = mmap.mmap(shm.fd, size)
+        finally:
+            shm.close_fd()
+        _HEAD.pack_into(mm, 0, MAGIC, nslots, 0, slot_size)
+        return cls(name, mm, owner=True)
+
+    @classmethod
+    def attach(cls, name: str) -> SlotPool:
+        shm = posix_ipc.SharedMemory("/" + name)
+        try:
+            mm = mmap.mmap(shm.fd, shm.size)
+        finally:
+            shm.close_fd()
+        return cls(name, mm, owner=False)
+
+    # -- owner side ------------------------------------------------------------------------
+    def acquire(self) -> int | None:
+        """Take a free slot (owner only); None when every slot is in use."""
+        at = self.states_at
+        found = self.mm.find(b"\x00", at + self._cursor, at + self.nslots)
+        if found < 0:
+            found = self.mm.find(b"\x00", at, at + self._cursor)
+            if found < 0:
+                return None
+        slot = found - at
+        self._cursor = (slot + 1) % self.nslots
+        self.gens[slot] += 1
+        self.mm[found] = USED
+        return slot
+
+    def slot_offset(self, slot: int) -> int:
+        return self.data_at + slot * self.slot_size
+
+    # -- any process -----------------------------------------------------------------------
+    def release(self, slot: int, gen: int | None = None) -> None:
+        """Give a slot back. With ``gen``, check that it was not already given back and reused."""
+        if gen is not None and int(self.gens[slot]) != gen:
+            raise StaleSlotError(
+                f"slot {slot} of pool {self.name!r} was released twice "
+                f"(generation {gen}, now {int(self.gens[slot])})"
+            )
+        self.mm[self.states_at + slot] = FREE
+
+    def check(self, slot: int, gen: int) -> None:
+        """Raise StaleSlotError unless ``slot`` still holds generation ``gen`` and is in use."""
+        if self.mm[self.states_at + slot] != USED or int(self.gens[slot]) != gen:
+            raise StaleSlotError(
+                f"slot {slot} of pool {self.name!r} was read after it was released "
+                f"(handle generation {gen}, slot generation {int(self.gens[slot])})"
+            )
+
+    def occupancy(self) -> int:
+        """Slots in use now."""
+        at = self.states_at
+        return self.mm[at : at + self.nslots].count(USED)
+
+    def unlink(self) -> None:
+        try:
+            posix_ipc.unlink_shared_memory("/" + self.name)
+        except posix_ipc.ExistentialError:
+            pass
+
+
+class PoolRegistry:
+    """The pools one process knows: its own and those it attached to, by name and by address."""
+
+    def __init__(self, debug: bool = False) -> None:
+        self.debug = debug
+        self._by_name: dict[str, SlotPool] = {}
+        self._bases: list[int] = []
+        self._pools: list[SlotPool] = []
+
+    def add(self, pool: SlotPool) -> None:
+        self._by_name[pool.name] = pool
+        i = bisect.bisect(self._bases, pool.base)
+        self._bases.insert(i, pool.base)
+        self._pools.insert(i, pool)
+
+    def get(self, name: str) -> SlotPool:
+        pool = self._by_name.get(name)
+        if pool is None:
+            pool = SlotPool.attach(name)
+            self.add(pool)
+        return pool
+
+    def locate(self, address: int, nbytes: int) -> tuple[SlotPool, int, int] | None:
+        """The (pool, slot, offset in slot) holding ``[address, address + nbytes)``, if any."""
+        i = bisect.bisect(self._bases, address) - 1
+        if i < 0:
+            return None
+        pool = self._pools[i]
+        if address + nbytes > pool.end or address < pool.base + pool.data_at:
+            return None
+        rel = address - pool.base - pool.data_at
+        slot, offset = divmod(rel, pool.slot_size)
+        if offset + nbytes > pool.slot_size:
+            return None
+        return pool, slot, offset
+
+    def release(self, ref: SlotRef) -> None:
+        self.get(ref.pool).release(ref.slot, ref.gen if self.debug else None)
+
+    def view(self, ref: SlotRef, offset: int, nbytes: int) -> memoryview:
+        """A read-only view of ``nbytes`` at ``offset`` in the slot of ``ref``."""
+        pool = self.get(ref.pool)
+        if self.debug:
+            pool.check(ref.slot, ref.gen)
+        start = pool.slot_offset(ref.slot) + offset
+        return pool.readonly[start : start + nbytes]
+
+    def array(
+        self, ref: SlotRef, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], dtype: str
+    ) -> np.ndarray:
+        """A read-only ndarray onto a slot, without copying."""
+        pool = self.get(ref.pool)
+        if self.debug:
+            pool.check(ref.slot, ref.gen)
+        return np.ndarray(
+            shape, dtype=dtype, buffer=pool.readonly,
+            offset=pool.slot_offset(ref.slot) + offset, strides=strides,
+        )
+
+    def pools(self) -> list[SlotPool]:
+        return list(self._pools)
+
+
+class SlotAllocator:
+    """The owner side: takes slots from this task's pools, creating pools per size class.
+
+    ``nslots`` is the planned number of messages this task can have alive at once; a pool of
+    that many slots never runs dry unless one message holds several slots, in which case a
+    second pool of the class is made, and beyond ``max_pools`` the allocator waits for
+    releases (calling ``on_wait`` so that the caller can bail out on a stop).
+    """
+
+    def __init__(
+        self,
+        registry: PoolRegistry,
+        prefix: str,
+        nslots: int,
+        on_wait: Callable[[], None],
+        max_pools: int = 4,
+    ) -> None:
+        self.registry = registry
+        self.prefix = prefix
+        self.nslots = nslots
+        self.on_wait = on_wait
+        self.max_pools = max_pools
+        self._classes: dict[int, list[SlotPool]] = {}
+        self._count = 0
+        self.fresh: list[SlotRef] = []
+
+    def owned(self) -> list[SlotPool]:
+        return [p for pools in self._classes.values() for p in pools]
+
+    def _new_pool(self, slot_size: int) -> SlotPool:
+        self._count += 1
+        pool = SlotPool.create(f"{self.prefix}.{self._count}", self.nslots, slot_size)
+        self.registry.add(pool)
+        self._classes.setdefault(slot_size, []).append(pool)
+        return pool
+
+    def take(self, nbytes: int) -> tuple[SlotPool, int]:
+        """A slot of at least ``nbytes``; waits when all are in use. Recorded in ``fresh``."""
+        cls = size_class(nbytes)
+        pools = self._classes.get(cls) or [self._new_pool(cls)]
+        delay = 20e-6
+        while True:
+            for pool in pools:
+                slot = pool.acquire()
+                if slot is not None:
+                    self.fresh.append(SlotRef(pool.name, slot, int(pool.gens[slot])))
+                    return pool, slot
+            if len(pools) < self.max_pools:
+                pools = [*pools, self._new_pool(cls)]
+                continue
+            self.on_wait()
+            time.sleep(delay)
+            delay = min(delay * 2, 2e-3)
+
+    def array(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A writable C-contiguous array in a fresh slot."""
+        dt = np.dtype(dtype)
+        if dt.hasobject:
+            raise TypeError("arrays of Python objects cannot live in shared memory")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        pool, slot = self.take(max(nbytes, 1))
+        return np.ndarray(shape, dtype=dt, buffer=pool.mm, offset=pool.slot_offset(slot))
+
+    def write(self, data: Any) -> tuple[SlotRef, int]:
+        """Copy a buffer into a fresh slot; returns its ref and the byte count."""
+        mv = memoryview(data).cast("B")
+        pool, slot = self.take(max(mv.nbytes, 1))
+        start = pool.slot_offset(slot)
+        pool.mm[start : start + mv.nbytes] = mv
+        return self.fresh[-1], mv.nbytes
+
+    def end_call(self, used: set[SlotRef]) -> None:
+        """Give back the slots taken during a call that its output did not keep."""
+        for ref in self.fresh:
+            if ref not in used:
+                self.registry.release(ref)
+        self.fresh.clear()
