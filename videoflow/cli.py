@@ -1,0 +1,98 @@
+"""The ``videoflow`` command: ``demo``, ``run``, ``bench`` and ``info``."""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import runpy
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+
+import videoflow
+from videoflow.config import FlowConfig
+
+
+def _info(_: argparse.Namespace) -> int:
+    from videoflow.transport import native_status
+
+    cfg = FlowConfig.from_options()
+    print(f"videoflow {videoflow.__version__} (python {sys.version.split()[0]})")
+    print(f"native extension: {native_status()}")
+    print(f"start method: {cfg.start_method} (available: {', '.join(mp.get_all_start_methods())})")
+    try:
+        usage = shutil.disk_usage("/dev/shm")
+        print(f"/dev/shm: {usage.total / 2**30:.1f} GiB, {usage.free / 2**30:.1f} GiB free")
+    except OSError:
+        print("/dev/shm: not available")
+    try:
+        import cv2
+
+        print(f"opencv: {cv2.__version__}")
+    except ImportError:
+        print("opencv: not installed")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from videoflow.demo import run_demo
+
+    output = args.output or os.path.join(tempfile.gettempdir(), "videoflow-demo.mp4")
+    stats = run_demo(output, nb_frames=args.frames, nb_tasks=args.nb_tasks)
+    print(f"wrote {output}")
+    for node in stats.nodes:
+        print(f"  {node.name:<28} tasks={node.nb_tasks:<2} frames in={node.messages_in:<6} "
+              f"out={node.messages_out:<6} dropped={node.dropped}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    sys.argv = [args.script, *args.args]
+    runpy.run_path(args.script, run_name="__main__")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from videoflow.benchmark.cli import run as run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videoflow", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="version, native extension, start method, /dev/shm space")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("demo", help="blur a generated 1280x720 clip into a video file")
+    p.add_argument("--output", "-o", help="output video (default: videoflow-demo.mp4 in tmp)")
+    p.add_argument("--frames", type=int, default=120, help="number of frames (default 120)")
+    p.add_argument("--nb-tasks", type=int, default=2, help="processes for the blur (default 2)")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("run", help="run a flow script (as python would)")
+    p.add_argument("script")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("bench", help="measure throughput against baselines")
+    try:
+        from videoflow.benchmark.cli import add_arguments
+    except ImportError:
+        pass
+    else:
+        add_arguments(p)
+    p.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
