@@ -1,0 +1,368 @@
+"""End-to-end flows in task processes: delivery, order, drops, errors, stops, start methods."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from conftest import read_lines, wait_clean
+from nodes import (
+    AddProcessor,
+    BigMeta,
+    CheckMeta,
+    CopyProcessor,
+    DictOfArrays,
+    FailingConsumer,
+    FailingProcessor,
+    FailingProducer,
+    NumpyCopyProcessor,
+    PairProcessor,
+    RecordingConsumer,
+    RunningList,
+    SlowProcessor,
+    UnwrapDict,
+)
+
+from videoflow import FlowError
+from videoflow.consumers import VoidConsumer
+from videoflow.core import BATCH, REALTIME, Flow
+from videoflow.processors import (
+    CountAggregator,
+    IdentityProcessor,
+    JoinerProcessor,
+    MaxAggregator,
+    SumAggregator,
+)
+from videoflow.producers import IntProducer, SyntheticFrameProducer
+
+SEED = textwrap.dedent(
+    """
+    from videoflow.core import Flow
+    from videoflow.core.constants import BATCH, REALTIME
+    from videoflow.producers import IntProducer
+    from videoflow.processors import IdentityProcessor
+    from videoflow.consumers import CommandlineConsumer
+
+    if __name__ == "__main__":
+        A = IntProducer(0, 40, 0.1)
+        B = IdentityProcessor(nb_tasks=2)(A)
+        C = CommandlineConsumer()(B)
+        flow = Flow([A], [C], flow_type={flow_type})
+        flow.run(); flow.join()
+    """
+)
+
+
+def run_script(tmp_path, source: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    script = tmp_path / "script.py"
+    script.write_text(source)
+    return subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flow_type", ["BATCH", "REALTIME"])
+def test_seed_example_prints_0_to_39_in_order(tmp_path, flow_type):
+    done = run_script(tmp_path, SEED.format(flow_type=flow_type))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(i) for i in range(40)]
+
+
+def run_flow(producer, consumer, flow_type=BATCH, **options):
+    flow = Flow([producer], [consumer], flow_type=flow_type, flow_options=options or None)
+    flow.run()
+    flow.join()
+    return flow.stats()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("nb_tasks", [1, 3])
+def test_batch_delivers_10000_integers_in_order(output_file, nb_tasks):
+    a = IntProducer(0, 10_000)
+    b = AddProcessor(1, nb_tasks=nb_tasks)(a)
+    c = RecordingConsumer(output_file)(b)
+    stats = run_flow(a, c)
+    assert read_lines(output_file) == [str(i + 1) for i in range(10_000)]
+    assert (stats.produced, stats.delivered, stats.dropped) == (10_000, 10_000, 0)
+    assert stats.pool_slots_in_use == 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("nb_tasks", [1, 2])
+def test_batch_delivers_2000_frames_intact(output_file, nb_tasks):
+    a = SyntheticFrameProducer((120, 160, 3), count=2000)
+    b = CopyProcessor(nb_tasks=nb_tasks)(a)
+    c = NumpyCopyProcessor()(b)
+    d = IdentityProcessor()(c)
+    e = RecordingConsumer(output_file, frames=True)(d)
+    stats = run_flow(a, e)
+    assert read_lines(output_file) == [f"{i}:ok" for i in range(2000)]
+    assert stats.delivered == 2000 and stats.pool_slots_in_use == 0
+
+
+@pytest.mark.timeout(60)
+def test_full_hd_frames_pass_through_without_loss(output_file):
+    a = SyntheticFrameProducer((1080, 1920, 3), count=200)
+    b = IdentityProcessor()(a)
+    c = RecordingConsumer(output_file, frames=True)(b)
+    stats = run_flow(a, c)
+    assert read_lines(output_file) == [f"{i}:ok" for i in range(200)]
+    assert stats.pool_slots_in_use == 0
+
+
+@pytest.mark.timeout(60)
+def test_values_that_need_pickling_and_blobs(output_file):
+    a = SyntheticFrameProducer((64, 64, 3), count=50)
+    b = DictOfArrays()(a)
+    m = BigMeta()(b)
+    u = UnwrapDict()(m)
+    k = CheckMeta()(u)
+    c = RecordingConsumer(output_file, frames=True)(k)
+    stats = run_flow(a, c)
+    assert read_lines(output_file) == [f"{i}:ok" for i in range(50)]
+    assert stats.pool_slots_in_use == 0
+
+
+@pytest.mark.timeout(60)
+def test_several_parents_arrive_in_call_order_and_values_live_until_last_reader(output_file):
+    a = IntProducer(0, 100)
+    b = AddProcessor(1000)(a)
+    c = AddProcessor(2000)(a)
+    j = PairProcessor()(c, a, b)
+    k = JoinerProcessor()(j, a)
+    d = RecordingConsumer(output_file)(k)
+    run_flow(a, d)
+    assert read_lines(output_file) == [
+        repr(((i + 2000, i, i + 1000), i)).replace(" ", "") for i in range(100)
+    ]
+
+
+@pytest.mark.timeout(60)
+def test_aggregators_and_stateful_nodes(output_file, tmp_path):
+    a = IntProducer(1, 11)
+    s = SumAggregator()(a)
+    m = MaxAggregator()(a)
+    n = CountAggregator()(a)
+    r = RunningList(nb_tasks=3)(a)
+    j = JoinerProcessor()(s, m, n, r)
+    c = RecordingConsumer(output_file)(j)
+    run_flow(a, c)
+    assert read_lines(output_file)[-1] == "(55,10,10,10)"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
+def test_start_methods(output_file, method):
+    a = IntProducer(0, 200)
+    b = AddProcessor(5, nb_tasks=2)(a)
+    c = RecordingConsumer(output_file)(b)
+    run_flow(a, c, start_method=method)
+    assert read_lines(output_file) == [str(i + 5) for i in range(200)]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("nb_tasks", [1, 2])
+def test_realtime_drops_add_up_under_a_slow_consumer(output_file, nb_tasks):
+    a = SyntheticFrameProducer((240, 320, 3), count=300, fps=1000)
+    b = IdentityProcessor(nb_tasks=nb_tasks)(a)
+    c = RecordingConsumer(output_file, delay=0.01, frames=True)(b)
+    stats = run_flow(a, c, flow_type=REALTIME)
+    lines = read_lines(output_file)
+    indices = [int(line.split(":")[0]) for line in lines]
+    assert all(line.endswith(":ok") for line in lines)
+    assert indices == sorted(set(indices))
+    assert stats.produced == 300
+    assert stats.dropped > 0
+    assert stats.produced == stats.delivered + stats.dropped
+    assert stats.delivered == len(lines)
+    assert stats.pool_slots_in_use == 0
+
+
+def _expect_flow_error(producer, consumer, node_name, flow_type=BATCH, **options) -> FlowError:
+    flow = Flow([producer], [consumer], flow_type=flow_type, flow_options=options or None)
+    flow.run()
+    with pytest.raises(FlowError) as info:
+        flow.join()
+    assert info.value.node == node_name
+    assert node_name in str(info.value)
+    return info.value
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flow_type", [BATCH, REALTIME])
+def test_exception_in_producer(flow_type):
+    a = FailingProducer(50, name="source")
+    c = VoidConsumer()(IdentityProcessor()(a))
+    err = _expect_flow_error(a, c, "source", flow_type)
+    assert "ValueError" in str(err) and "bad frame 50" in str(err)
+    assert "Traceback" in err.remote_traceback and "in next" in err.remote_traceback
+
+
+@pytest.mark.timeout(60)
+def test_exception_in_open():
+    a = FailingProducer(50, where="open", name="camera")
+    c = VoidConsumer()(a)
+    err = _expect_flow_error(a, c, "camera")
+    assert "open()" in str(err) and "cannot open the source" in str(err)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("nb_tasks", [1, 3])
+def test_exception_in_processor(nb_tasks):
+    a = IntProducer(0, 1000)
+    b = FailingProcessor(77, nb_tasks=nb_tasks, name="divider")(a)
+    c = VoidConsumer()(b)
+    err = _expect_flow_error(a, c, "divider")
+    assert "ZeroDivisionError" in str(err) and "cannot handle 77" in str(err)
+    assert 0 <= err.task < nb_tasks
+
+
+@pytest.mark.timeout(60)
+def test_exception_in_consumer():
+    a = IntProducer(0, 1000)
+    c = FailingConsumer(10, name="sink")(a)
+    err = _expect_flow_error(a, c, "sink", REALTIME)
+    assert "KeyError" in str(err)
+
+
+def _task_process(name: str, timeout: float = 10) -> mp.Process:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in mp.active_children():
+            if child.name.startswith(f"videoflow:{name}["):
+                return child
+        time.sleep(0.02)
+    raise AssertionError(f"no task process for {name}")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("nb_tasks", [1, 3])
+def test_sigkill_of_a_worker_ends_the_flow_with_an_error(nb_tasks):
+    a = IntProducer(0, None)
+    b = SlowProcessor(0.01, nb_tasks=nb_tasks, name="victim")(a)
+    c = VoidConsumer()(b)
+    flow = Flow([a], [c], flow_type=BATCH)
+    flow.run()
+    victim = _task_process("victim")
+    time.sleep(0.3)
+    os.kill(victim.pid, signal.SIGKILL)
+    with pytest.raises(FlowError, match="killed by signal SIGKILL") as info:
+        flow.join()
+    assert info.value.node == "victim" and info.value.exitcode == -signal.SIGKILL
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("nb_tasks", [1, 2])
+def test_stop_mid_run_delivers_everything_produced_in_batch(output_file, nb_tasks):
+    a = IntProducer(0, None)
+    b = SlowProcessor(0.001, nb_tasks=nb_tasks)(a)
+    c = RecordingConsumer(output_file)(b)
+    flow = Flow([a], [c], flow_type=BATCH)
+    flow.run()
+    deadline = time.monotonic() + 20
+    while len(read_lines(output_file)) < 50 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    flow.stop()
+    flow.join()
+    stats = flow.stats()
+    lines = read_lines(output_file)
+    assert len(lines) >= 50
+    assert lines == [str(i) for i in range(len(lines))]
+    assert stats.produced == stats.delivered == len(lines)
+    assert stats.pool_slots_in_use == 0
+
+
+@pytest.mark.timeout(60)
+def test_context_manager_waits_and_aborts_on_error(output_file):
+    a = IntProducer(0, 20)
+    c = RecordingConsumer(output_file)(a)
+    with Flow([a], [c], flow_type=BATCH):
+        pass
+    assert len(read_lines(output_file)) == 20
+
+    a = IntProducer(0, None)
+    c = VoidConsumer()(a)
+    with pytest.raises(KeyError), Flow([a], [c]) as flow:
+        raise KeyError("user code failed")
+    assert not flow.stats().running
+
+
+@pytest.mark.timeout(30)
+def test_unpicklable_node_is_a_clear_error():
+    a = IntProducer(0, 3)
+    b = AddProcessor(1)(a)
+    b.hook = lambda v: v  # lambdas cannot be sent to forkserver/spawn tasks
+    c = VoidConsumer()(b)
+    flow = Flow([a], [c])
+    with pytest.raises(ValueError, match="cannot be sent to its task process"):
+        flow.run()
+
+
+SIGINT_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {tests!r})
+    from nodes import RecordingConsumer
+    from videoflow.core import Flow, BATCH
+    from videoflow.producers import IntProducer
+
+    if __name__ == "__main__":
+        A = IntProducer(0, None, 0.001)
+        C = RecordingConsumer({out!r}, delay={delay})(A)
+        flow = Flow([A], [C], flow_type=BATCH)
+        flow.run()
+        print("running", flush=True)
+        flow.join()
+        s = flow.stats()
+        print("stats", s.produced, s.delivered, s.dropped, s.pool_slots_in_use, flush=True)
+    """
+)
+
+
+def _start_script(tmp_path, output_file, delay):
+    script = tmp_path / "sigint.py"
+    tests = os.path.dirname(os.path.abspath(__file__))
+    script.write_text(SIGINT_SCRIPT.format(tests=tests, out=output_file, delay=delay))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "running"
+    deadline = time.monotonic() + 20
+    while len(read_lines(output_file)) < 20 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return proc
+
+
+@pytest.mark.timeout(60)
+def test_sigint_once_stops_gracefully_and_delivers_everything(tmp_path, output_file):
+    proc = _start_script(tmp_path, output_file, delay=0.002)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    lines = read_lines(output_file)
+    produced, delivered, dropped, in_use = map(int, out.split("stats", 1)[1].split()[:4])
+    assert produced == delivered == len(lines) and dropped == 0 and in_use == 0
+    assert lines == [str(i) for i in range(len(lines))]
+    entries, _ = wait_clean(proc.pid)
+    assert not entries
+
+
+@pytest.mark.timeout(60)
+def test_sigint_twice_kills(tmp_path, output_file):
+    proc = _start_script(tmp_path, output_file, delay=0.05)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    entries, _ = wait_clean(proc.pid)
+    assert not entries
