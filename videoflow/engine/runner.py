@@ -12,15 +12,18 @@ from __future__ import annotations
 import atexit
 import logging
 import multiprocessing as mp
+import os
 import pickle
 import signal
 import threading
 import time
 import weakref
 from multiprocessing.connection import Connection, wait
+from collections.abc import Collection
 from typing import Any
 
 from videoflow.config import FlowConfig
+from videoflow.engine.logs import handle_forwarded, level_snapshot
 from videoflow.engine.plan import MERGE, Plan, StageSpec, assign_gpus, build_plan, visible_gpus
 from videoflow.engine.stats import (
     ABORT, FLAGS, GO, ROW, STOP, FlowStats, NodeStats, node_stats, task_stats,
@@ -57,8 +60,15 @@ class _TaskHandle:
 class ProcessEngine:
     """Runs a plan with one OS process per task."""
 
-    def __init__(self, specs: list[StageSpec], realtime: bool, config: FlowConfig) -> None:
+    def __init__(
+        self, specs: list[StageSpec], realtime: bool, config: FlowConfig, *,
+        one_task: Collection[str] = (),
+    ) -> None:
         self.config = config
+        self.one_task = frozenset(one_task)  # processors that cannot have more tasks (stats)
+        self.started_at: float | None = None  # monotonic time every task was ready
+        self.ended_at: float | None = None  # monotonic time the last task ended
+        self._final_slots: dict[str, int] = {}
         self.realtime = realtime
         self.plan: Plan = build_plan(specs, config)
         self.prefix = new_flow_prefix()
@@ -93,6 +103,8 @@ class ProcessEngine:
         plan, cfg = self.plan, self.config
         node_bytes = {s.index: self._node_bytes(s.spec) for s in plan.stages}
         gpus = assign_gpus(plan, visible_gpus())
+        log_levels = level_snapshot()
+        environ = dict(os.environ)
         try:
             self._queues = [
                 ControlQueue(
@@ -124,6 +136,8 @@ class ProcessEngine:
                     outbox_window_counter=window_counter,
                     gpu=gpu,
                     cpu_fallback=(stage.index, worker) in gpus and gpu is None,
+                    log_levels=log_levels,
+                    environ=environ,
                 )
                 row += ROW
                 reader, writer = self._ctx.Pipe(duplex=False)
@@ -183,7 +197,9 @@ class ProcessEngine:
 
     def _on_event(self, task: _TaskHandle, event: tuple[Any, ...]) -> None:
         what = event[0]
-        if what == "attached":
+        if what == "log":
+            handle_forwarded(event[1])
+        elif what == "attached":
             task.attached = True
         elif what == "ready":
             task.ready = True
@@ -226,6 +242,7 @@ class ProcessEngine:
             self.errors.append(FlowError(f"flow monitor failed: {exc}", node="<engine>"))
             self._abort_now()
         finally:
+            self.ended_at = time.monotonic()
             for task in self._tasks:
                 task.process.join(timeout=5)
             self._cleanup()
@@ -265,6 +282,7 @@ class ProcessEngine:
                     queue.unlink()
                 queues_unlinked = True
             if not self.control[GO] and all(t.ready for t in self._tasks):
+                self.started_at = time.monotonic()
                 self.control[GO] = 1
             if not self.control[GO] and time.monotonic() > start_deadline and not self._aborting:
                 slow = next(t for t in self._tasks if not t.ready)
@@ -284,13 +302,8 @@ class ProcessEngine:
         for queue in self._queues:
             queue.unlink()
             queue.close()
-        in_use = 0
-        for name in list_entries(self.prefix):
-            try:
-                in_use += SlotPool.attach(name).occupancy()
-            except Exception:
-                continue
-        self.pool_slots_in_use = in_use
+        self._final_slots = self._pool_occupancy()
+        self.pool_slots_in_use = sum(self._final_slots.values())
         unlink_prefix(self.prefix)
         for task in self._tasks:
             if task.conn is not None:

@@ -49,6 +49,7 @@ class TaskSpec:
     outbox_window_counter: int  # control index the numbering sender waits on (-1: none)
     gpu: str | None = None
     cpu_fallback: bool = False
+    environ: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class Lifeline:
@@ -296,8 +297,13 @@ class Task:
             )
 
     def _load_node(self) -> None:
+        # A forkserver child inherits the server's environment, not the flow owner's.
+        os.environ.clear()
+        os.environ.update(self.spec.environ)
         if self.spec.gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = self.spec.gpu
+        elif self.spec.cpu_fallback:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
         if self.spec.node_bytes is None:
             return
         self.phase = "load"
