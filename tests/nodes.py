@@ -21,7 +21,7 @@ class RecordingConsumer(ConsumerNode):
         self.path, self.delay, self.frames = path, delay, frames
 
     def open(self) -> None:
-        self._f = open(self.path, "a", buffering=1)
+        self._f = open(self.path, "a", buffering=1)  # noqa: SIM115 (closed in close())
 
     def consume(self, *values: Any) -> None:
         if self.delay:
@@ -98,7 +98,12 @@ class DictOfArrays(ProcessorNode):
     """Wraps a frame in a dict with a big list: exercises the pickle + out-of-band path."""
 
     def process(self, frame: np.ndarray) -> Any:
-        return {"frame": frame, "copy": frame.copy(), "words": ["w"] * 5000, "i": self.meta["index"]}
+        return {
+            "frame": frame,
+            "copy": frame.copy(),
+            "words": ["w"] * 5000,
+            "i": self.meta["index"],
+        }
 
 
 class UnwrapDict(ProcessorNode):

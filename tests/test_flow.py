@@ -10,7 +10,6 @@ import sys
 import textwrap
 import time
 
-import numpy as np
 import pytest
 from conftest import read_lines, wait_clean
 from nodes import (

@@ -100,8 +100,11 @@ def test_gpu_workers_get_their_own_device_or_fall_back_to_cpu(tmp_path, output_f
     b = LifecycleProcessor(str(tmp_path), nb_tasks=3, device_type=GPU)(a)
     c = RecordingConsumer(output_file)(b)
     run(a, c)
-    seen = sorted(
-        open(os.path.join(tmp_path, m)).read() for m in os.listdir(tmp_path) if m.startswith("open.")
-    )
+    seen = []
+    for mark in os.listdir(tmp_path):
+        if mark.startswith("open."):
+            with open(os.path.join(tmp_path, mark)) as f:
+                seen.append(f.read())
+    seen.sort()
     assert seen == [" cpu", "0 gpu", "1 gpu"]  # the fallback worker sees no GPU
     assert b.device_type == GPU  # the parent's node object is untouched

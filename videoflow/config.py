@@ -84,5 +84,7 @@ def _parse(text: str, type_name: Any, name: str) -> Any:
         if kind == "bool":
             return text.strip().lower() in ("1", "true", "yes", "on")
     except ValueError:
-        raise ValueError(f"environment variable VIDEOFLOW_{name.upper()}={text!r} is not a {kind}")
+        raise ValueError(
+            f"environment variable VIDEOFLOW_{name.upper()}={text!r} is not a {kind}"
+        ) from None
     return text

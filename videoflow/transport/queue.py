@@ -9,6 +9,8 @@ budget RLIMIT_MSGQUEUE, which is why messages are kept small and payloads go to 
 
 from __future__ import annotations
 
+import contextlib
+
 import posix_ipc
 
 _MSG_MAX_PATH = "/proc/sys/fs/mqueue/msg_max"
@@ -28,7 +30,9 @@ class ControlQueue:
 
     __slots__ = ("_mq", "name")
 
-    def __init__(self, name: str, *, create: bool = False, depth: int = 4, message_size: int = 4096):
+    def __init__(
+        self, name: str, *, create: bool = False, depth: int = 4, message_size: int = 4096
+    ):
         self.name = name
         if create:
             self._mq = posix_ipc.MessageQueue(
@@ -41,7 +45,7 @@ class ControlQueue:
             self._mq = posix_ipc.MessageQueue("/" + name)
 
     def put(self, data: bytes, timeout: float) -> bool:
-        """Send ``data``; False when the queue stayed full for ``timeout`` seconds (0: don't wait)."""
+        """Send ``data``; False when the queue stayed full for ``timeout`` s (0: do not wait)."""
         try:
             self._mq.send(data, timeout)
         except posix_ipc.BusyError:
@@ -63,13 +67,9 @@ class ControlQueue:
         return int(self._mq.max_message_size)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(posix_ipc.ExistentialError):
             self._mq.close()
-        except posix_ipc.ExistentialError:
-            pass
 
     def unlink(self) -> None:
-        try:
+        with contextlib.suppress(posix_ipc.ExistentialError):
             posix_ipc.unlink_message_queue("/" + self.name)
-        except posix_ipc.ExistentialError:
-            pass

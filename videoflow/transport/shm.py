@@ -15,6 +15,7 @@ slot from a reused one.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import mmap
 import os
 import struct
@@ -149,10 +150,8 @@ class SlotPool:
         return self.mm[at : at + self.nslots].count(USED)
 
     def unlink(self) -> None:
-        try:
+        with contextlib.suppress(posix_ipc.ExistentialError):
             posix_ipc.unlink_shared_memory("/" + self.name)
-        except posix_ipc.ExistentialError:
-            pass
 
 
 class PoolRegistry:
@@ -203,15 +202,23 @@ class PoolRegistry:
         return pool.readonly[start : start + nbytes]
 
     def array(
-        self, ref: SlotRef, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], dtype: str
+        self,
+        ref: SlotRef,
+        offset: int,
+        shape: tuple[int, ...],
+        strides: tuple[int, ...],
+        dtype: str,
     ) -> np.ndarray:
         """A read-only ndarray onto a slot, without copying."""
         pool = self.get(ref.pool)
         if self.debug:
             pool.check(ref.slot, ref.gen)
         return np.ndarray(
-            shape, dtype=dtype, buffer=pool.readonly,
-            offset=pool.slot_offset(ref.slot) + offset, strides=strides,
+            shape,
+            dtype=dtype,
+            buffer=pool.readonly,
+            offset=pool.slot_offset(ref.slot) + offset,
+            strides=strides,
         )
 
     def pools(self) -> list[SlotPool]:
