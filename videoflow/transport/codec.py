@@ -31,6 +31,11 @@ Encoded = tuple[Any, ...]
 _SCALARS = (int, float, bool, type(None), complex)
 
 
+def _plain_dtype(dtype: np.dtype) -> bool:
+    """True when ``dtype.str`` rebuilds the dtype exactly (no fields, sub-arrays or objects)."""
+    return dtype.fields is None and dtype.subdtype is None and not dtype.hasobject
+
+
 def value_refs(enc: Encoded) -> list[SlotRef]:
     """The slots an encoded value keeps alive."""
     form = enc[0]
@@ -80,7 +85,7 @@ class Codec:
             isinstance(value, (str, bytes)) and len(value) <= self.inline_max
         ):
             return ("o", value)
-        if type(value) is np.ndarray and not value.dtype.hasobject and value.nbytes:
+        if type(value) is np.ndarray and value.nbytes and _plain_dtype(value.dtype):
             return self._encode_array(value, held)
         return self._encode_pickle(value, held)
 
