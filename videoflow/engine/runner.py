@@ -18,19 +18,40 @@ import signal
 import threading
 import time
 import weakref
-from multiprocessing.connection import Connection, wait
 from collections.abc import Collection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from videoflow.config import FlowConfig
 from videoflow.engine.logs import handle_forwarded, level_snapshot
-from videoflow.engine.plan import MERGE, Plan, StageSpec, assign_gpus, build_plan, visible_gpus
+from videoflow.engine.plan import (
+    MERGE,
+    PROCESSOR,
+    Plan,
+    StageSpec,
+    assign_gpus,
+    build_plan,
+    visible_gpus,
+)
 from videoflow.engine.stats import (
-    ABORT, FLAGS, GO, ROW, STOP, FlowStats, NodeStats, node_stats, task_stats,
+    ABORT,
+    FLAGS,
+    GO,
+    ROW,
+    STOP,
+    FlowStats,
+    NodeStats,
+    node_stats,
+    task_stats,
 )
 from videoflow.engine.task import TaskSpec, task_main
 from videoflow.errors import FlowError
-from videoflow.transport.names import list_entries, new_flow_prefix, sweep_dead_owners, unlink_prefix
+from videoflow.transport.names import (
+    list_entries,
+    new_flow_prefix,
+    sweep_dead_owners,
+    unlink_prefix,
+)
 from videoflow.transport.queue import ControlQueue
 from videoflow.transport.shm import SlotPool
 
@@ -310,25 +331,75 @@ class ProcessEngine:
                 task.conn.close()
 
     # -- statistics ------------------------------------------------------------------------
+    def _pool_occupancy(self) -> dict[str, int]:
+        """Slots in use now, per pool of this flow (pools are read by name, never kept open)."""
+        in_use: dict[str, int] = {}
+        for name in list_entries(self.prefix):
+            try:
+                in_use[name] = SlotPool.attach(name).occupancy()
+            except Exception:
+                continue
+        return in_use
+
+    def _queued(self, index: int) -> int | None:
+        if self._done.is_set():
+            return None
+        try:
+            return len(self._queues[index])
+        except Exception:  # closed by the cleanup meanwhile
+            return None
+
     def stats(self) -> FlowStats:
+        """A snapshot of the counters; reads the control block, queues and pools, no task."""
+        running = self.running
         rows = list(self.control)
+        now = time.monotonic()
+        started, ended = self.started_at, self.ended_at
+        elapsed = 0.0 if started is None else max(0.0, (ended or now) - started)
+        slots: dict[str, int] = {}
+        pools = self._pool_occupancy() if running else {}
+        cut = len(self.prefix) + 1
+        for name, used in pools.items():
+            owner = name[cut:].split(".", 1)[0]  # "<stage>-<worker>"
+            slots[owner] = slots.get(owner, 0) + used
+        failed: dict[tuple[str, int], int] = {}
+        for err in list(self.errors):
+            failed[(err.node, err.task)] = failed.get((err.node, err.task), 0) + 1
         nodes: list[NodeStats] = []
+        dropped = 0
         at = self._rows_at
         for stage in self.plan.stages:
+            spec = stage.spec
             tasks = []
-            for worker in range(stage.spec.nb_tasks):
-                tasks.append(task_stats(stage.spec.name, worker, rows[at : at + ROW]))
+            for worker in range(spec.nb_tasks):
+                tasks.append(
+                    task_stats(
+                        spec.name, worker, rows[at : at + ROW],
+                        errors=failed.get((spec.name, worker), 0),
+                        slots_in_use=slots.get(f"{stage.index}-{worker}") if running else None,
+                        elapsed_s=elapsed,
+                    )
+                )
                 at += ROW
-            if stage.spec.kind != MERGE:
-                nodes.append(node_stats(stage.spec.name, stage.spec.kind, tasks))
-        dropped = sum(n.dropped for n in nodes)
+            dropped += sum(t.dropped for t in tasks)
+            if spec.kind != MERGE:
+                nodes.append(
+                    node_stats(
+                        spec.name, spec.kind, tasks,
+                        inbox_queued=self._queued(stage.inbox.index) if stage.inbox else None,
+                        one_task=spec.kind != PROCESSOR or spec.name in self.one_task,
+                        elapsed_s=elapsed,
+                    )
+                )
         return FlowStats(
             nodes=tuple(nodes),
             produced=nodes[0].messages_in,
             delivered=nodes[-1].messages_in,
             dropped=dropped,
-            running=self.running,
+            running=running,
             pool_slots_in_use=self.pool_slots_in_use,
+            errors=sum(failed.values()),
+            elapsed_s=elapsed,
         )
 
 

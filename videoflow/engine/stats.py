@@ -2,13 +2,18 @@
 
 Every task owns one row of int64 counters in the flow's control block, a shared array created
 by the flow's owner: the task is the only writer of its row, the owner reads it at any time, so
-counting costs a few memory stores per message and needs no message of its own.
+counting costs a few memory stores per message and needs no message of its own. Everything else
+in a snapshot (elapsed time, errors, queue and slot-pool occupancy) is read by the owner when the
+snapshot is taken, and costs the tasks nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from videoflow.engine.report import Report
 
 # Flags at the start of the control block.
 STOP, ABORT, GO = 0, 1, 2
@@ -20,9 +25,59 @@ IN, OUT, DROPPED, BUSY_NS, WAIT_NS, BLOCKED_NS = range(len(FIELDS))
 ROW = len(FIELDS)
 
 
+def _share(seconds: float, tasks: int, elapsed_s: float) -> float:
+    """``seconds`` as a fraction of ``tasks`` x ``elapsed_s`` (0.0 when nothing has elapsed)."""
+    capacity = tasks * elapsed_s
+    return seconds / capacity if capacity > 0 else 0.0
+
+
+class _Rates:
+    """Rates derived from the counters of a task or of a node (``workers`` tasks)."""
+
+    messages_in: int
+    busy_s: float
+    wait_s: float
+    blocked_s: float
+    elapsed_s: float
+
+    @property
+    def workers(self) -> int:
+        return 1
+
+    @property
+    def fps(self) -> float:
+        """Messages received per second of the run."""
+        return self.messages_in / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def busy(self) -> float:
+        """Fraction of the run spent in the node's code, per task (0..1)."""
+        return _share(self.busy_s, self.workers, self.elapsed_s)
+
+    @property
+    def wait(self) -> float:
+        """Fraction of the run spent waiting for input, per task (0..1)."""
+        return _share(self.wait_s, self.workers, self.elapsed_s)
+
+    @property
+    def blocked(self) -> float:
+        """Fraction of the run spent waiting for room downstream, per task (0..1)."""
+        return _share(self.blocked_s, self.workers, self.elapsed_s)
+
+    def _rates(self) -> dict[str, float]:
+        return {"fps": self.fps, "busy": self.busy, "wait": self.wait, "blocked": self.blocked}
+
+
 @dataclasses.dataclass(frozen=True)
-class TaskStats:
-    """Counters of one task (one worker of a node)."""
+class TaskStats(_Rates):
+    """Counters of one task (one worker of a node).
+
+    messages_in/out, dropped, busy_s, wait_s, blocked_s: as in :class:`NodeStats`, for this task.
+    errors:        1 when this task failed (its node raised, or its process died), else 0.
+    slots_in_use:  slots of this task's shared-memory pools taken now (None: no pool, or the
+                   flow has ended and its pools are gone: see ``FlowStats.pool_slots_in_use``).
+    elapsed_s:     seconds the flow has run (the same for every task of a snapshot).
+    """
 
     node: str
     task: int
@@ -32,17 +87,35 @@ class TaskStats:
     busy_s: float
     wait_s: float
     blocked_s: float
+    errors: int = 0
+    slots_in_use: int | None = None
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Fields and derived rates, JSON-ready."""
+        return {**dataclasses.asdict(self), **self._rates()}
 
 
 @dataclasses.dataclass(frozen=True)
-class NodeStats:
+class NodeStats(_Rates):
     """Counters of a node, summed over its tasks.
 
     messages_in:  messages the node received (for a producer: values it produced).
     messages_out: messages it passed downstream (a consumer passes none).
     dropped:      messages it dropped because the next queue was full (realtime only).
+    errors:       tasks of this node that failed.
     busy_s:       seconds spent in the node's own code, summed over tasks.
     wait_s:       seconds spent waiting for input; blocked_s: waiting for room downstream.
+    inbox_queued: messages waiting in the node's input queue now (None: a producer, or the
+                  flow has ended).
+    slots_in_use: slots of the node's shared-memory pools taken now, summed over its tasks.
+    one_task:     the node can only run as one task (a producer, a consumer, a stateful
+                  ``OneTaskProcessorNode``): raising nb_tasks is not a remedy for it.
+    elapsed_s:    seconds the flow has run.
+
+    The fractions ``busy``, ``wait`` and ``blocked`` divide by ``nb_tasks * elapsed_s``, so they
+    stay between 0 and 1 for a node with several workers: ``busy`` near 1 means every worker of
+    the node was always busy.
     """
 
     name: str
@@ -55,9 +128,29 @@ class NodeStats:
     wait_s: float
     blocked_s: float
     tasks: tuple[TaskStats, ...]
+    errors: int = 0
+    inbox_queued: int | None = None
+    slots_in_use: int | None = None
+    one_task: bool = False
+    elapsed_s: float = 0.0
+
+    @property
+    def workers(self) -> int:
+        return self.nb_tasks
+
+    @property
+    def capacity(self) -> float | None:
+        """Messages per second the node could take with every task always busy, estimated from
+        its time per message; None before it has handled any message."""
+        if self.messages_in == 0 or self.busy_s <= 0:
+            return None
+        return self.nb_tasks * self.messages_in / self.busy_s
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Fields and derived rates, JSON-ready."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["tasks"] = [t.to_dict() for t in self.tasks]
+        return {**fields, **self._rates(), "capacity": self.capacity}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +160,11 @@ class FlowStats:
     produced:  values the producer made; delivered: messages the last consumer received;
     dropped:   messages dropped anywhere. In every flow: produced == delivered + dropped
     once the flow has ended (for flows with one consumer at the end of the chain).
-    pool_slots_in_use: slots still taken at the end of the run (0 after a normal end).
+    errors:    tasks that failed.
+    elapsed_s: seconds from the moment every task was ready to the end of the last task (or
+               to now, while the flow runs); 0.0 before it started.
+    pool_slots_in_use: slots still taken at the end of the run (0 after a normal end; None
+               while it runs).
     """
 
     nodes: tuple[NodeStats, ...]
@@ -76,6 +173,13 @@ class FlowStats:
     dropped: int
     running: bool
     pool_slots_in_use: int | None = None
+    errors: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def fps(self) -> float:
+        """Messages delivered to the last node per second of the run."""
+        return self.delivered / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def node(self, name: str) -> NodeStats:
         for stats in self.nodes:
@@ -83,18 +187,35 @@ class FlowStats:
                 return stats
         raise KeyError(f"no node named {name!r} in this flow")
 
+    def report(self) -> Report:
+        """The bottleneck report of this snapshot (``str()`` of it is the table and verdict)."""
+        from videoflow.engine.report import Report
+
+        return Report.from_stats(self)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Fields and derived rates, JSON-ready (``json.dumps(stats.to_dict())`` works)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["nodes"] = [n.to_dict() for n in self.nodes]
+        return {**fields, "fps": self.fps}
 
 
-def task_stats(node: str, task: int, row: list[int]) -> TaskStats:
+def task_stats(
+    node: str, task: int, row: list[int], *, errors: int = 0, slots_in_use: int | None = None,
+    elapsed_s: float = 0.0,
+) -> TaskStats:
     return TaskStats(
         node, task, row[IN], row[OUT], row[DROPPED],
         row[BUSY_NS] / 1e9, row[WAIT_NS] / 1e9, row[BLOCKED_NS] / 1e9,
+        errors=errors, slots_in_use=slots_in_use, elapsed_s=elapsed_s,
     )
 
 
-def node_stats(name: str, kind: str, tasks: list[TaskStats]) -> NodeStats:
+def node_stats(
+    name: str, kind: str, tasks: list[TaskStats], *, inbox_queued: int | None = None,
+    one_task: bool = False, elapsed_s: float = 0.0,
+) -> NodeStats:
+    slots = [t.slots_in_use for t in tasks if t.slots_in_use is not None]
     return NodeStats(
         name=name,
         kind=kind,
@@ -106,4 +227,9 @@ def node_stats(name: str, kind: str, tasks: list[TaskStats]) -> NodeStats:
         wait_s=sum(t.wait_s for t in tasks),
         blocked_s=sum(t.blocked_s for t in tasks),
         tasks=tuple(tasks),
+        errors=sum(t.errors for t in tasks),
+        inbox_queued=inbox_queued,
+        slots_in_use=sum(slots) if slots else None,
+        one_task=one_task,
+        elapsed_s=elapsed_s,
     )

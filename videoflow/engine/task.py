@@ -18,6 +18,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from videoflow.config import FlowConfig
+from videoflow.engine.logs import EventSender, forward_to_owner
 from videoflow.engine.plan import CONSUMER, MERGE, PRODUCER, Link, Stage
 from videoflow.engine.stats import ABORT, BLOCKED_NS, BUSY_NS, DROPPED, GO, IN, OUT, STOP, WAIT_NS
 from videoflow.transport.codec import Codec, value_refs
@@ -49,6 +50,7 @@ class TaskSpec:
     outbox_window_counter: int  # control index the numbering sender waits on (-1: none)
     gpu: str | None = None
     cpu_fallback: bool = False
+    log_levels: tuple[tuple[str, int], ...] = ()  # the owner's logger levels (logs.level_snapshot)
     environ: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -212,7 +214,7 @@ class Outbox:
 class Task:
     """One task: a node (or a merge) between an inbox and an outbox."""
 
-    def __init__(self, spec: TaskSpec, conn: Connection, control: Any) -> None:
+    def __init__(self, spec: TaskSpec, conn: EventSender, control: Any) -> None:
         self.spec = spec
         self.stage = spec.stage
         self.conn = conn
@@ -411,4 +413,6 @@ class Task:
 def task_main(spec: TaskSpec, conn: Connection, control: Any) -> None:
     """Entry point of a task process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    Task(spec, conn, control).run()
+    sender = EventSender(conn)
+    forward_to_owner(sender, spec.stage.spec.name, spec.worker, spec.log_levels)
+    Task(spec, sender, control).run()

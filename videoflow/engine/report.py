@@ -1,0 +1,177 @@
+"""The bottleneck report: a table of what each node did and a one-line verdict on what to change.
+
+The bottleneck is the node with the lowest capacity, the rate at which it could take messages
+with every one of its tasks always busy: ``nb_tasks * messages_in / busy_s``. In a steady batch
+run that is also the node with the highest busy fraction; in a realtime run that drops, it is the
+node that could not keep up, even when the producer's pacing makes the producer look as busy.
+Busy fractions divide by ``nb_tasks * elapsed``, so a node with four workers that are always busy
+reads 100 %, not 400 %.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any
+
+from videoflow.engine.stats import FlowStats, NodeStats
+
+SATURATED = 0.5  # below this busy fraction, no node is said to hold the flow back
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportRow:
+    """One node's line of the table; fractions are 0..1 (the table shows percents)."""
+
+    node: str
+    kind: str
+    tasks: int
+    fps: float
+    busy: float
+    wait: float
+    blocked: float
+    drops: int
+    errors: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """A bottleneck report. ``str(report)`` is the table followed by the verdict.
+
+    bottleneck: the name of the node that holds the flow back (None: nothing flowed, or no node
+                is busy enough to blame). advice: what to do about it, one sentence.
+    """
+
+    rows: tuple[ReportRow, ...]
+    bottleneck: str | None
+    advice: str
+    verdict: str
+    produced: int
+    delivered: int
+    dropped: int
+    errors: int
+    elapsed_s: float
+    running: bool
+
+    @classmethod
+    def from_stats(cls, stats: FlowStats, cpus: int | None = None) -> Report:
+        """Build the report of a snapshot. ``cpus``: CPUs to plan nb_tasks for (default: this
+        process's)."""
+        rows = tuple(
+            ReportRow(n.name, n.kind, n.nb_tasks, n.fps, n.busy, n.wait, n.blocked, n.dropped,
+                      n.errors)
+            for n in stats.nodes
+        )
+        bottleneck, advice = _diagnose(stats, available_cpus() if cpus is None else cpus)
+        return cls(
+            rows=rows,
+            bottleneck=bottleneck,
+            advice=advice,
+            verdict=_verdict(stats, bottleneck, advice),
+            produced=stats.produced,
+            delivered=stats.delivered,
+            dropped=stats.dropped,
+            errors=stats.errors,
+            elapsed_s=stats.elapsed_s,
+            running=stats.running,
+        )
+
+    def table(self) -> str:
+        """The per-node table, with a summary line above it."""
+        fps = self.delivered / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        state = "running for" if self.running else "in"
+        lines = [
+            f"{self.produced} produced, {self.delivered} delivered, {self.dropped} dropped "
+            f"{state} {self.elapsed_s:.2f} s ({fps:.1f} fps)"
+        ]
+        width = max([4, *(len(r.node) for r in self.rows)])
+        lines.append(
+            f"{'node':<{width}}  {'kind':<9} {'tasks':>5} {'fps':>9} {'busy %':>7} "
+            f"{'wait %':>7} {'blocked %':>9} {'drops':>7}"
+        )
+        for r in self.rows:
+            lines.append(
+                f"{r.node:<{width}}  {r.kind:<9} {r.tasks:>5} {r.fps:>9.1f} {100 * r.busy:>7.1f} "
+                f"{100 * r.wait:>7.1f} {100 * r.blocked:>9.1f} {r.drops:>7}"
+                + (f"  ({r.errors} failed)" if r.errors else "")
+            )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return f"{self.table()}\n{self.verdict}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return dataclasses.asdict(self)
+
+
+def _diagnose(stats: FlowStats, cpus: int) -> tuple[str | None, str]:
+    """The bottleneck node's name and the advice, from per-message costs."""
+    if stats.elapsed_s <= 0 or stats.produced == 0:
+        return None, "nothing flowed: no message went through the flow, nothing to measure"
+    measured = [(n.capacity, n) for n in stats.nodes if n.capacity is not None]
+    if not measured:
+        return None, "no node spent measurable time in its own code"
+    measured.sort(key=lambda item: item[0])
+    capacity, node = measured[0]
+    busiest = max(stats.nodes, key=lambda n: n.busy)
+    if busiest.busy < SATURATED and stats.dropped == 0:
+        return None, (
+            f"no node is saturated (the busiest, {busiest.name}, is busy "
+            f"{100 * busiest.busy:.0f}% of the time): the time goes to moving messages "
+            "between tasks, or to waiting for the source"
+        )
+    runner_up = measured[1][0] if len(measured) > 1 else None
+    return node.name, _advice(node, capacity, runner_up, cpus)
+
+
+def _advice(node: NodeStats, capacity: float, next_capacity: float | None, cpus: int) -> str:
+    if node.kind == "producer":
+        return (
+            f"the producer {node.name} sets the pace: make its next() faster (read or decode "
+            "less, lower the resolution), or accept the rate of the source"
+        )
+    if node.kind == "consumer":
+        return (
+            f"make {node.name}.consume() faster, or move its work into a multi-task processor "
+            "before it (a consumer runs as one task)"
+        )
+    if node.one_task:
+        return (
+            f"{node.name} runs as one task (a stateful OneTaskProcessorNode): make its process() "
+            "faster, or move its stateless work into a multi-task processor before it"
+        )
+    k = node.nb_tasks
+    if k >= cpus:
+        return (
+            f"{node.name} already has {k} tasks on {cpus} CPUs: make its process() cheaper, or "
+            f"raise nb_tasks of {node.name} from {k} to {k + 1} only if it waits on I/O or a GPU"
+        )
+    want = k + 1
+    if next_capacity is not None and math.isfinite(next_capacity):
+        want = max(want, math.ceil(k * next_capacity / capacity))
+    want = min(want, max(k + 1, cpus))
+    return f"raise nb_tasks of {node.name} from {k} to {want}"
+
+
+def _verdict(stats: FlowStats, bottleneck: str | None, advice: str) -> str:
+    text = advice if bottleneck is None else f"bottleneck: {bottleneck}: {advice}"
+    extra = []
+    if stats.dropped and stats.produced:
+        extra.append(
+            f"{stats.dropped} of {stats.produced} messages "
+            f"({100 * stats.dropped / stats.produced:.1f}%) were dropped"
+        )
+    if stats.errors:
+        failed = [n.name for n in stats.nodes if n.errors]
+        extra.append(f"the run failed in {', '.join(failed) or 'the engine'}")
+    return text + "".join(f"; {e}" for e in extra)
