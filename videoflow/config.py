@@ -29,6 +29,7 @@ class FlowConfig:
     start_timeout:     seconds tasks have to open their node and report ready.
     start_method:      multiprocessing start method (forkserver, spawn or fork).
     debug:             check slot generations on every read (detects use after release).
+    progress:          draw a progress line on stderr while the flow runs (only on a terminal).
     """
 
     queue_depth: int = 4
@@ -41,6 +42,7 @@ class FlowConfig:
     start_timeout: float = 60.0
     start_method: str = "forkserver"
     debug: bool = False
+    progress: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.queue_depth <= 64:

@@ -10,8 +10,10 @@ from typing import Any
 from videoflow.config import FlowConfig
 from videoflow.core.constants import BATCH, FLOW_TYPES, REALTIME
 from videoflow.core.graph import sorted_nodes
-from videoflow.core.node import Node
+from videoflow.core.node import Node, OneTaskProcessorNode, ProducerNode
+from videoflow.engine import progress
 from videoflow.engine.plan import StageSpec
+from videoflow.engine.report import Report
 from videoflow.engine.runner import ProcessEngine
 from videoflow.engine.stats import FlowStats
 
@@ -45,6 +47,7 @@ class Flow:
         self._flow_type = flow_type
         self._config = FlowConfig.from_options(flow_options)
         self._engine: ProcessEngine | None = None
+        self._progress: progress.Progress | None = None
 
     @property
     def flow_type(self) -> str:
@@ -77,9 +80,32 @@ class Flow:
         """Start the flow and return at once; ``join()`` waits for its end."""
         if self._engine is not None:
             raise RuntimeError("this flow was already started: a Flow runs once")
-        engine = ProcessEngine(self._specs(), self._flow_type == REALTIME, self._config)
+        engine = ProcessEngine(
+            self._specs(), self._flow_type == REALTIME, self._config,
+            one_task=[n.name for n in self._nodes if isinstance(n, OneTaskProcessorNode)],
+        )
         self._engine = engine
         engine.start()
+        options = progress.current_run_options()
+        if options is not None:
+            options.flows.append(self)
+        if progress.wanted(self._config.progress):
+            self._progress = progress.Progress(engine.stats, self._expected_count()).start()
+
+    def _expected_count(self) -> int | None:
+        producer = self._nodes[0]
+        if not isinstance(producer, ProducerNode):
+            return None
+        try:
+            count = producer.expected_count()
+        except Exception:
+            log.debug("expected_count() of %s failed", producer.name, exc_info=True)
+            return None
+        return count if isinstance(count, int) and count > 0 else None
+
+    def _end_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
 
     def _started(self) -> ProcessEngine:
         if self._engine is None:
@@ -107,10 +133,12 @@ class Flow:
                 if interrupted:
                     engine.kill()
                     engine.wait()
+                    self._end_progress()
                     raise
                 interrupted = True
                 log.warning("interrupted: stopping the flow (Ctrl-C again to kill it)")
                 engine.stop()
+        self._end_progress()
         if engine.errors:
             raise engine.errors[0]
         return True
@@ -127,6 +155,12 @@ class Flow:
         """Counters per node, live while running and final after ``join()``."""
         return self._started().stats()
 
+    def report(self) -> Report:
+        """The bottleneck report: ``print(flow.report())`` shows a table per node (fps, busy,
+        wait, drops) and a verdict naming the node that holds the flow back and what to do.
+        Works while running and after ``join()``."""
+        return Report.from_stats(self.stats())
+
     def __enter__(self) -> Flow:
         self.run()
         return self
@@ -142,6 +176,7 @@ class Flow:
         if exc_type is not None:
             self._engine.abort()
             self._engine.wait()
+            self._end_progress()
             return
         self.join()
 

@@ -134,6 +134,12 @@ class ProducerNode(Node):
     def next(self) -> Any:
         raise NotImplementedError
 
+    def expected_count(self) -> int | None:
+        """How many values ``next()`` will return before StopIteration, when known in advance
+        (a file's frame count, a counter's range); None when unknown or endless. Called in the
+        flow's owner, before the run, to draw a progress bar; override it in your producer."""
+        return None
+
 
 class ProcessorNode(Node):
     """Transforms its parents' values: ``process(*inputs)`` returns the output.

@@ -34,6 +34,9 @@ class IntProducer(ProducerNode):
     def open(self) -> None:
         self._next = self._start
 
+    def expected_count(self) -> int | None:
+        return None if self._end is None else max(0, self._end - self._start)
+
     def next(self) -> int:
         if self._end is not None and self._next >= self._end:
             raise StopIteration
@@ -94,6 +97,9 @@ class SyntheticFrameProducer(ProducerNode):
     def open(self) -> None:
         self._index = 0
         self._t0 = time.monotonic()
+
+    def expected_count(self) -> int | None:
+        return self.count
 
     def next(self) -> np.ndarray:
         i = self._index
