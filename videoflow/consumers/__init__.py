@@ -1,5 +1,12 @@
 """Consumers: the nodes that end the branches of a flow."""
 
 from videoflow.consumers.basic import CommandlineConsumer, VoidConsumer
+from videoflow.consumers.video import (
+    ImageFolderWriter,
+    JsonLinesWriter,
+    VideoDisplay,
+    VideofileWriter,
+)
 
 __all__ = ["CommandlineConsumer", "VoidConsumer"]
+__all__ += ["ImageFolderWriter", "JsonLinesWriter", "VideoDisplay", "VideofileWriter"]

@@ -8,7 +8,19 @@ from videoflow.processors.aggregators import (
     MultiplicationAggregator,
     SumAggregator,
 )
+from videoflow.processors.annotate import BoundingBoxAnnotator, TextAnnotator
 from videoflow.processors.basic import IdentityProcessor, JoinerProcessor
+from videoflow.processors.tracker import KalmanTracker, SortTracker
+from videoflow.processors.vision import (
+    Crop,
+    CvtColor,
+    GaussianBlur,
+    HaarFaceDetector,
+    HogPeopleDetector,
+    Mask,
+    MotionDetector,
+    Resize,
+)
 
 __all__ = [
     "CountAggregator",
@@ -19,4 +31,18 @@ __all__ = [
     "MinAggregator",
     "MultiplicationAggregator",
     "SumAggregator",
+]
+__all__ += [
+    "BoundingBoxAnnotator",
+    "Crop",
+    "CvtColor",
+    "GaussianBlur",
+    "HaarFaceDetector",
+    "HogPeopleDetector",
+    "KalmanTracker",
+    "Mask",
+    "MotionDetector",
+    "Resize",
+    "SortTracker",
+    "TextAnnotator",
 ]

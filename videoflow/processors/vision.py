@@ -1,0 +1,374 @@
+"""Vision processors on OpenCV: frame transformers and object detectors.
+
+Transformers write their output through OpenCV's ``dst=`` into an array from
+``self.allocate(...)``, which lives in a shared-memory slot: the result travels downstream
+without a copy. ``Crop`` returns a view of its input, which costs nothing at all.
+
+Detectors return an N x 6 float32 array, one row per object: x1, y1, x2, y2, score, class.
+The HOG people detector and the Haar cascades ship with OpenCV 4.x wheels; OpenCV 5 moved
+them out of the main module, and the detectors then raise a clear error when created.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+from videoflow.core.node import OneTaskProcessorNode, ProcessorNode
+
+# The HOG and cascade APIs are absent from OpenCV 5 (and from its type stubs): reach them untyped.
+_cv2: Any = cv2
+
+PERSON, FACE, OBJECT = 0, 1, 2
+CLASS_NAMES = {PERSON: "person", FACE: "face", OBJECT: "object"}
+
+
+def empty_boxes() -> np.ndarray:
+    """An empty detection result: a 0 x 6 float32 array."""
+    return np.zeros((0, 6), dtype=np.float32)
+
+
+def _size(width: int, height: int) -> tuple[int, int]:
+    if width < 1 or height < 1:
+        raise ValueError(f"width and height must be positive, got {width}x{height}")
+    return int(width), int(height)
+
+
+class Resize(ProcessorNode):
+    """cv2.resize to ``width`` x ``height`` (interpolation: a cv2.INTER_* flag)."""
+
+    def __init__(
+        self, width: int, height: int, interpolation: int = cv2.INTER_LINEAR, **kw: Any
+    ) -> None:
+        super().__init__(**kw)
+        self.width, self.height = _size(width, height)
+        self.interpolation = interpolation
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        out = self.allocate((self.height, self.width, *frame.shape[2:]), frame.dtype)
+        return cv2.resize(
+            frame, (self.width, self.height), dst=out, interpolation=self.interpolation
+        )
+
+
+class Crop(ProcessorNode):
+    """The region ``x, y, width, height`` of the frame (clipped to the frame).
+
+    The output is a view of the input slot: no pixel is copied. An empty region is an error.
+    """
+
+    def __init__(self, x: int, y: int, width: int, height: int, **kw: Any) -> None:
+        super().__init__(**kw)
+        if x < 0 or y < 0:
+            raise ValueError(f"x and y must be >= 0, got {x}, {y}")
+        self.x, self.y = int(x), int(y)
+        self.width, self.height = _size(width, height)
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        region = frame[self.y : self.y + self.height, self.x : self.x + self.width]
+        if region.size == 0:
+            raise ValueError(
+                f"crop ({self.x}, {self.y}, {self.width}, {self.height}) lies outside the "
+                f"{frame.shape[1]}x{frame.shape[0]} frame"
+            )
+        return region
+
+
+class Mask(ProcessorNode):
+    """Keeps the pixels inside a mask and sets the others to ``fill``.
+
+    mask:      an (H, W) array, non-zero where pixels are kept; or
+    polygons:  a list of polygons (lists of (x, y) points) drawn as the kept area, on frames of
+               any size.
+    invert:    keep the pixels outside instead.
+    """
+
+    def __init__(
+        self,
+        mask: np.ndarray | None = None,
+        polygons: Sequence[Sequence[tuple[int, int]]] | None = None,
+        invert: bool = False,
+        fill: int = 0,
+        **kw: Any,
+    ) -> None:
+        super().__init__(**kw)
+        if (mask is None) == (polygons is None):
+            raise ValueError("Mask needs exactly one of mask= or polygons=")
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.ndim != 2:
+                raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
+            mask = (mask != 0).astype(np.uint8) * 255
+        self.polygons = [np.asarray(p, dtype=np.int32) for p in (polygons or [])]
+        self.invert, self.fill = invert, fill
+        self._mask = None if mask is None else self._finish(mask)
+
+    def _finish(self, mask: np.ndarray) -> np.ndarray:
+        return cv2.bitwise_not(mask) if self.invert else mask
+
+    def _mask_for(self, shape: tuple[int, ...]) -> np.ndarray:
+        if self._mask is None or (self.polygons and self._mask.shape != shape[:2]):
+            mask = np.zeros(shape[:2], dtype=np.uint8)
+            cv2.fillPoly(mask, self.polygons, 255)
+            self._mask = self._finish(mask)
+        if self._mask.shape != shape[:2]:
+            raise ValueError(f"mask is {self._mask.shape}, frame is {shape[:2]}")
+        return self._mask
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        mask = self._mask_for(frame.shape)
+        out = self.allocate(frame.shape, frame.dtype)
+        out.fill(self.fill)
+        return cv2.copyTo(frame, mask, dst=out)
+
+
+class CvtColor(ProcessorNode):
+    """cv2.cvtColor with ``code`` (a cv2.COLOR_* constant, e.g. cv2.COLOR_BGR2GRAY).
+
+    The output shape is learnt on the first frame of each input shape; after that OpenCV
+    converts straight into the output slot.
+    """
+
+    def __init__(self, code: int = cv2.COLOR_BGR2GRAY, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.code = code
+        self._shapes: dict[tuple[tuple[int, ...], str], tuple[tuple[int, ...], Any]] = {}
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        key = (frame.shape, frame.dtype.str)
+        known = self._shapes.get(key)
+        if known is None:
+            converted = cv2.cvtColor(frame, self.code)
+            self._shapes[key] = (converted.shape, converted.dtype)
+            out = self.allocate(converted.shape, converted.dtype)
+            np.copyto(out, converted)
+            return out
+        out = self.allocate(*known)
+        return cv2.cvtColor(frame, self.code, dst=out)
+
+
+class GaussianBlur(ProcessorNode):
+    """cv2.GaussianBlur with a ``ksize`` x ``ksize`` kernel (odd) and ``sigma`` (0: from ksize)."""
+
+    def __init__(self, ksize: int = 15, sigma: float = 0.0, **kw: Any) -> None:
+        super().__init__(**kw)
+        if ksize < 1 or ksize % 2 == 0:
+            raise ValueError(f"ksize must be a positive odd number, got {ksize}")
+        self.ksize, self.sigma = int(ksize), float(sigma)
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        out = self.allocate(frame.shape, frame.dtype)
+        return cv2.GaussianBlur(frame, (self.ksize, self.ksize), self.sigma, dst=out)
+
+
+# -- detection helpers ------------------------------------------------------------------------
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of every box of ``a`` (N x 4+) with every box of ``b`` (M x 4+)."""
+    a = np.asarray(a, dtype=np.float64)[:, None, :4]
+    b = np.asarray(b, dtype=np.float64)[None, :, :4]
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw * ih
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a + area_b - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def non_max_suppression(boxes: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Rows of ``boxes`` (N x 6) kept by greedy NMS on score, highest score first."""
+    if len(boxes) == 0:
+        return boxes
+    order = np.argsort(-boxes[:, 4], kind="stable")
+    boxes = boxes[order]
+    ious = iou_matrix(boxes, boxes)
+    keep = np.ones(len(boxes), dtype=bool)
+    for i in range(len(boxes)):
+        if keep[i]:
+            keep[i + 1 :] &= ious[i, i + 1 :] <= iou_threshold
+    return boxes[keep]
+
+
+def _rects_to_boxes(rects: Any, scores: Any, class_id: int) -> np.ndarray:
+    rects = np.asarray(rects, dtype=np.float32).reshape(-1, 4)
+    if len(rects) == 0:
+        return empty_boxes()
+    out = np.empty((len(rects), 6), dtype=np.float32)
+    out[:, :2] = rects[:, :2]
+    out[:, 2:4] = rects[:, :2] + rects[:, 2:4]
+    out[:, 4] = np.asarray(scores, dtype=np.float32).reshape(-1)
+    out[:, 5] = class_id
+    return out
+
+
+def _missing(feature: str) -> RuntimeError:
+    return RuntimeError(
+        f"{feature} is not in this OpenCV build ({cv2.__version__}): OpenCV 5 moved the HOG "
+        "and cascade detectors out of the main module. Install opencv-python-headless<5 "
+        "(4.x) for HogPeopleDetector and HaarFaceDetector, or use MotionDetector."
+    )
+
+
+def hog_available() -> bool:
+    """True when this OpenCV has the HOG people detector."""
+    return hasattr(_cv2, "HOGDescriptor")
+
+
+def haar_available(cascade: str = "haarcascade_frontalface_default.xml") -> bool:
+    """True when this OpenCV has CascadeClassifier and ships ``cascade``."""
+    folder = getattr(getattr(_cv2, "data", None), "haarcascades", "")
+    return hasattr(_cv2, "CascadeClassifier") and os.path.isfile(os.path.join(folder, cascade))
+
+
+class HogPeopleDetector(ProcessorNode):
+    """OpenCV's HOG + linear SVM pedestrian detector (cv2.HOGDescriptor_getDefaultPeopleDetector).
+
+    Finds upright people at least 64 x 128 pixels tall (use Resize to upscale smaller frames).
+    min_score:  drop detections whose SVM score is below this.
+    Output: N x 6 float32 (x1, y1, x2, y2, score, class_id), after non-max suppression.
+    """
+
+    def __init__(
+        self,
+        win_stride: int = 8,
+        padding: int = 8,
+        scale: float = 1.05,
+        min_score: float = 0.5,
+        nms_threshold: float = 0.3,
+        class_id: int = PERSON,
+        **kw: Any,
+    ) -> None:
+        super().__init__(**kw)
+        if not hog_available():
+            raise _missing("cv2.HOGDescriptor")
+        self.win_stride, self.padding, self.scale = int(win_stride), int(padding), float(scale)
+        self.min_score, self.nms_threshold = float(min_score), float(nms_threshold)
+        self.class_id = class_id
+        self._hog: Any = None
+
+    def open(self) -> None:
+        self._hog = _cv2.HOGDescriptor()
+        self._hog.setSVMDetector(_cv2.HOGDescriptor_getDefaultPeopleDetector())
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_hog"] = None
+        return state
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        if self._hog is None:
+            self.open()
+        rects, weights = self._hog.detectMultiScale(
+            frame,
+            winStride=(self.win_stride, self.win_stride),
+            padding=(self.padding, self.padding),
+            scale=self.scale,
+        )
+        boxes = _rects_to_boxes(rects, weights, self.class_id)
+        boxes = boxes[boxes[:, 4] >= self.min_score]
+        return non_max_suppression(boxes, self.nms_threshold)
+
+
+class HaarFaceDetector(ProcessorNode):
+    """A Haar cascade from cv2.data.haarcascades (default: frontal faces).
+
+    Score is the number of neighbouring detections that support each face (detectMultiScale2).
+    Output: N x 6 float32 (x1, y1, x2, y2, score, class_id).
+    """
+
+    def __init__(
+        self,
+        cascade: str = "haarcascade_frontalface_default.xml",
+        scale_factor: float = 1.1,
+        min_neighbors: int = 5,
+        min_size: int = 24,
+        class_id: int = FACE,
+        **kw: Any,
+    ) -> None:
+        super().__init__(**kw)
+        if not hasattr(_cv2, "CascadeClassifier"):
+            raise _missing("cv2.CascadeClassifier")
+        path = cascade
+        if not os.path.isabs(cascade):
+            path = os.path.join(_cv2.data.haarcascades, cascade)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Haar cascade {path!r} does not exist")
+        self.path = path
+        self.scale_factor, self.min_neighbors = float(scale_factor), int(min_neighbors)
+        self.min_size, self.class_id = int(min_size), class_id
+        self._cascade: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_cascade"] = None
+        return state
+
+    def open(self) -> None:
+        cascade = _cv2.CascadeClassifier(self.path)
+        if cascade.empty():
+            raise OSError(f"OpenCV cannot load Haar cascade {self.path!r}")
+        self._cascade = cascade
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        if self._cascade is None:
+            self.open()
+        gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        rects, neighbours = self._cascade.detectMultiScale2(
+            gray,
+            scaleFactor=self.scale_factor,
+            minNeighbors=self.min_neighbors,
+            minSize=(self.min_size, self.min_size),
+        )
+        return _rects_to_boxes(rects, neighbours, self.class_id)
+
+
+class MotionDetector(OneTaskProcessorNode):
+    """Boxes around what moves, by background subtraction (cv2.BackgroundSubtractorMOG2).
+
+    Works with any OpenCV build and no model. Stateful (one task): it learns the background.
+    min_area:  ignore blobs smaller than this many pixels.
+    Output: N x 6 float32 (x1, y1, x2, y2, score, class_id); score is the blob's filled fraction
+    of its box.
+    """
+
+    def __init__(
+        self,
+        min_area: int = 100,
+        history: int = 50,
+        var_threshold: float = 25.0,
+        class_id: int = OBJECT,
+        **kw: Any,
+    ) -> None:
+        super().__init__(**kw)
+        self.min_area, self.history, self.var_threshold = int(min_area), history, var_threshold
+        self.class_id = class_id
+        self._subtractor: Any = None
+        self._kernel = np.ones((3, 3), dtype=np.uint8)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_subtractor"] = None
+        return state
+
+    def open(self) -> None:
+        self._subtractor = cv2.createBackgroundSubtractorMOG2(
+            history=self.history, varThreshold=self.var_threshold, detectShadows=False
+        )
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        if self._subtractor is None:
+            self.open()
+        fg = self._subtractor.apply(frame)
+        fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, self._kernel)
+        count, _, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+        rows = []
+        for x, y, w, h, area in stats[1:count]:
+            if area >= self.min_area:
+                rows.append((x, y, x + w, y + h, area / float(w * h), self.class_id))
+        if not rows:
+            return empty_boxes()
+        return np.asarray(rows, dtype=np.float32)
