@@ -10,6 +10,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from typing import Any
 
 import videoflow
 from videoflow.config import FlowConfig
@@ -38,20 +39,41 @@ def _info(_: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from videoflow.demo import run_demo
+    from videoflow.engine.progress import run_options
 
     output = args.output or os.path.join(tempfile.gettempdir(), "videoflow-demo.mp4")
-    stats = run_demo(output, nb_frames=args.frames, nb_tasks=args.nb_tasks)
+    with run_options(progress=False if args.no_progress else None):
+        stats = run_demo(output, nb_frames=args.frames, nb_tasks=args.nb_tasks)
     print(f"wrote {output}")
-    for node in stats.nodes:
-        print(f"  {node.name:<28} tasks={node.nb_tasks:<2} frames in={node.messages_in:<6} "
-              f"out={node.messages_out:<6} dropped={node.dropped}")
+    print(stats.report())
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Run the script as ``python script.py args...`` would, with the progress line of each flow
+    it starts, then print each flow's report to stderr (stdout stays the script's own)."""
+    from videoflow.engine.progress import run_options
+
     sys.argv = [args.script, *args.args]
-    runpy.run_path(args.script, run_name="__main__")
+    with run_options(progress=False if args.no_progress else None) as options:
+        try:
+            runpy.run_path(args.script, run_name="__main__")
+        finally:
+            if not args.no_report:
+                _print_reports(options.flows)
     return 0
+
+
+def _print_reports(flows: list[Any]) -> None:
+    for i, flow in enumerate(flows, 1):
+        title = f"videoflow report (flow {i} of {len(flows)})" if len(flows) > 1 else (
+            "videoflow report"
+        )
+        try:
+            text = str(flow.report())
+        except Exception as exc:  # a report must never hide the script's own outcome
+            text = f"no report: {exc}"
+        print(f"\n{title}\n{text}", file=sys.stderr)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -71,9 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="output video (default: videoflow-demo.mp4 in tmp)")
     p.add_argument("--frames", type=int, default=120, help="number of frames (default 120)")
     p.add_argument("--nb-tasks", type=int, default=2, help="processes for the blur (default 2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("run", help="run a flow script (as python would)")
+    p = sub.add_parser(
+        "run", help="run a flow script (as python would), with progress and a report per flow"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    p.add_argument("--no-report", action="store_true", help="no bottleneck report at the end")
     p.add_argument("script")
     p.add_argument("args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_run)
