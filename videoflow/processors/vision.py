@@ -331,6 +331,7 @@ class MotionDetector(OneTaskProcessorNode):
 
     Works with any OpenCV build and no model. Stateful (one task): it learns the background.
     min_area:  ignore blobs smaller than this many pixels.
+    warmup:    frames that only feed the background model (nothing is reported for them).
     Output: N x 6 float32 (x1, y1, x2, y2, score, class_id); score is the blob's filled fraction
     of its box.
     """
@@ -338,6 +339,7 @@ class MotionDetector(OneTaskProcessorNode):
     def __init__(
         self,
         min_area: int = 100,
+        warmup: int = 2,
         history: int = 50,
         var_threshold: float = 25.0,
         class_id: int = OBJECT,
@@ -345,6 +347,8 @@ class MotionDetector(OneTaskProcessorNode):
     ) -> None:
         super().__init__(**kw)
         self.min_area, self.history, self.var_threshold = int(min_area), history, var_threshold
+        self.warmup = int(warmup)
+        self._seen = 0
         self.class_id = class_id
         self._subtractor: Any = None
         self._kernel = np.ones((3, 3), dtype=np.uint8)
@@ -358,11 +362,15 @@ class MotionDetector(OneTaskProcessorNode):
         self._subtractor = cv2.createBackgroundSubtractorMOG2(
             history=self.history, varThreshold=self.var_threshold, detectShadows=False
         )
+        self._seen = 0
 
     def process(self, frame: np.ndarray) -> np.ndarray:
         if self._subtractor is None:
             self.open()
         fg = self._subtractor.apply(frame)
+        self._seen += 1
+        if self._seen <= self.warmup:  # the first frames are all foreground to MOG2
+            return empty_boxes()
         fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, self._kernel)
         count, _, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
         rows = []
