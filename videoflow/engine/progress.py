@@ -78,8 +78,8 @@ def _clock(seconds: float) -> str:
 
 def render(stats: FlowStats, total: int | None) -> str:
     """One progress line (no line end) for a snapshot."""
-    done = stats.delivered + stats.dropped
-    rate = stats.fps
+    done = stats.delivered + stats.dropped  # messages that have left the flow, either way
+    rate = done / stats.elapsed_s if stats.elapsed_s > 0 else 0.0
     if total:
         part = min(1.0, done / total)
         filled = int(part * BAR)
