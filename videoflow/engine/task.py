@@ -22,7 +22,6 @@ from videoflow.config import FlowConfig
 from videoflow.engine.logs import EventSender, forward_to_owner
 from videoflow.engine.plan import CONSUMER, MERGE, PRODUCER, Link, Stage
 from videoflow.engine.stats import ABORT, BLOCKED_NS, BUSY_NS, DROPPED, GO, IN, OUT, STOP, WAIT_NS
-from videoflow.transport import message
 from videoflow.transport.codec import Codec, value_refs
 from videoflow.transport.queue import ControlQueue
 from videoflow.transport.shm import PoolRegistry, SlotAllocator, SlotRef
@@ -101,10 +100,10 @@ class Inbox:
         while True:
             raw = self.queue.get(self.poll)
             if raw is not None:
-                msg = message.loads(raw)
+                msg = pickle.loads(raw)
                 if msg[0] == BLOB:
                     ref, nbytes = msg[1], msg[2]
-                    msg = message.loads(self.registry.view(ref, 0, nbytes))
+                    msg = pickle.loads(self.registry.view(ref, 0, nbytes))
                     self.registry.release(ref)
                 return msg
             self.life.check()
@@ -178,14 +177,14 @@ class Outbox:
         return True
 
     def _pack(self, msg: tuple[Any, ...]) -> tuple[bytes, SlotRef | None]:
-        data = message.dumps(msg)
+        data = pickle.dumps(msg, protocol=5)
         if len(data) <= self.max_size:
             return data, None
         if self.allocator is None:
             raise RuntimeError("a message outgrew the control queue and this task has no pool")
         ref, nbytes = self.allocator.write(data)
         self.allocator.fresh.clear()
-        return message.dumps((BLOB, ref, nbytes)), ref
+        return pickle.dumps((BLOB, ref, nbytes), protocol=5), ref
 
     def send(self, seq: int, meta: dict[str, Any], values: dict[int, Any]) -> bool:
         """Send a data message; False when realtime mode dropped it (the caller frees it)."""
@@ -208,7 +207,7 @@ class Outbox:
         return True
 
     def send_stop(self) -> None:
-        data = message.dumps((STOP_FLOW, 0, None, None))
+        data = pickle.dumps((STOP_FLOW, 0, None, None), protocol=5)
         for _ in range(self.link.receivers):
             self._put_blocking(data)
 
