@@ -35,8 +35,8 @@ class Node:
         self._children: list[Node] = []
         self._nb_tasks = 1
         self._device_type = CPU
-        self._allocator: Allocator | None = None
-        self._meta: dict[str, Any] = {}
+        self._vf_allocator: Allocator | None = None
+        self._vf_meta: dict[str, Any] = {}
 
     # -- wiring ------------------------------------------------------------------------------
     def __call__(self, *parents: Node) -> Node:
@@ -100,23 +100,23 @@ class Node:
         any copy. Outside a flow (unit tests) it is an ordinary ``np.empty`` array.
         """
         shape_t = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
-        if self._allocator is None:
+        if self._vf_allocator is None:
             return np.empty(shape_t, dtype=dtype)
-        return self._allocator(shape_t, dtype)
+        return self._vf_allocator(shape_t, dtype)
 
     @property
     def meta(self) -> dict[str, Any]:
         """Metadata of the message being handled (``index``, plus what producers add, such as
         ``timestamp_ms``). Keys set here travel downstream with the message."""
-        return self._meta
+        return self._vf_meta
 
     # -- pickling to task processes: the graph stays behind in the parent ---------------------
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_parents"] = None
         state["_children"] = []
-        state["_allocator"] = None
-        state["_meta"] = {}
+        state["_vf_allocator"] = None
+        state["_vf_meta"] = {}
         return state
 
     def __repr__(self) -> str:

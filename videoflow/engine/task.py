@@ -310,7 +310,7 @@ class Task:
         if self.spec.cpu_fallback:
             self.node.change_device("cpu")
         if self.allocator is not None:
-            self.node._allocator = self.allocator.array
+            self.node._vf_allocator = self.allocator.array
 
     def _wait_go(self) -> None:
         while not self.control[GO]:
@@ -343,7 +343,7 @@ class Task:
             if control[STOP]:
                 break
             meta: dict[str, Any] = {"index": index}
-            node._meta = meta
+            node._vf_meta = meta
             t0 = _now()
             try:
                 value = node.next()
@@ -377,7 +377,7 @@ class Task:
             _, seq, meta, values = msg
             if not is_merge:
                 inputs = [codec.decode(values[nid]) for nid in reads]
-                node._meta = meta
+                node._vf_meta = meta
                 t0 = _now()
                 if is_consumer:
                     node.consume(*inputs)
