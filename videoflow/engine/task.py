@@ -22,6 +22,7 @@ from videoflow.config import FlowConfig
 from videoflow.engine.logs import EventSender, forward_to_owner
 from videoflow.engine.plan import CONSUMER, MERGE, PRODUCER, Link, Stage
 from videoflow.engine.stats import ABORT, BLOCKED_NS, BUSY_NS, DROPPED, GO, IN, OUT, STOP, WAIT_NS
+from videoflow.transport import message
 from videoflow.transport.codec import Codec, value_refs
 from videoflow.transport.queue import ControlQueue
 from videoflow.transport.shm import PoolRegistry, SlotAllocator, SlotRef
@@ -100,10 +101,10 @@ class Inbox:
         while True:
             raw = self.queue.get(self.poll)
             if raw is not None:
-                msg = pickle.loads(raw)
+                msg = message.loads(raw)
                 if msg[0] == BLOB:
                     ref, nbytes = msg[1], msg[2]
-                    msg = pickle.loads(self.registry.view(ref, 0, nbytes))
+                    msg = message.loads(self.registry.view(ref, 0, nbytes))
                     self.registry.release(ref)
                 return msg
             self.life.check()
@@ -177,14 +178,14 @@ class Outbox:
         return True
 
     def _pack(self, msg: tuple[Any, ...]) -> tuple[bytes, SlotRef | None]:
-        data = pickle.dumps(msg, protocol=5)
+        data = message.dumps(msg)
         if len(data) <= self.max_size:
             return data, None
         if self.allocator is None:
             raise RuntimeError("a message outgrew the control queue and this task has no pool")
         ref, nbytes = self.allocator.write(data)
         self.allocator.fresh.clear()
-        return pickle.dumps((BLOB, ref, nbytes), protocol=5), ref
+        return message.dumps((BLOB, ref, nbytes)), ref
 
     def send(self, seq: int, meta: dict[str, Any], values: dict[int, Any]) -> bool:
         """Send a data message; False when realtime mode dropped it (the caller frees it)."""
@@ -207,7 +208,7 @@ class Outbox:
         return True
 
     def send_stop(self) -> None:
-        data = pickle.dumps((STOP_FLOW, 0, None, None), protocol=5)
+        data = message.dumps((STOP_FLOW, 0, None, None))
         for _ in range(self.link.receivers):
             self._put_blocking(data)
 

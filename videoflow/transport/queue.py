@@ -1,23 +1,37 @@
 """Control queues: small, bounded queues of small messages between task processes.
 
-They are POSIX message queues (posix_ipc): a send or receive is one system call (about 1.3 us
-measured here), blocking with a timeout, and several processes may send to or receive from one
-queue, which is what a multi-task node's shared work queue needs. Kernel limits apply: at most
-``/proc/sys/fs/mqueue/msg_max`` messages per queue (10 on a stock kernel) and the per-user byte
-budget RLIMIT_MSGQUEUE, which is why messages are kept small and payloads go to shared memory.
+Two implementations behind one interface, chosen once at import (see ``videoflow.transport``):
+
+- ``MessageQueue``: a POSIX message queue (posix_ipc), the pure-Python reference. A send or
+  receive is one system call (about 1.2 us measured here), blocking with a timeout, several
+  processes may send to or receive from one queue. Kernel limits apply: at most
+  ``/proc/sys/fs/mqueue/msg_max`` messages per queue (10 on a stock kernel) and the per-user
+  byte budget RLIMIT_MSGQUEUE, which is why messages are kept small.
+- ``RingQueue``: the native one, a bounded MPMC ring of fixed-size records in a POSIX
+  shared-memory segment (native/ring.c): the same semantics (bounded, several senders and
+  receivers, timeouts on both sides) with no system call at all unless a side has to sleep.
+  It lives in /dev/shm under the flow's prefix, so the owner's cleanup and the dead-owner
+  sweep find it like any pool.
+
+``ControlQueue(...)`` builds whichever is in use; both are subclasses of it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import mmap
+import os
+from typing import Any
 
 import posix_ipc
+
+from videoflow.transport import native
 
 _MSG_MAX_PATH = "/proc/sys/fs/mqueue/msg_max"
 
 
 def kernel_msg_max() -> int:
-    """The largest queue depth an unprivileged process may ask for."""
+    """The largest POSIX message queue depth an unprivileged process may ask for."""
     try:
         with open(_MSG_MAX_PATH) as f:
             return int(f.read())
@@ -26,14 +40,51 @@ def kernel_msg_max() -> int:
 
 
 class ControlQueue:
-    """One POSIX message queue, created by the flow's owner and opened by name in the tasks."""
+    """A control queue, created by the flow's owner (``create=True``) and opened by name."""
 
-    __slots__ = ("_mq", "name")
+    __slots__ = ("name",)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> ControlQueue:
+        if cls is ControlQueue:
+            cls = RingQueue if native is not None else MessageQueue
+        return object.__new__(cls)
 
     def __init__(
         self, name: str, *, create: bool = False, depth: int = 4, message_size: int = 4096
-    ):
+    ) -> None:
         self.name = name
+
+    def put(self, data: bytes, timeout: float) -> bool:
+        """Send ``data``; False when the queue stayed full for ``timeout`` s (0: do not wait)."""
+        raise NotImplementedError
+
+    def get(self, timeout: float) -> bytes | None:
+        """Receive one message; None when none came within ``timeout`` seconds."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def max_message_size(self) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Let go of the queue in this process (idempotent)."""
+
+    def unlink(self) -> None:
+        """Remove the name; processes that opened the queue keep using it."""
+
+
+class MessageQueue(ControlQueue):
+    """A POSIX message queue (/dev/mqueue/<name>)."""
+
+    __slots__ = ("_mq",)
+
+    def __init__(
+        self, name: str, *, create: bool = False, depth: int = 4, message_size: int = 4096
+    ) -> None:
+        super().__init__(name)
         if create:
             self._mq = posix_ipc.MessageQueue(
                 "/" + name,
@@ -45,7 +96,6 @@ class ControlQueue:
             self._mq = posix_ipc.MessageQueue("/" + name)
 
     def put(self, data: bytes, timeout: float) -> bool:
-        """Send ``data``; False when the queue stayed full for ``timeout`` s (0: do not wait)."""
         try:
             self._mq.send(data, timeout)
         except posix_ipc.BusyError:
@@ -53,7 +103,6 @@ class ControlQueue:
         return True
 
     def get(self, timeout: float) -> bytes | None:
-        """Receive one message; None when none came within ``timeout`` seconds."""
         try:
             return self._mq.receive(timeout)[0]
         except posix_ipc.BusyError:
@@ -73,3 +122,54 @@ class ControlQueue:
     def unlink(self) -> None:
         with contextlib.suppress(posix_ipc.ExistentialError):
             posix_ipc.unlink_message_queue("/" + self.name)
+
+
+class RingQueue(ControlQueue):
+    """A native futex ring in a shared-memory segment (/dev/shm/<name>)."""
+
+    __slots__ = ("_mm", "_ring", "get", "put")
+
+    def __init__(
+        self, name: str, *, create: bool = False, depth: int = 4, message_size: int = 4096
+    ) -> None:
+        super().__init__(name)
+        if native is None:
+            raise RuntimeError("the native extension is not in use")
+        if create:
+            size = native.ring_size(depth, message_size)
+            shm = posix_ipc.SharedMemory("/" + name, posix_ipc.O_CREX, size=0)
+            try:
+                os.ftruncate(shm.fd, size)
+                self._mm = mmap.mmap(shm.fd, size)
+            except BaseException:
+                shm.unlink()
+                raise
+            finally:
+                shm.close_fd()
+            self._ring = native.Ring(self._mm, depth, message_size, create=True)
+        else:
+            shm = posix_ipc.SharedMemory("/" + name)
+            try:
+                self._mm = mmap.mmap(shm.fd, shm.size)
+            finally:
+                shm.close_fd()
+            self._ring = native.Ring(self._mm)
+        # Bound C methods: the task loop calls them without a Python frame in between.
+        self.put = self._ring.put  # type: ignore[method-assign]
+        self.get = self._ring.get  # type: ignore[method-assign]
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    @property
+    def max_message_size(self) -> int:
+        return int(self._ring.record_size)
+
+    def close(self) -> None:
+        self._ring.close()
+        with contextlib.suppress(BufferError):
+            self._mm.close()
+
+    def unlink(self) -> None:
+        with contextlib.suppress(posix_ipc.ExistentialError):
+            posix_ipc.unlink_shared_memory("/" + self.name)
