@@ -159,6 +159,7 @@ class ProcessEngine:
                     cpu_fallback=(stage.index, worker) in gpus and gpu is None,
                     log_levels=log_levels,
                     environ=environ,
+                    owner_pid=os.getpid(),
                 )
                 row += ROW
                 reader, writer = self._ctx.Pipe(duplex=False)

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import os
 import pickle
+import select
 import signal
 import time
 import traceback
@@ -52,24 +53,54 @@ class TaskSpec:
     outbox_window_counter: int  # control index the numbering sender waits on (-1: none)
     gpu: str | None = None
     cpu_fallback: bool = False
+    owner_pid: int = 0  # the process that runs the flow (0: watch the parent only)
     log_levels: tuple[tuple[str, int], ...] = ()  # the owner's logger levels (logs.level_snapshot)
     environ: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class Lifeline:
-    """Raises Aborted once the flow is aborted or its owner process is gone."""
+    """Raises Aborted once the flow is aborted or its owner process is gone.
 
-    def __init__(self, control: Any) -> None:
+    The owner is watched through a pidfd (readable once it has exited, even before it is
+    reaped), not through the parent pid alone: a forkserver task's parent is the forkserver,
+    which outlives the owner as long as any task holds its "alive" pipe, so a task waiting
+    for its parent to change would wait forever.
+    """
+
+    def __init__(self, control: Any, owner_pid: int = 0) -> None:
         self.control = control
         self.ppid = os.getppid()
+        self.owner = owner_pid
+        self.pidfd = -1
+        self.next_look = 0.0
+        if owner_pid:
+            # Without pidfd (old kernel) or with the owner already gone, os.kill decides.
+            with contextlib.suppress(AttributeError, OSError):
+                self.pidfd = os.pidfd_open(owner_pid)
 
     def check(self) -> None:
-        if self.control[ABORT] or os.getppid() != self.ppid:
+        if self.control[ABORT]:
             raise Aborted
+        now = time.monotonic()
+        if now >= self.next_look:  # a few system calls: not on every message
+            self.next_look = now + 0.02
+            if self.orphaned:
+                raise Aborted
 
     @property
     def orphaned(self) -> bool:
-        return os.getppid() != self.ppid
+        if os.getppid() != self.ppid:
+            return True
+        if self.pidfd >= 0:
+            return bool(select.select([self.pidfd], [], [], 0)[0])
+        if self.owner:
+            try:
+                os.kill(self.owner, 0)
+            except ProcessLookupError:
+                return True
+            except OSError:
+                pass
+        return False
 
 
 def message_refs(values: dict[int, Any]) -> set[SlotRef]:
@@ -221,7 +252,7 @@ class Task:
         self.stage = spec.stage
         self.conn = conn
         self.control = control
-        self.life = Lifeline(control)
+        self.life = Lifeline(control, spec.owner_pid)
         self.row = spec.row
         self.registry = PoolRegistry(debug=spec.config.debug)
         self.allocator: SlotAllocator | None = None
@@ -273,9 +304,13 @@ class Task:
             if opened and self.node is not None:
                 with contextlib.suppress(Exception):
                     self.node.close()
-            if self.life.orphaned and self.allocator is not None:
-                for pool in self.allocator.owned():
+            if self.life.orphaned:
+                for pool in self.allocator.owned() if self.allocator is not None else ():
                     pool.unlink()
+                for name in (self.spec.inbox_queue, self.spec.outbox_queue):
+                    if name is not None:  # the owner died before it could unlink them
+                        with contextlib.suppress(Exception):
+                            ControlQueue(name).unlink()
 
     def _report(self, exc: BaseException) -> None:
         with contextlib.suppress(OSError):
