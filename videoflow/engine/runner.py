@@ -44,7 +44,7 @@ from videoflow.engine.stats import (
     node_stats,
     task_stats,
 )
-from videoflow.engine.task import TaskSpec, task_main
+from videoflow.engine.task import TaskSpec, release_queued, task_main
 from videoflow.errors import FlowError
 from videoflow.transport.names import (
     list_entries,
@@ -53,7 +53,7 @@ from videoflow.transport.names import (
     unlink_prefix,
 )
 from videoflow.transport.queue import ControlQueue
-from videoflow.transport.shm import SlotPool
+from videoflow.transport.shm import PoolRegistry, SlotPool
 
 log = logging.getLogger(__name__)
 _running: weakref.WeakSet[ProcessEngine] = weakref.WeakSet()
@@ -321,7 +321,12 @@ class ProcessEngine:
                         task.process.kill()
 
     def _cleanup(self) -> None:
+        registry = PoolRegistry()
         for queue in self._queues:
+            try:  # an abort leaves messages in the queues: give their slots back
+                release_queued(queue, registry)
+            except Exception:
+                log.exception("could not release the slots of the messages left in a queue")
             queue.unlink()
             queue.close()
         self._final_slots = self._pool_occupancy()

@@ -110,6 +110,27 @@ def message_refs(values: dict[int, Any]) -> set[SlotRef]:
     return refs
 
 
+def release_queued(queue: ControlQueue, registry: PoolRegistry) -> int:
+    """Take every message left in ``queue`` and give back its slots; returns how many.
+
+    The owner calls it once every task has ended (an abort leaves messages in the queues):
+    with nobody left to receive them, this is the one place that can free their slots.
+    """
+    count = 0
+    while (raw := queue.get(0)) is not None:
+        msg = message.loads(raw)
+        refs: set[SlotRef] = set()
+        if msg[0] == BLOB:
+            refs.add(msg[1])
+            msg = message.loads(registry.view(msg[1], 0, msg[2]))
+        if msg[0] == DATA:
+            refs |= message_refs(msg[3])
+        for ref in refs:
+            registry.release(ref)
+        count += 1
+    return count
+
+
 class Inbox:
     """Receives messages; with several senders, hands them out in sequence order."""
 
@@ -233,7 +254,12 @@ class Outbox:
                     self.allocator.registry.release(blob)  # type: ignore[union-attr]
                 return False
         else:
-            self._put_blocking(data)
+            try:
+                self._put_blocking(data)
+            except BaseException:  # aborted while waiting: the blob never left this task
+                if blob is not None:
+                    self.allocator.registry.release(blob)  # type: ignore[union-attr]
+                raise
         if self.numbered:
             self.next_seq += 1
         return True
@@ -270,6 +296,7 @@ class Task:
         self.inbox: Inbox | None = None
         self.outbox: Outbox | None = None
         self.phase = "start"
+        self.holding: dict[int, Any] | None = None  # values of the message in hand
 
     # -- lifecycle -------------------------------------------------------------------------
     def run(self) -> None:
@@ -304,6 +331,7 @@ class Task:
             if opened and self.node is not None:
                 with contextlib.suppress(Exception):
                     self.node.close()
+            self._let_go()
             if self.life.orphaned:
                 for pool in self.allocator.owned() if self.allocator is not None else ():
                     pool.unlink()
@@ -311,6 +339,25 @@ class Task:
                     if name is not None:  # the owner died before it could unlink them
                         with contextlib.suppress(Exception):
                             ControlQueue(name).unlink()
+
+    def _let_go(self) -> None:
+        """After an error or an abort, give back the slots this task still holds: the message
+        in hand, those a merge holds back for ordering, those taken by the failed call.
+        (Messages left in queues are given back by the owner once every task has ended.)"""
+        refs: set[SlotRef] = set()
+        if self.holding is not None:
+            refs |= message_refs(self.holding)
+            self.holding = None
+        if self.inbox is not None:
+            for msg in self.inbox.pending.values():
+                refs |= message_refs(msg[3])
+            self.inbox.pending.clear()
+        if self.allocator is not None:
+            refs.update(self.allocator.fresh)
+            self.allocator.fresh.clear()
+        for ref in refs:
+            with contextlib.suppress(Exception):
+                self.registry.release(ref)
 
     def _report(self, exc: BaseException) -> None:
         with contextlib.suppress(OSError):
@@ -390,7 +437,9 @@ class Task:
             enc = self.codec.encode(value, set(allocator.fresh))
             allocator.end_call(set(value_refs(enc)))
             control[row + IN] += 1
-            self._forward(0, meta, {node_id: enc})
+            self.holding = values = {node_id: enc}
+            self._forward(0, meta, values)
+            self.holding = None
             index += 1
 
     def _loop(self) -> None:
@@ -411,6 +460,7 @@ class Task:
                 return
             control[row + IN] += 1
             _, seq, meta, values = msg
+            self.holding = values
             if not is_merge:
                 inputs = [codec.decode(values[nid]) for nid in reads]
                 node._vf_meta = meta
@@ -441,6 +491,7 @@ class Task:
                         freed.difference_update(message_refs(values))
                         self._release(freed)
             self._forward(seq, meta, values)
+            self.holding = None
 
 
 def task_main(spec: TaskSpec, conn: Connection, control: Any) -> None:
