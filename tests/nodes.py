@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+import threading
 import time
 from typing import Any
 
@@ -195,3 +197,157 @@ class RunningList(OneTaskProcessorNode):
     def process(self, value: Any) -> int:
         self.n += 1
         return self.n
+
+
+# -- reliability suite (tests/test_faults.py, test_integrity.py, test_properties.py) ----------
+
+FAULTS = (
+    "none", "open", "call", "close", "kill", "segv",
+    "unpicklable", "oversize", "resize", "shm_full",
+)
+
+
+def mark_fault(folder: str | None) -> None:
+    """Record when a fault fires (one file per process), so tests can bound the time to end."""
+    if folder:
+        with open(os.path.join(folder, f"fault.{os.getpid()}"), "w") as f:
+            f.write(repr(time.time()))
+
+
+def synthetic_frame(shape: tuple[int, ...], index: int) -> np.ndarray:
+    """Frame ``index`` of SyntheticFrameProducer(pattern="index"), in any shape."""
+    from videoflow.producers.basic import frame_value
+
+    frame = np.full(shape, frame_value(index), dtype=np.uint8)
+    frame.reshape(-1)[:8] = np.frombuffer(np.array(index, dtype="<u8").tobytes(), dtype=np.uint8)
+    return frame
+
+
+class Faulty:
+    """Mixin: does ``fault`` at message ``at`` (or in open/close), recording when in ``folder``.
+
+    call:        raise ValueError
+    kill / segv: the task process dies by SIGKILL / a real segmentation fault
+    unpicklable: the output holds a lock (no pickle)
+    oversize:    from ``at`` on, outputs are 100 times larger than the input frame
+    resize:      from ``at`` on, every output has another shape
+    shm_full:    the output asks for more shared memory than /dev/shm holds in all
+    """
+
+    fault: str
+    at: int
+    folder: str | None
+
+    def _setup(self, fault: str, at: int, folder: str | None) -> None:
+        if fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}")
+        self.fault, self.at, self.folder = fault, at, folder
+
+    def open(self) -> None:
+        if self.fault == "open":
+            mark_fault(self.folder)
+            raise RuntimeError("cannot open (injected)")
+
+    def close(self) -> None:
+        if self.fault == "close":
+            mark_fault(self.folder)
+            raise RuntimeError("cannot close (injected)")
+
+    def _output(self, value: Any, index: int) -> Any:
+        """The output for message ``index``; faults fire once, at the first index >= ``at``
+        this task sees (realtime mode may drop message ``at`` itself)."""
+        fault = self.fault
+        if index < self.at or fault in ("none", "open", "close"):
+            return value
+        if fault in ("oversize", "resize"):
+            shape = (480, 640, 3) if fault == "oversize" else (16 + index % 7, 24 + index % 5, 3)
+            out = self.allocate(shape) if index % 2 else np.empty(shape, np.uint8)  # type: ignore[attr-defined]
+            out[...] = synthetic_frame(shape, index)
+            return out
+        if getattr(self, "_fired", False):
+            return value
+        self._fired = True
+        mark_fault(self.folder)
+        if fault == "call":
+            raise ValueError(f"bad value at message {index} (injected)")
+        if fault == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if fault == "segv":
+            import ctypes
+
+            ctypes.string_at(0)  # a real segmentation fault
+        if fault == "unpicklable":
+            return {"frame": value, "lock": threading.Lock()}
+        if fault == "shm_full":
+            st = os.statvfs("/dev/shm")
+            return self.allocate((st.f_blocks * st.f_frsize // 2 + 1,))  # type: ignore[attr-defined]
+        return value
+
+
+class FaultyProducer(Faulty, ProducerNode):
+    """Synthetic frames of ``shape`` (pattern "index"), forever or ``count`` of them."""
+
+    def __init__(
+        self, fault: str, at: int = 20, folder: str | None = None, count: int | None = None,
+        shape: tuple[int, ...] = (48, 64, 3), delay: float = 0.0, **kw: Any,
+    ) -> None:
+        super().__init__(**kw)
+        self._setup(fault, at, folder)
+        self.count, self.shape, self.delay = count, shape, delay
+
+    def open(self) -> None:
+        self.i = 0
+        Faulty.open(self)
+
+    def next(self) -> Any:
+        if self.count is not None and self.i >= self.count:
+            raise StopIteration
+        if self.delay:
+            time.sleep(self.delay)
+        i, self.i = self.i, self.i + 1
+        if self.fault == "call" and i == self.at:
+            mark_fault(self.folder)
+            raise ValueError(f"bad frame {i} (injected)")
+        frame = self.allocate(self.shape)
+        frame[...] = synthetic_frame(self.shape, i)
+        return self._output(frame, i)
+
+
+class FaultyProcessor(Faulty, ProcessorNode):
+    def __init__(self, fault: str, at: int = 20, folder: str | None = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._setup(fault, at, folder)
+
+    def process(self, value: Any) -> Any:
+        return self._output(value, self.meta["index"])
+
+
+class FaultyConsumer(Faulty, ConsumerNode):
+    """Checks every frame and writes ``index:ok`` lines to ``path`` (like RecordingConsumer)."""
+
+    def __init__(
+        self, fault: str, path: str, at: int = 20, folder: str | None = None,
+        delay: float = 0.0, **kw: Any,
+    ) -> None:
+        super().__init__(**kw)
+        self._setup(fault, at, folder)
+        self.path, self.delay = path, delay
+
+    def open(self) -> None:
+        self._f = open(self.path, "a", buffering=1)  # noqa: SIM115 (closed in close())
+        Faulty.open(self)
+
+    def consume(self, frame: Any) -> None:
+        index = self.meta["index"]
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fault == "call" and index >= self.at:
+            mark_fault(self.folder)
+            raise KeyError(f"cannot store frame {index} (injected)")
+        if self.fault in ("kill", "segv"):
+            self._output(frame, index)
+        self._f.write(f"{index}:{'ok' if check_frame(frame, index) else 'bad'}\n")
+
+    def close(self) -> None:
+        self._f.close()
+        Faulty.close(self)

@@ -1,0 +1,374 @@
+"""Fault matrix: every way a flow can fail ends it within 5 s, cleanly, whatever K and flow type.
+
+Each case runs producer -> X (nb_tasks = K) -> consumer with one injected fault (tests/nodes.py,
+``Faulty``) and checks the ending: a FlowError naming the faulty node (or a clean stop), no live
+child process, none of the flow's names in /dev/shm or /dev/mqueue, and pool occupancy 0.
+"Within 5 s" is measured from the moment the fault fired (the node records it) to the return of
+``join()``: a liveness bound, not a performance figure.
+"""
+
+from __future__ import annotations
+
+import glob
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from conftest import own_entries, read_lines, wait_clean
+from nodes import FaultyConsumer, FaultyProcessor, FaultyProducer
+
+from videoflow import FlowError
+from videoflow.core import BATCH, REALTIME, Flow
+
+END_WITHIN = 5.0
+KS = [1, 3]
+TYPES = [BATCH, REALTIME]
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def build(tmp_path, where: str, fault: str, k: int, flow_type: str, count=None, delay=0.0):
+    """producer -> X(K) -> consumer, with ``fault`` in the node named by ``where``."""
+    folder = str(tmp_path)
+    out = str(tmp_path / "out.txt")
+    p = FaultyProducer(
+        fault if where == "producer" else "none", folder=folder, count=count, delay=delay,
+        name="source",
+    )
+    x = FaultyProcessor(fault if where == "processor" else "none", folder=folder, nb_tasks=k,
+                        name="middle")(p)
+    c = FaultyConsumer(fault if where == "consumer" else "none", out, folder=folder,
+                       name="sink")(x)
+    return Flow([p], [c], flow_type=flow_type), out
+
+
+def fault_time(tmp_path) -> float:
+    marks = glob.glob(str(tmp_path / "fault.*"))
+    assert marks, "the fault never fired"
+    return min(float(open(m).read()) for m in marks)
+
+
+def finish(flow: Flow) -> tuple[FlowError | None, float]:
+    """Join (20 s at most: a hang fails the test), return the error and when join returned."""
+    try:
+        ended = flow.join(timeout=20)
+    except FlowError as exc:
+        return exc, time.time()
+    assert ended, "the flow did not end within 20 s"
+    return None, time.time()
+
+
+def assert_clean(flow: Flow, lost: int = 0) -> None:
+    """Nothing of the flow is left the moment join() has returned.
+
+    ``lost``: slots a killed task may have held (the one message in its hands, one slot here);
+    a killed process cannot give them back. Its pools are unlinked all the same.
+    """
+    assert not mp.active_children(), f"live task processes: {mp.active_children()}"
+    assert not own_entries(), f"left in /dev/shm or /dev/mqueue: {own_entries()}"
+    stats = flow.stats()
+    assert not stats.running
+    assert stats.pool_slots_in_use is not None
+    assert stats.pool_slots_in_use <= lost, f"{stats.pool_slots_in_use} slots still in use"
+
+
+def expect_failure(tmp_path, flow: Flow, node: str, *words: str, lost: int = 0) -> FlowError:
+    flow.run()
+    err, ended = finish(flow)
+    assert err is not None, "the flow ended without an error"
+    assert err.node == node, str(err)
+    text = str(err)
+    for word in words:
+        assert word in text, text
+    assert ended - fault_time(tmp_path) < END_WITHIN
+    assert_clean(flow, lost)
+    return err
+
+
+# -- a node raising -------------------------------------------------------------------------
+
+PHASES = [  # (where, fault, what the error says)
+    ("processor", "open", "in open()"),
+    ("producer", "call", "in next()"),
+    ("processor", "call", "in process()"),
+    ("consumer", "call", "in consume()"),
+    ("processor", "close", "in close()"),
+    ("producer", "close", "in close()"),
+    ("consumer", "open", "in open()"),
+]
+NAMES = {"producer": "source", "processor": "middle", "consumer": "sink"}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flow_type", TYPES)
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize(("where", "fault", "says"), PHASES)
+def test_exception(tmp_path, where, fault, says, k, flow_type):
+    count = 60 if fault == "close" else None  # close() runs at the end of the run
+    flow, _ = build(tmp_path, where, fault, k, flow_type, count=count)
+    err = expect_failure(tmp_path, flow, NAMES[where], says, "(injected)")
+    assert "Traceback" in err.remote_traceback
+
+
+# -- a worker dying -------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flow_type", TYPES)
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize(("fault", "signame"), [("kill", "SIGKILL"), ("segv", "SIGSEGV")])
+def test_worker_dies(tmp_path, fault, signame, k, flow_type):
+    flow, _ = build(tmp_path, "processor", fault, k, flow_type)
+    err = expect_failure(tmp_path, flow, "middle", f"killed by signal {signame}", lost=k)
+    assert err.exitcode == -getattr(signal, signame)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flow_type", TYPES)
+@pytest.mark.parametrize("fault", ["kill", "segv"])
+def test_consumer_dies(tmp_path, fault, flow_type):
+    # After K = 3 workers the consumer also restores their order: killed, it loses the
+    # message in hand and those in its reorder buffer (at most the window, 2K + 4 + 4).
+    flow, _ = build(tmp_path, "consumer", fault, 3, flow_type)
+    expect_failure(tmp_path, flow, "sink", "killed by signal", lost=1 + 14)
+
+
+# -- bad outputs ----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flow_type", TYPES)
+@pytest.mark.parametrize("k", KS)
+def test_unpicklable_output(tmp_path, k, flow_type):
+    flow, _ = build(tmp_path, "processor", "unpicklable", k, flow_type)
+    expect_failure(tmp_path, flow, "middle", "pickle", "lock")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flow_type", TYPES)
+@pytest.mark.parametrize("k", KS)
+def test_shared_memory_too_small_is_a_clear_error(tmp_path, k, flow_type):
+    # The node asks for a frame of half of /dev/shm: its pool (several slots) cannot fit, and
+    # posix_fallocate fails at once (tmpfs checks the request against its size before
+    # allocating a page), so this never fills the machine's /dev/shm.
+    flow, _ = build(tmp_path, "processor", "shm_full", k, flow_type)
+    expect_failure(tmp_path, flow, "middle", "PoolExhaustedError", "/dev/shm")
+
+
+def _frames_ok(out: str, flow: Flow, flow_type: str, count: int) -> None:
+    lines = read_lines(out)
+    indices = [int(line.split(":")[0]) for line in lines]
+    assert all(line.endswith(":ok") for line in lines), [x for x in lines if "bad" in x][:5]
+    stats = flow.stats()
+    if flow_type == BATCH:
+        assert indices == list(range(count))
+        assert stats.produced == stats.delivered == count and stats.dropped == 0
+    else:
+        assert indices == sorted(set(indices))
+        assert stats.produced == count == stats.delivered + stats.dropped
+    assert stats.pool_slots_in_use == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flow_type", TYPES)
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("fault", ["oversize", "resize"])
+def test_outputs_that_change_size_mid_run_arrive_intact(tmp_path, fault, k, flow_type):
+    # "oversize": from message 20 on, frames 100 times the size of the ones before (a new,
+    # larger slot size class); "resize": a different shape every message. Both grow the pools.
+    flow, out = build(tmp_path, "processor", fault, k, flow_type, count=150, delay=0.001)
+    flow.run()
+    err, _ = finish(flow)
+    assert err is None, str(err)
+    _frames_ok(out, flow, flow_type, 150)
+    assert_clean(flow)
+
+
+# -- stops ----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flow_type", TYPES)
+@pytest.mark.parametrize("k", KS)
+def test_stop_from_another_thread(tmp_path, k, flow_type):
+    flow, out = build(tmp_path, "processor", "none", k, flow_type, delay=0.001)
+    flow.run()
+    while len(read_lines(out)) < 30:
+        time.sleep(0.01)
+    stopped_at = time.time()
+    threading.Thread(target=flow.stop).start()
+    err, ended = finish(flow)
+    assert err is None, str(err)
+    assert ended - stopped_at < END_WITHIN
+    produced = flow.stats().produced
+    _frames_ok(out, flow, flow_type, produced)
+    assert_clean(flow)
+
+
+# -- signals to the process that runs the flow -----------------------------------------------
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from nodes import FaultyConsumer, FaultyProcessor, FaultyProducer
+    from videoflow.core import Flow
+
+    if __name__ == "__main__":
+        p = FaultyProducer("none", delay={delay})
+        x = FaultyProcessor("none", nb_tasks={k})(p)
+        c = FaultyConsumer("none", {out!r}, delay={consumer_delay})(x)
+        flow = Flow([p], [c], flow_type={flow_type!r})
+        flow.run()
+        print("running", flush=True)
+        try:
+            flow.join()
+            code = 0
+        except KeyboardInterrupt:
+            code = 130
+        s = flow.stats()
+        print("stats", s.produced, s.delivered, s.dropped, s.pool_slots_in_use, flush=True)
+        sys.exit(code)
+    """
+)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (zombies count as gone)."""
+    children: dict[int, list[int]] = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def wait_gone(pids: set[int], seconds: float) -> set[int]:
+    """Wait up to ``seconds`` for ``pids`` to exit; returns those still alive."""
+    deadline = time.monotonic() + seconds
+    while (left := alive(pids)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return left
+
+
+def alive(pids: set[int]) -> set[int]:
+    left = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    left.add(pid)
+        except OSError:
+            pass
+    return left
+
+
+def start_script(
+    tmp_path, k: int, flow_type: str, delay: float, consumer_delay: float = 0.0
+) -> tuple[subprocess.Popen, str]:
+    out = str(tmp_path / "out.txt")
+    script = tmp_path / "flow.py"
+    script.write_text(
+        SCRIPT.format(
+            tests=TESTS_DIR, out=out, k=k, flow_type=flow_type, delay=delay,
+            consumer_delay=consumer_delay,
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "running", proc.stderr.read()  # type: ignore[union-attr]
+    deadline = time.monotonic() + 20
+    while len(read_lines(out)) < 30 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(read_lines(out)) >= 30, "the flow did not get going"
+    return proc, out
+
+
+def script_stats(stdout: str) -> tuple[int, int, int, int]:
+    produced, delivered, dropped, in_use = map(int, stdout.split("stats", 1)[1].split()[:4])
+    return produced, delivered, dropped, in_use
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flow_type", TYPES)
+@pytest.mark.parametrize("k", KS)
+def test_sigkill_of_the_parent_leaves_nothing(tmp_path, k, flow_type):
+    proc, _ = start_script(tmp_path, k, flow_type, delay=0.001)
+    tasks = descendants(proc.pid)
+    assert len(tasks) >= k + 2
+    proc.kill()
+    killed_at = time.monotonic()
+    proc.wait(timeout=10)  # not communicate(): the orphans may hold its pipes a little longer
+    left = wait_gone(tasks, 10)
+    gone_after = time.monotonic() - killed_at
+    assert not left, f"processes of the killed flow still alive: {sorted(left)}"
+    assert gone_after < END_WITHIN
+    entries, _ = wait_clean(proc.pid, END_WITHIN - gone_after)
+    assert not entries, f"left behind by the killed flow: {entries}"
+    proc.communicate(timeout=5)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flow_type", TYPES)
+@pytest.mark.parametrize("k", KS)
+def test_sigint_once_stops_cleanly(tmp_path, k, flow_type):
+    proc, out = start_script(tmp_path, k, flow_type, delay=0.001)
+    tasks = descendants(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    stdout, stderr = proc.communicate(timeout=20)
+    assert time.monotonic() - sent < END_WITHIN
+    assert proc.returncode == 0, stderr
+    produced, delivered, dropped, in_use = script_stats(stdout)
+    lines = read_lines(out)
+    indices = [int(line.split(":")[0]) for line in lines]
+    assert all(line.endswith(":ok") for line in lines)
+    if flow_type == BATCH:
+        assert produced == delivered == len(lines) and dropped == 0
+        assert indices == list(range(len(lines)))
+    else:
+        assert produced == delivered + dropped and delivered == len(lines)
+        assert indices == sorted(set(indices))
+    assert in_use == 0
+    assert not wait_gone(tasks, END_WITHIN - (time.monotonic() - sent))
+    entries, _ = wait_clean(proc.pid, 1)
+    assert not entries
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flow_type", TYPES)
+@pytest.mark.parametrize("k", KS)
+def test_sigint_twice_kills(tmp_path, k, flow_type):
+    # A slow consumer: the graceful stop that the first Ctrl-C starts is still draining when
+    # the second one comes.
+    proc, _ = start_script(tmp_path, k, flow_type, delay=0.001, consumer_delay=0.02)
+    tasks = descendants(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    _, stderr = proc.communicate(timeout=20)
+    assert time.monotonic() - sent < END_WITHIN
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr.replace("KeyboardInterrupt", ""), stderr
+    assert not wait_gone(tasks, END_WITHIN - (time.monotonic() - sent))
+    entries, _ = wait_clean(proc.pid, 1)
+    assert not entries
