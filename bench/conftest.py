@@ -1,0 +1,68 @@
+"""pytest-benchmark suite of videoflow: ``pytest bench/ --benchmark-only``.
+
+The measurements are videoflow.benchmark's (the code of ``videoflow bench``); these tests run
+them, keep the figures in the benchmark's ``extra_info`` (saved by ``--benchmark-json``), print
+them at the end and assert the targets as ratios. Nothing here runs in CI.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from typing import Any
+
+import pytest
+
+from videoflow.benchmark import Row
+from videoflow.transport.names import MQUEUE_DIR, SHM_DIR, list_entries
+
+_rows: list[Row] = []
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--bench-duration", type=float, default=2.0,
+                     help="seconds each measured pipeline runs (default 2)")
+
+
+@pytest.fixture
+def duration(request: pytest.FixtureRequest) -> float:
+    return float(request.config.getoption("--bench-duration"))
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    yield
+    prefix = f"vf.{os.getpid()}."
+    deadline = time.monotonic() + 5
+    while True:
+        children = mp.active_children()
+        entries = list_entries(prefix, SHM_DIR) + list_entries(prefix, MQUEUE_DIR)
+        if (not children and not entries) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not children, f"child processes left behind: {children}"
+    assert not entries, f"shared memory / queues left behind: {entries}"
+
+
+@pytest.fixture
+def keep(benchmark: Any) -> Any:
+    """``keep(rows)``: record rows in the benchmark's extra_info and the end-of-run table;
+    returns them indexed by impl."""
+
+    def record(rows: list[Row]) -> dict[str, Row]:
+        for row in rows:
+            _rows.append(row)
+            benchmark.extra_info[row.key] = row.to_dict()
+        return {row.impl: row for row in rows}
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _rows:
+        return
+    from videoflow.benchmark.cli import format_table
+
+    terminalreporter.write_sep("-", "videoflow benchmark figures")
+    terminalreporter.write_line(format_table(_rows))

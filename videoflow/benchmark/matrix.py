@@ -1,0 +1,260 @@
+"""The standard benchmark matrix: handoff, scaling, realtime and file sections.
+
+Each section returns rows for videoflow and for the baselines measured in the same run on the
+same frames; ``run_matrix`` runs the sections asked for and fills the ratios.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from videoflow.benchmark import baselines as bl
+from videoflow.benchmark.flows import Measurement, StageFactory, measure, percentile
+from videoflow.benchmark.nodes import Blur, PassThrough, Sleep
+from videoflow.benchmark.result import BenchResult, Row, add_ratios, machine_info
+from videoflow.core.constants import REALTIME
+from videoflow.core.node import Node
+
+SECTIONS = ("handoff", "scaling", "realtime", "file")
+SIZES = {"480p": (480, 640), "720p": (720, 1280), "1080p": (1080, 1920), "4k": (2160, 3840)}
+BASELINES = ("queue", "pipe", "pool", "single")
+VIDEOFLOW = "videoflow"
+
+Progress = Callable[[str], None]
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"1920x1080"`` (width x height) or a name in ``SIZES`` -> (height, width)."""
+    if text in SIZES:
+        return SIZES[text]
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        known = ", ".join(SIZES)
+        raise ValueError(f"frame size must be WIDTHxHEIGHT or one of {known}: {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise ValueError(f"frame size must be positive: {text!r}")
+    return h, w
+
+
+def size_name(hw: tuple[int, int]) -> str:
+    return f"{hw[1]}x{hw[0]}"
+
+
+@dataclasses.dataclass
+class Options:
+    """What ``run_matrix`` measures (the CLI maps its flags onto these)."""
+
+    sections: Sequence[str] = SECTIONS
+    sizes: Sequence[tuple[int, int]] = (SIZES["480p"], SIZES["720p"], SIZES["1080p"], SIZES["4k"])
+    hops: Sequence[int] = (1, 3)
+    duration: float = 1.0
+    baselines: Sequence[str] = BASELINES
+    nb_tasks: Sequence[int] | None = None  # scaling: None -> 1 .. usable cores
+    scaling_size: tuple[int, int] = SIZES["1080p"]
+    realtime_size: tuple[int, int] = SIZES["720p"]
+    rate: float = 60.0  # realtime: producer frames per second
+    cv2_threads: int | None = 1
+    start_method: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("sections", "hops", "baselines", "nb_tasks"):
+            if d[k] is not None:
+                d[k] = list(d[k])
+        d["sizes"] = [size_name(s) for s in self.sizes]
+        d["scaling_size"] = size_name(self.scaling_size)
+        d["realtime_size"] = size_name(self.realtime_size)
+        return d
+
+
+def _flow_options(opts: Options) -> dict[str, Any] | None:
+    return {"start_method": opts.start_method} if opts.start_method else None
+
+
+def _start_method(opts: Options) -> str:
+    return machine_info(opts.start_method)["start_method"]
+
+
+def pass_through(reports: str, i: int) -> Node:
+    return PassThrough(report_dir=reports, name=f"stage{i}")
+
+
+def blur_stage(nb_tasks: int, cv2_threads: int | None) -> StageFactory:
+    def make(reports: str, i: int) -> Node:
+        return Blur(cv2_threads=cv2_threads, report_dir=reports, nb_tasks=nb_tasks,
+                    name=f"stage{i}")
+
+    return make
+
+
+def _mb_s(fps: float, shape: tuple[int, ...]) -> float:
+    n = 1
+    for s in shape:
+        n *= s
+    return fps * n / 1e6
+
+
+def _flow_row(section: str, params: dict[str, Any], m: Measurement, shape: tuple[int, ...],
+              hop_cpu: bool = False) -> Row:
+    lat = [v / 1e6 for v in m.latency_ns]
+    hop_cpu_us = None
+    if hop_cpu and m.stage_frames:
+        hop_cpu_us = sum(m.stage_cpu_us(i) for i in range(len(m.stage_frames))) / len(
+            m.stage_frames
+        )
+    return Row(
+        section=section, impl=VIDEOFLOW, params=params, frames=m.frames, seconds=m.seconds,
+        fps=m.fps, mb_s=_mb_s(m.fps, shape), hop_cpu_us=hop_cpu_us,
+        latency_p50_ms=percentile(lat, 0.5), latency_p99_ms=percentile(lat, 0.99),
+        drop_rate=m.drop_rate,
+        extra={"producer_cpu_us": 1e6 * m.producer_cpu_s / max(1, m.produced)},
+    )
+
+
+def _timing_row(section: str, impl: str, params: dict[str, Any], t: bl.Timing,
+                shape: tuple[int, ...]) -> Row:
+    hop_cpu_us = None
+    if t.relay_cpu_s and t.relay_frames:
+        hop_cpu_us = 1e6 * sum(t.relay_cpu_s) / len(t.relay_cpu_s) / t.relay_frames
+    return Row(section=section, impl=impl, params=params, frames=t.frames, seconds=t.seconds,
+               fps=t.fps, mb_s=_mb_s(t.fps, shape), hop_cpu_us=hop_cpu_us)
+
+
+# -- sections --------------------------------------------------------------------------------
+def handoff(opts: Options, progress: Progress) -> list[Row]:
+    """Pass-through chains: frames written in place by the producer, ``hops`` identity tasks."""
+    rows: list[Row] = []
+    method = _start_method(opts)
+    for hw in opts.sizes:
+        shape = (*hw, 3)
+        size = size_name(hw)
+        for hops in opts.hops:
+            params = {"size": size, "hops": hops}
+            progress(f"handoff {size} hops={hops}: videoflow")
+            m = measure(shape, [pass_through] * hops, duration=opts.duration,
+                        flow_options=_flow_options(opts))
+            rows.append(_flow_row("handoff", params, m, shape, hop_cpu=True))
+            for kind in ("queue", "pipe"):
+                if kind in opts.baselines:
+                    progress(f"handoff {size} hops={hops}: {bl.IMPLS[kind]}")
+                    t = bl.chain(kind, shape, hops, "identity", opts.duration,
+                                 start_method=method)
+                    rows.append(_timing_row("handoff", bl.IMPLS[kind], params, t, shape))
+        if "pool" in opts.baselines and 1 in opts.hops:
+            progress(f"handoff {size}: {bl.POOL}")
+            t = bl.pool_imap(shape, 1, "identity", opts.duration, start_method=method)
+            rows.append(_timing_row("handoff", bl.POOL, {"size": size, "hops": 1}, t, shape))
+        if "single" in opts.baselines:
+            t = bl.single(shape, "identity", min(opts.duration, 0.5))
+            rows.append(_timing_row("handoff", bl.SINGLE, {"size": size}, t, shape))
+    return rows
+
+
+def core_counts(opts: Options) -> list[int]:
+    if opts.nb_tasks:
+        return list(opts.nb_tasks)
+    return list(range(1, machine_info()["usable_cores"] + 1))
+
+
+def scaling(opts: Options, progress: Progress) -> list[Row]:
+    """cv2.GaussianBlur 5x5 with nb_tasks = K, against Pool(K).imap and a single-process loop."""
+    rows: list[Row] = []
+    method = _start_method(opts)
+    hw = opts.scaling_size
+    shape, size = (*hw, 3), size_name(hw)
+    if "single" in opts.baselines:
+        progress(f"scaling {size}: {bl.SINGLE}")
+        t = bl.single(shape, "blur", opts.duration, cv2_threads=opts.cv2_threads)
+        rows.append(_timing_row("scaling", bl.SINGLE, {"size": size, "work": "blur5x5"}, t, shape))
+    for k in core_counts(opts):
+        params = {"size": size, "work": "blur5x5", "nb_tasks": k}
+        progress(f"scaling {size} nb_tasks={k}: videoflow")
+        m = measure(shape, [blur_stage(k, opts.cv2_threads)], duration=opts.duration,
+                    flow_options=_flow_options(opts))
+        row = _flow_row("scaling", params, m, shape)
+        row.extra["blur_cpu_us"] = m.stage_cpu_us(0)
+        rows.append(row)
+        if "pool" in opts.baselines:
+            progress(f"scaling {size} nb_tasks={k}: {bl.POOL}")
+            t = bl.pool_imap(shape, k, "blur", opts.duration, start_method=method,
+                             cv2_threads=opts.cv2_threads)
+            rows.append(_timing_row("scaling", bl.POOL, params, t, shape))
+    ours = [r for r in rows if r.impl == VIDEOFLOW]
+    if ours:
+        base = ours[0].fps
+        for r in ours:
+            r.extra["speedup_vs_k1"] = r.fps / base if base else 0.0
+    return rows
+
+
+def realtime(opts: Options, progress: Progress) -> list[Row]:
+    """Latency at a fixed producer rate (hops 1 and 3), and drops behind a slow node."""
+    rows: list[Row] = []
+    hw = opts.realtime_size
+    shape, size = (*hw, 3), size_name(hw)
+    p50: dict[int, float] = {}
+    for hops in opts.hops:
+        params = {"size": size, "rate": opts.rate, "hops": hops}
+        progress(f"realtime {size} {opts.rate:g} fps hops={hops}")
+        m = measure(shape, [pass_through] * hops, duration=max(opts.duration, 20 / opts.rate),
+                    fps=opts.rate, flow_type=REALTIME, flow_options=_flow_options(opts))
+        row = _flow_row("realtime", params, m, shape, hop_cpu=True)
+        rows.append(row)
+        if row.latency_p50_ms is not None:
+            p50[hops] = row.latency_p50_ms
+    if len(p50) >= 2:
+        lo, hi = min(p50), max(p50)
+        per_hop_us = 1e3 * (p50[hi] - p50[lo]) / (hi - lo)
+        for r in rows:
+            r.extra["hop_latency_us"] = per_hop_us
+    slow = 1.5 / opts.rate
+
+    def sleeper(reports: str, i: int) -> Node:
+        return Sleep(slow, name=f"stage{i}")
+
+    params = {"size": size, "rate": opts.rate, "slow_node_ms": round(slow * 1e3, 3)}
+    progress(f"realtime {size} {opts.rate:g} fps, a node taking {slow * 1e3:.1f} ms")
+    m = measure(shape, [sleeper], duration=max(opts.duration, 30 / opts.rate), fps=opts.rate,
+                flow_type=REALTIME, flow_options=_flow_options(opts))
+    row = _flow_row("realtime", params, m, shape)
+    row.note = "a node slower than the producer: the excess is dropped, not queued"
+    rows.append(row)
+    return rows
+
+
+def run_matrix(
+    options: Options | None = None, progress: Progress | None = None, **overrides: Any
+) -> BenchResult:
+    """Run the sections of ``options`` (or of ``Options(**overrides)``) and return the result."""
+    opts = options or Options(**overrides)
+    unknown = [s for s in opts.sections if s not in SECTIONS]
+    if unknown:
+        raise ValueError(f"unknown sections {unknown}; known: {', '.join(SECTIONS)}")
+    say = progress or (lambda _msg: None)
+    rows: list[Row] = []
+    skipped: list[str] = []
+    for section in opts.sections:
+        if section == "handoff":
+            rows += handoff(opts, say)
+        elif section == "scaling":
+            rows += scaling(opts, say)
+        elif section == "realtime":
+            rows += realtime(opts, say)
+        elif section == "file":
+            from videoflow.benchmark.filebench import file_section
+
+            new, why = file_section(opts, say)
+            rows += new
+            if why:
+                skipped.append(f"file: {why}")
+    add_ratios(rows, VIDEOFLOW)
+    return BenchResult(rows=rows, machine=machine_info(opts.start_method),
+                       options=opts.to_dict(), skipped=skipped)
+
+
+def default_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,0 +1,208 @@
+"""Module-level nodes the benchmarks run (task processes import them by name).
+
+Each probe writes what it measured, as JSON, into ``report_dir`` when its task closes; the
+benchmark reads those files after ``join()``. Times are ``time.perf_counter_ns()``, which is
+CLOCK_MONOTONIC on Linux and so comparable between processes; CPU times are per process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from videoflow.core import ConsumerNode, ProcessorNode
+from videoflow.producers.basic import SyntheticFrameProducer
+
+_now = time.perf_counter_ns
+
+
+def set_cv2_threads(threads: int | None) -> None:
+    """Pin OpenCV's own thread pool (None: leave OpenCV's default)."""
+    if threads is None:
+        return
+    import cv2
+
+    cv2.setNumThreads(threads)
+
+
+def write_report(report_dir: str | None, name: str, data: dict[str, Any]) -> None:
+    if report_dir is None:
+        return
+    path = os.path.join(report_dir, f"{name}.{os.getpid()}.json")
+    with open(path, "w") as f:
+        json.dump(data, f)
+
+
+def read_reports(report_dir: str, name: str) -> list[dict[str, Any]]:
+    """Every report a node called ``name`` wrote (one per task)."""
+    out = []
+    for entry in sorted(os.listdir(report_dir)):
+        if entry.startswith(name + ".") and entry.endswith(".json"):
+            with open(os.path.join(report_dir, entry)) as f:
+                out.append(json.load(f))
+    return out
+
+
+class BenchProducer(SyntheticFrameProducer):
+    """Synthetic frames (pattern ``stamp``: written in place, the cheapest producer) for
+    ``duration`` seconds or ``count`` frames, whichever ends first; stamps ``meta["t_ns"]``
+    so consumers can measure end-to-end latency."""
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        duration: float | None = None,
+        count: int | None = None,
+        fps: float | None = None,
+        report_dir: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(shape, np.uint8, count=count, fps=fps, pattern="stamp", name=name)
+        self.duration = duration
+        self.report_dir = report_dir
+        self._end_ns = 0
+        self._cpu0 = 0.0
+
+    def open(self) -> None:
+        super().open()
+        self._cpu0 = time.process_time()
+        self._end_ns = _now() + int(self.duration * 1e9) if self.duration else 0
+
+    def next(self) -> np.ndarray:
+        if self._end_ns and _now() >= self._end_ns:
+            raise StopIteration
+        frame = super().next()
+        self.meta["t_ns"] = _now()
+        return frame
+
+    def close(self) -> None:
+        write_report(self.report_dir, self.name, {
+            "frames": self._index, "cpu_s": time.process_time() - self._cpu0,
+        })
+
+
+class CpuProbe:
+    """CPU seconds a task spent from its first message to its close."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.cpu0 = 0.0
+
+    def tick(self) -> None:
+        if self.calls == 0:
+            self.cpu0 = time.process_time()
+        self.calls += 1
+
+    def report(
+        self, report_dir: str | None, name: str, extra: dict[str, Any] | None = None
+    ) -> None:
+        cpu = time.process_time() - self.cpu0 if self.calls else 0.0
+        write_report(report_dir, name, {"frames": self.calls, "cpu_s": cpu, **(extra or {})})
+
+
+class PassThrough(ProcessorNode):
+    """Returns its input (no copy: the frame stays in its slot), counting this task's CPU time."""
+
+    def __init__(self, report_dir: str | None = None, nb_tasks: int = 1, name: str | None = None):
+        super().__init__(nb_tasks=nb_tasks, name=name)
+        self.report_dir = report_dir
+
+    def open(self) -> None:
+        self._probe = CpuProbe()
+
+    def process(self, frame: Any) -> Any:
+        self._probe.tick()
+        return frame
+
+    def close(self) -> None:
+        self._probe.report(self.report_dir, self.name)
+
+
+class Blur(ProcessorNode):
+    """cv2.GaussianBlur(5x5) straight into an output array that lives in a slot (``dst=``)."""
+
+    def __init__(
+        self,
+        ksize: int = 5,
+        cv2_threads: int | None = 1,
+        report_dir: str | None = None,
+        nb_tasks: int = 1,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(nb_tasks=nb_tasks, name=name)
+        self.ksize = ksize
+        self.cv2_threads = cv2_threads
+        self.report_dir = report_dir
+
+    def open(self) -> None:
+        set_cv2_threads(self.cv2_threads)
+        self._probe = CpuProbe()
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        import cv2
+
+        self._probe.tick()
+        out = self.allocate(frame.shape, frame.dtype)
+        cv2.GaussianBlur(frame, (self.ksize, self.ksize), 0, dst=out)
+        return out
+
+    def close(self) -> None:
+        self._probe.report(self.report_dir, self.name)
+
+
+class Sleep(ProcessorNode):
+    """Takes ``seconds`` per message: a node slower than its producer, for drop measurements."""
+
+    def __init__(self, seconds: float, nb_tasks: int = 1, name: str | None = None) -> None:
+        super().__init__(nb_tasks=nb_tasks, name=name)
+        self.seconds = seconds
+
+    def process(self, frame: Any) -> Any:
+        time.sleep(self.seconds)
+        return frame
+
+
+class ProbeConsumer(ConsumerNode):
+    """Records when frames arrive and how old they are (from the producer's ``t_ns``).
+
+    The first ``warmup`` frames are not timed. Latencies are kept for at most ``max_samples``
+    frames (evenly thinned beyond that) so the report stays small.
+    """
+
+    def __init__(
+        self, report_dir: str | None = None, warmup: int = 3, max_samples: int = 20000,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        self.report_dir = report_dir
+        self.warmup = warmup
+        self.max_samples = max_samples
+
+    def open(self) -> None:
+        self._probe = CpuProbe()
+        self._first_ns = self._last_ns = 0
+        self._lat: list[int] = []
+
+    def consume(self, *inputs: Any) -> None:
+        now = _now()
+        self._probe.tick()
+        if self._probe.calls == self.warmup + 1:
+            self._first_ns = now
+        self._last_ns = now
+        t0 = self.meta.get("t_ns")
+        if t0 is not None:
+            self._lat.append(now - t0)
+            if len(self._lat) >= 2 * self.max_samples:
+                self._lat = self._lat[::2]
+
+    def close(self) -> None:
+        self._probe.report(self.report_dir, self.name, {
+            "timed_frames": max(0, self._probe.calls - self.warmup - 1),
+            "first_ns": self._first_ns,
+            "last_ns": self._last_ns,
+            "latency_ns": self._lat,
+        })
