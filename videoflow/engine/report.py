@@ -30,12 +30,14 @@ def available_cpus() -> int:
 
 @dataclasses.dataclass(frozen=True)
 class ReportRow:
-    """One node's line of the table; fractions are 0..1 (the table shows percents)."""
+    """One node's line of the table; fractions are 0..1 (the table shows percents).
+    max_fps: the node's capacity (``NodeStats.capacity``), None when it did not run."""
 
     node: str
     kind: str
     tasks: int
     fps: float
+    max_fps: float | None
     busy: float
     wait: float
     blocked: float
@@ -46,6 +48,10 @@ class ReportRow:
 @dataclasses.dataclass(frozen=True)
 class Report:
     """A bottleneck report. ``str(report)`` is the table followed by the verdict.
+
+    The table shows per node: tasks, fps (messages per second of the run), max fps (what the
+    node could take with all its tasks always busy), busy/wait/blocked percent of its tasks'
+    time, and drops.
 
     bottleneck: the name of the node that holds the flow back (None: nothing flowed, or no node
                 is busy enough to blame). advice: what to do about it, one sentence.
@@ -67,8 +73,8 @@ class Report:
         """Build the report of a snapshot. ``cpus``: CPUs to plan nb_tasks for (default: this
         process's)."""
         rows = tuple(
-            ReportRow(n.name, n.kind, n.nb_tasks, n.fps, n.busy, n.wait, n.blocked, n.dropped,
-                      n.errors)
+            ReportRow(n.name, n.kind, n.nb_tasks, n.fps, n.capacity, n.busy, n.wait, n.blocked,
+                      n.dropped, n.errors)
             for n in stats.nodes
         )
         bottleneck, advice = _diagnose(stats, available_cpus() if cpus is None else cpus)
@@ -95,12 +101,13 @@ class Report:
         ]
         width = max([4, *(len(r.node) for r in self.rows)])
         lines.append(
-            f"{'node':<{width}}  {'kind':<9} {'tasks':>5} {'fps':>9} {'busy %':>7} "
+            f"{'node':<{width}}  {'kind':<9} {'tasks':>5} {'fps':>9} {'max fps':>9} {'busy %':>7} "
             f"{'wait %':>7} {'blocked %':>9} {'drops':>7}"
         )
         for r in self.rows:
             lines.append(
-                f"{r.node:<{width}}  {r.kind:<9} {r.tasks:>5} {r.fps:>9.1f} {100 * r.busy:>7.1f} "
+                f"{r.node:<{width}}  {r.kind:<9} {r.tasks:>5} {r.fps:>9.1f} {_rate(r.max_fps):>9} "
+                f"{100 * r.busy:>7.1f} "
                 f"{100 * r.wait:>7.1f} {100 * r.blocked:>9.1f} {r.drops:>7}"
                 + (f"  ({r.errors} failed)" if r.errors else "")
             )
@@ -112,6 +119,12 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
         return dataclasses.asdict(self)
+
+
+def _rate(fps: float | None) -> str:
+    if fps is None:
+        return "-"
+    return f"{fps:.1f}" if fps < 1e6 else ">1e6"
 
 
 def _diagnose(stats: FlowStats, cpus: int) -> tuple[str | None, str]:
