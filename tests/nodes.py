@@ -351,3 +351,26 @@ class FaultyConsumer(Faulty, ConsumerNode):
     def close(self) -> None:
         self._f.close()
         Faulty.close(self)
+
+
+class CheckingCounter(ConsumerNode):
+    """Checks every frame, keeps counts, and writes ``count bad out_of_order`` at close."""
+
+    def __init__(self, path: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.path = path
+
+    def open(self) -> None:
+        self.count = self.bad = self.unordered = 0
+        self.last = -1
+
+    def consume(self, frame: Any) -> None:
+        index = self.meta["index"]
+        self.count += 1
+        self.bad += not check_frame(frame, index)
+        self.unordered += index <= self.last
+        self.last = index
+
+    def close(self) -> None:
+        with open(self.path, "w") as f:
+            f.write(f"{self.count} {self.bad} {self.unordered}\n")
