@@ -107,7 +107,8 @@ def test_soak_memory_and_shared_memory_stay_flat(tmp_path):
                 lambda r, n=name, i=i: r["tasks"].get(n, (0, 0))[i], statistics.median, 4 * MiB
             )
     grew = []
-    print(f"\nsoak: {len(samples)} samples, {count} frames; MiB, median after warm-up -> median of the last tenth:")
+    print(f"\nsoak: {len(samples)} samples, {count} frames")
+    print("MiB, after warm-up -> at the end (medians of a tenth of the run; /dev/shm: maxima)")
     for key, (get, level, margin) in series.items():
         before = level(get(r) for r in first)
         after = level(get(r) for r in last)
