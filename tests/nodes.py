@@ -7,6 +7,7 @@ import random
 import signal
 import threading
 import time
+import zlib
 from typing import Any
 
 import numpy as np
@@ -354,23 +355,29 @@ class FaultyConsumer(Faulty, ConsumerNode):
 
 
 class CheckingCounter(ConsumerNode):
-    """Checks every frame, keeps counts, and writes ``count bad out_of_order`` at close."""
+    """Checks every frame and writes ``count bad out_of_order first last crc32`` at close
+    (crc32 of every frame's bytes, in arrival order)."""
 
     def __init__(self, path: str, **kw: Any) -> None:
         super().__init__(**kw)
         self.path = path
 
     def open(self) -> None:
-        self.count = self.bad = self.unordered = 0
-        self.last = -1
+        self.count = self.bad = self.unordered = self.crc = 0
+        self.first = self.last = -1
 
     def consume(self, frame: Any) -> None:
         index = self.meta["index"]
+        if self.count == 0:
+            self.first = index
         self.count += 1
         self.bad += not check_frame(frame, index)
         self.unordered += index <= self.last
         self.last = index
+        self.crc = zlib.crc32(frame, self.crc)
 
     def close(self) -> None:
         with open(self.path, "w") as f:
-            f.write(f"{self.count} {self.bad} {self.unordered}\n")
+            f.write(
+                f"{self.count} {self.bad} {self.unordered} {self.first} {self.last} {self.crc}\n"
+            )
