@@ -23,11 +23,18 @@ _rows: list[Row] = []
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--bench-duration", type=float, default=2.0,
                      help="seconds each measured pipeline runs (default 2)")
+    parser.addoption("--bench-repeat", type=int, default=3,
+                     help="runs per measurement, the fastest kept (default 3)")
 
 
 @pytest.fixture
 def duration(request: pytest.FixtureRequest) -> float:
     return float(request.config.getoption("--bench-duration"))
+
+
+@pytest.fixture
+def repeat(request: pytest.FixtureRequest) -> int:
+    return int(request.config.getoption("--bench-repeat"))
 
 
 @pytest.fixture(autouse=True)

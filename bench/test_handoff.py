@@ -16,9 +16,9 @@ ORIGINAL_FPS = 30.0  # the 2020 videoflow on this kind of machine
 
 
 @pytest.mark.timeout(300)
-def test_handoff_1080p_vs_pickled_queue(benchmark, duration, keep):
+def test_handoff_1080p_vs_pickled_queue(benchmark, duration, repeat, keep):
     opts = Options(sizes=[SIZES["1080p"]], hops=[1], duration=duration,
-                   baselines=["queue", "pipe"])
+                   baselines=["queue", "pipe"], repeat=repeat)
     rows = benchmark.pedantic(handoff, args=(opts, print), rounds=1, iterations=1)
     by = keep(rows)
     ours = by["videoflow"]
@@ -32,8 +32,9 @@ def test_handoff_1080p_vs_pickled_queue(benchmark, duration, keep):
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("size", ["480p", "720p", "1080p", "4k"])
-def test_per_hop_cost(benchmark, duration, keep, size):
-    opts = Options(sizes=[SIZES[size]], hops=[1, 3], duration=duration, baselines=[])
+def test_per_hop_cost(benchmark, duration, repeat, keep, size):
+    opts = Options(sizes=[SIZES[size]], hops=[1, 3], duration=duration, baselines=[],
+                   repeat=repeat)
     rows = benchmark.pedantic(handoff, args=(opts, print), rounds=1, iterations=1)
     keep(rows)
     one, three = rows

@@ -72,7 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="multiprocessing start method (default: videoflow's)")
     parser.add_argument("--quick", action="store_true",
                         help="a tiny matrix that runs in seconds (640x480, 1 hop, 0.2 s)")
-    parser.add_argument("--repeat", type=int, default=1, help="SCRIPT: runs (default 1)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per measurement, the fastest kept (default 1); with SCRIPT: "
+                             "runs of the script")
     parser.add_argument("--json", metavar="FILE", help="save the result (with machine info)")
     parser.add_argument("--compare", metavar="OLD.json", help="print the change against OLD")
 
@@ -96,6 +98,7 @@ def options_from(args: argparse.Namespace) -> Options:
         rate=args.rate,
         cv2_threads=args.cv2_threads or None,
         start_method=args.start_method,
+        repeat=args.repeat,
     )
 
 

@@ -191,6 +191,8 @@ def machine_info(start_method: str | None = None) -> dict[str, Any]:
         "videoflow": __version__,
         "native": native_status(),
         "start_method": start_method or FlowConfig.from_options().start_method,
+        # Other processes compete for the cores: a load above the core count skews everything.
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -248,6 +250,7 @@ SCHEMA: dict[str, Any] = {
                 "videoflow": _STR,
                 "native": _STR,
                 "start_method": {"type": "string", "enum": ["forkserver", "spawn", "fork"]},
+                "load_average": {"type": ["array", "null"], "items": _NUM},
             },
         },
         "options": {"type": "object"},
