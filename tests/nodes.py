@@ -381,3 +381,49 @@ class CheckingCounter(ConsumerNode):
             f.write(
                 f"{self.count} {self.bad} {self.unordered} {self.first} {self.last} {self.crc}\n"
             )
+
+
+def mix_scalar(value: Any) -> int:
+    """The number a mixed value stands for (an int, or an array filled with it)."""
+    if isinstance(value, np.ndarray):
+        if not (value == value.flat[0]).all():
+            raise ValueError("a mixed array arrived damaged")
+        return int(value.flat[0])
+    return int(value)
+
+
+def mix(salt: int, big: bool, inputs: tuple[Any, ...]) -> Any:
+    """What MixProcessor returns: the reference evaluator of test_properties.py calls it too."""
+    v = (salt + sum(mix_scalar(x) * (j + 1) for j, x in enumerate(inputs))) % 1_000_003
+    return np.full(600, v, dtype=np.int64) if big else v
+
+
+class MixProcessor(ProcessorNode):
+    """Combines its inputs (ints or arrays) into an int or a 4.8 kB array, after ``delay``."""
+
+    def __init__(self, salt: int, big: bool, delay: float = 0.0, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.salt, self.big, self.delay = salt, big, delay
+
+    def process(self, *inputs: Any) -> Any:
+        if self.delay:
+            time.sleep(self.delay)
+        return mix(self.salt, self.big, inputs)
+
+
+class MixConsumer(ConsumerNode):
+    """Writes ``index: values...`` per message."""
+
+    def __init__(self, path: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.path = path
+
+    def open(self) -> None:
+        self._f = open(self.path, "w", buffering=1)  # noqa: SIM115 (closed in close())
+
+    def consume(self, *inputs: Any) -> None:
+        values = " ".join(str(mix_scalar(x)) for x in inputs)
+        self._f.write(f"{self.meta['index']}: {values}\n")
+
+    def close(self) -> None:
+        self._f.close()
