@@ -292,10 +292,10 @@ class ProcessEngine:
                     self._read(conns, obj)
             for obj in ready:
                 if obj in alive:
-                    task = alive.pop(obj)  # type: ignore[call-overload]
+                    task = alive.pop(obj)
                     task.process.join(timeout=1)
                     conn = task.conn
-                    while conn in conns and conn.poll():  # its last events come first
+                    while conn is not None and conn in conns and conn.poll():  # last events first
                         self._read(conns, conn)
                     conns.pop(conn, None)
                     self._on_exit(task)
