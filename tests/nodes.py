@@ -427,3 +427,21 @@ class MixConsumer(ConsumerNode):
 
     def close(self) -> None:
         self._f.close()
+
+
+class KeepsInput(ProcessorNode):
+    """A bug on purpose: keeps a view of an input frame (or of part of it) to read it later."""
+
+    def __init__(self, part: bool = False, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.part = part
+
+    def open(self) -> None:
+        self.previous: Any = None
+
+    def process(self, frame: Any) -> Any:
+        if isinstance(frame, dict):
+            frame = frame["frame"]
+        seen = -1 if self.previous is None else int(self.previous.reshape(-1)[-1])
+        self.previous = frame[1:] if self.part else frame
+        return seen

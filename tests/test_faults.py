@@ -19,12 +19,17 @@ import textwrap
 import threading
 import time
 
+import numpy as np
 import pytest
 from conftest import own_entries, read_lines, wait_clean
-from nodes import FaultyConsumer, FaultyProcessor, FaultyProducer
+from nodes import DictOfArrays, FaultyConsumer, FaultyProcessor, FaultyProducer, KeepsInput
 
 from videoflow import FlowError
+from videoflow.consumers import VoidConsumer
 from videoflow.core import BATCH, REALTIME, Flow
+from videoflow.errors import StaleSlotError
+from videoflow.producers import SyntheticFrameProducer
+from videoflow.transport.shm import POISON, PoolRegistry, SlotAllocator
 
 END_WITHIN = 5.0
 KS = [1, 3]
@@ -372,3 +377,56 @@ def test_sigint_twice_kills(tmp_path, k, flow_type):
     assert not wait_gone(tasks, END_WITHIN - (time.monotonic() - sent))
     entries, _ = wait_clean(proc.pid, 1)
     assert not entries
+
+
+# -- use after release (debug mode) ---------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize(("part", "wrapped"), [(False, False), (True, False), (False, True)])
+def test_debug_mode_names_a_node_that_keeps_an_input_view(tmp_path, part, wrapped, k):
+    a = SyntheticFrameProducer((48, 64, 3), count=100, name="source")
+    b = DictOfArrays(name="wrap")(a) if wrapped else a  # the frame inside a pickled dict
+    c = KeepsInput(part, nb_tasks=k, name="keeper")(b)
+    d = VoidConsumer()(c)
+    flow = Flow([a], [d], flow_type=BATCH, flow_options={"debug": True})
+    flow.run()
+    err, _ = finish(flow)
+    assert err is not None and err.node == "keeper", str(err)
+    assert "StaleSlotError" in str(err) and "kept a view of its input" in str(err)
+    assert_clean(flow)
+
+
+@pytest.mark.timeout(60)
+def test_without_debug_mode_a_kept_view_goes_unnoticed(tmp_path):
+    # The limit of the guarantee: only debug mode looks (a kept view is a plain ndarray).
+    a = SyntheticFrameProducer((48, 64, 3), count=100)
+    c = VoidConsumer()(KeepsInput()(a))
+    flow = Flow([a], [c], flow_type=BATCH)
+    flow.run()
+    assert finish(flow)[0] is None
+    assert_clean(flow)
+
+
+def test_debug_registry_rejects_stale_handles_and_poisons_released_slots():
+    registry = PoolRegistry(debug=True)
+    allocator = SlotAllocator(registry, f"vf.{os.getpid()}.unit.0-0", 2, on_wait=lambda: None)
+    try:
+        frame = allocator.array((4, 4), np.uint8)
+        frame[...] = 7
+        ref = allocator.fresh[-1]
+        allocator.fresh.clear()
+        assert (registry.array(ref, 0, (4, 4), (4, 1), "|u1") == 7).all()
+        registry.release(ref)
+        assert (frame == POISON).all()  # what a view kept past the release now reads
+        with pytest.raises(StaleSlotError, match="read after it was released"):
+            registry.array(ref, 0, (4, 4), (4, 1), "|u1")
+        allocator.array((4, 4), np.uint8)
+        allocator.array((4, 4), np.uint8)  # two slots: this one is the first again, reused
+        assert allocator.fresh[-1].slot == ref.slot and allocator.fresh[-1].gen == ref.gen + 1
+        with pytest.raises(StaleSlotError, match="released twice"):
+            registry.release(ref)
+    finally:
+        for pool in allocator.owned():
+            pool.unlink()

@@ -28,7 +28,9 @@ class FlowConfig:
     stop_grace:        seconds the parent waits for tasks to exit after an abort before killing.
     start_timeout:     seconds tasks have to open their node and report ready.
     start_method:      multiprocessing start method (forkserver, spawn or fork).
-    debug:             check slot generations on every read (detects use after release).
+    debug:             check slot generations on every read and of every message after each
+                       call, fill released slots with 0xDB, and fail a node that keeps a view
+                       of an input past its call (use after release); costs time per message.
     progress:          draw a progress line on stderr while the flow runs (only on a terminal).
     """
 

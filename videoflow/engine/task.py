@@ -23,6 +23,7 @@ from videoflow.config import FlowConfig
 from videoflow.engine.logs import EventSender, forward_to_owner
 from videoflow.engine.plan import CONSUMER, MERGE, PRODUCER, Link, Stage
 from videoflow.engine.stats import ABORT, BLOCKED_NS, BUSY_NS, DROPPED, GO, IN, OUT, STOP, WAIT_NS
+from videoflow.errors import StaleSlotError
 from videoflow.transport import message
 from videoflow.transport.codec import Codec, value_refs
 from videoflow.transport.queue import ControlQueue
@@ -415,6 +416,20 @@ class Task:
             control[row + DROPPED] += 1
             self._release(message_refs(values))
 
+    def _check_views(self, values: dict[int, Any]) -> None:
+        """Debug mode, after a call: the message's slots are still the ones it was sent with,
+        and the node kept no view of its inputs (it would read them after their release)."""
+        for ref in message_refs(values):
+            self.registry.get(ref.pool).check(ref.slot, ref.gen)
+        kept = self.codec.still_referenced()
+        if kept:
+            raise StaleSlotError(
+                f"node {self.stage.spec.name!r} kept a view of its input after "
+                f"{self.phase}() returned (slot {kept[0].slot} of pool {kept[0].pool!r}); "
+                "inputs are valid only during the call and their slots are then reused: "
+                "keep a copy (frame.copy()) instead"
+            )
+
     def _produce(self) -> None:
         node, control, row, life = self.node, self.control, self.row, self.life
         allocator = self.allocator
@@ -451,6 +466,7 @@ class Task:
         is_consumer = spec.kind == CONSUMER
         is_merge = spec.kind == MERGE
         reads, drop_after, node_id = spec.reads, stage.drop_after, spec.node_id
+        debug = self.spec.config.debug
         self.phase = "consume" if is_consumer else "process"
         while True:
             t0 = _now()
@@ -482,6 +498,8 @@ class Task:
                     else:
                         allocator.end_call(set())
                 del output
+                if debug:
+                    self._check_views(values)
                 if drop_after:
                     gone = [values.pop(nid) for nid in drop_after if nid in values]
                     freed: set[SlotRef] = set()

@@ -15,7 +15,9 @@ crop costs no copy. Anything else costs exactly one copy into a slot of the enco
 
 from __future__ import annotations
 
+import gc
 import pickle
+import weakref
 from typing import Any
 
 import numpy as np
@@ -63,6 +65,7 @@ class Codec:
         self.allocator = allocator
         self.inline_max = inline_max
         self.oob_min = oob_min
+        self.handed_out: list[tuple[weakref.ref[Any], SlotRef]] = []  # debug mode only
 
     # -- encode ----------------------------------------------------------------------------
     def _place(self, address: int, nbytes: int, held: set[SlotRef]) -> tuple[SlotRef, int] | None:
@@ -129,8 +132,26 @@ class Codec:
         if form == "o":
             return enc[1]
         if form == "a":
-            return self.registry.array(enc[1], enc[2], enc[3], enc[4], enc[5])
+            arr = self.registry.array(enc[1], enc[2], enc[3], enc[4], enc[5])
+            if self.registry.debug:
+                self.handed_out.append((weakref.ref(arr), enc[1]))
+            return arr
         view = self.registry.view
-        buffers = [view(ref, offset, nbytes) for ref, offset, nbytes in enc[-1]]
+        buffers: list[Any] = [view(ref, offset, nbytes) for ref, offset, nbytes in enc[-1]]
+        if self.registry.debug:  # ndarrays, unlike memoryviews, can be watched by weakref
+            buffers = [np.frombuffer(b, dtype=np.uint8) for b in buffers]
+            refs = [r[0] for r in enc[-1]]
+            self.handed_out += [(weakref.ref(b), r) for b, r in zip(buffers, refs, strict=True)]
         data = enc[1] if form == "p" else view(enc[1], 0, enc[2])
         return pickle.loads(data, buffers=buffers)
+
+    def still_referenced(self) -> list[SlotRef]:
+        """(Debug mode) The slots of the values decoded since the last call that something
+        still references: called once a node's call is over and its output encoded, a slot
+        listed here is one the node kept a view of, to read after it is released."""
+        watched, self.handed_out = self.handed_out, []
+        kept = [ref for alive, ref in watched if alive() is not None]
+        if kept:  # a reference cycle can hold a view until the next collection
+            gc.collect()
+            kept = [ref for alive, ref in watched if alive() is not None]
+        return kept

@@ -32,6 +32,7 @@ MAGIC = 0x31_4C_4F_4F_50_46_56  # "VFPOOL1"
 _HEAD = struct.Struct("<QIIQ")
 PAGE = mmap.PAGESIZE
 FREE, USED = 0, 1
+POISON = 0xDB  # debug mode fills released slots with it
 
 
 class SlotRef(NamedTuple):
@@ -191,7 +192,14 @@ class PoolRegistry:
         return pool, slot, offset
 
     def release(self, ref: SlotRef) -> None:
-        self.get(ref.pool).release(ref.slot, ref.gen if self.debug else None)
+        pool = self.get(ref.pool)
+        if self.debug:
+            if int(pool.gens[ref.slot]) == ref.gen:  # poison it: a view kept past the release
+                start = pool.slot_offset(ref.slot)  # then reads 0xDB bytes, not a stale frame
+                np.ndarray((pool.slot_size,), np.uint8, pool.mm, start).fill(POISON)
+            pool.release(ref.slot, ref.gen)
+        else:
+            pool.release(ref.slot)
 
     def view(self, ref: SlotRef, offset: int, nbytes: int) -> memoryview:
         """A read-only view of ``nbytes`` at ``offset`` in the slot of ``ref``."""
