@@ -36,6 +36,7 @@ class ReportRow:
     node: str
     kind: str
     tasks: int
+    frames: int
     fps: float
     max_fps: float | None
     busy: float
@@ -49,9 +50,9 @@ class ReportRow:
 class Report:
     """A bottleneck report. ``str(report)`` is the table followed by the verdict.
 
-    The table shows per node: tasks, fps (messages per second of the run), max fps (what the
-    node could take with all its tasks always busy), busy/wait/blocked percent of its tasks'
-    time, and drops.
+    The table shows per node: tasks, frames (messages it received), fps (messages per second
+    of the run), max fps (what the node could take with all its tasks always busy),
+    busy/wait/blocked percent of its tasks' time, and drops.
 
     bottleneck: the name of the node that holds the flow back (None: nothing flowed, or no node
                 is busy enough to blame). advice: what to do about it, one sentence.
@@ -73,8 +74,10 @@ class Report:
         """Build the report of a snapshot. ``cpus``: CPUs to plan nb_tasks for (default: this
         process's)."""
         rows = tuple(
-            ReportRow(n.name, n.kind, n.nb_tasks, n.fps, n.capacity, n.busy, n.wait, n.blocked,
-                      n.dropped, n.errors)
+            ReportRow(
+                n.name, n.kind, n.nb_tasks, n.messages_in, n.fps, n.capacity,
+                n.busy, n.wait, n.blocked, n.dropped, n.errors,
+            )
             for n in stats.nodes
         )
         bottleneck, advice = _diagnose(stats, available_cpus() if cpus is None else cpus)
@@ -101,13 +104,13 @@ class Report:
         ]
         width = max([4, *(len(r.node) for r in self.rows)])
         lines.append(
-            f"{'node':<{width}}  {'kind':<9} {'tasks':>5} {'fps':>9} {'max fps':>9} {'busy %':>7} "
-            f"{'wait %':>7} {'blocked %':>9} {'drops':>7}"
+            f"{'node':<{width}}  {'kind':<9} {'tasks':>5} {'frames':>8} {'fps':>9} {'max fps':>9} "
+            f"{'busy %':>7} {'wait %':>7} {'blocked %':>9} {'drops':>7}"
         )
         for r in self.rows:
             lines.append(
-                f"{r.node:<{width}}  {r.kind:<9} {r.tasks:>5} {r.fps:>9.1f} {_rate(r.max_fps):>9} "
-                f"{100 * r.busy:>7.1f} "
+                f"{r.node:<{width}}  {r.kind:<9} {r.tasks:>5} {r.frames:>8} {r.fps:>9.1f} "
+                f"{_rate(r.max_fps):>9} {100 * r.busy:>7.1f} "
                 f"{100 * r.wait:>7.1f} {100 * r.blocked:>9.1f} {r.drops:>7}"
                 + (f"  ({r.errors} failed)" if r.errors else "")
             )
