@@ -164,6 +164,9 @@ class MovingShapesProducer(ProducerNode):
         self._t0 = 0.0
         self._background: np.ndarray | None = None
 
+    def expected_count(self) -> int | None:
+        return self.count
+
     def open(self) -> None:
         self._index = 0
         self._t0 = time.monotonic()

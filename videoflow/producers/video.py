@@ -234,6 +234,17 @@ class VideofileReader(_CaptureReader):
     def _failure_hint(self) -> str:
         return "not a video OpenCV can decode"
 
+    def expected_count(self) -> int | None:
+        """The container's frame count (capped by nb_frames); None when it does not say."""
+        cap = cv2.VideoCapture(str(self.source))
+        try:
+            count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+        finally:
+            cap.release()
+        if count <= 0:
+            return self.nb_frames if self.nb_frames >= 0 else None
+        return min(count, self.nb_frames) if self.nb_frames >= 0 else count
+
 
 class VideoDeviceReader(_CaptureReader):
     """Captures frames from a camera (``device_id`` as for cv2.VideoCapture, e.g. 0).
@@ -338,6 +349,9 @@ class ImageFolderReader(ProducerNode):
         self.extensions = tuple(e.lower() for e in extensions)
         self.flags = flags
         self._files: list[str] = []
+
+    def expected_count(self) -> int | None:
+        return len(self.files())
 
     def files(self) -> list[str]:
         """The image paths this reader produces, in order."""
