@@ -408,6 +408,9 @@ class ImageProducer(ProducerNode):
         self._image: np.ndarray | None = None
         self._index = 0
 
+    def expected_count(self) -> int | None:
+        return self.nb_frames
+
     def open(self) -> None:
         self._image = _read_image(self.path, self.flags)
         self._index = 0
