@@ -73,7 +73,7 @@ def _sender(name: str, n: int) -> None:
 
 
 def hop_stream(n: int = 100_000) -> float:
-    """Microseconds per message through one hop between two processes (best of 3)."""
+    """Microseconds per message through one hop between two processes (best of 5)."""
     import multiprocessing as mp
 
     from videoflow.transport import message
@@ -82,7 +82,7 @@ def hop_stream(n: int = 100_000) -> float:
     q = _queue(name, True)
     try:
         best = float("inf")
-        for _ in range(3):
+        for _ in range(5):
             p = mp.get_context("fork").Process(target=_sender, args=(name, n))
             t0 = time.perf_counter()
             p.start()

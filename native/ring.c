@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -12,6 +13,10 @@
 
 _Static_assert(sizeof(vf_ring_header) == 320, "ring header layout");
 _Static_assert(sizeof(vf_ring_cell) == 16, "ring cell layout");
+
+#ifndef VF_RING_SPIN_NS
+#define VF_RING_SPIN_NS 10000 /* 10 us */
+#endif
 
 #define LOAD_ACQ(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define LOAD_RLX(p) __atomic_load_n((p), __ATOMIC_RELAXED)
@@ -196,10 +201,35 @@ int64_t vf_ring_deadline(double timeout)
     return now_ns() + (int64_t)(timeout * 1e9);
 }
 
-/* Sleep until `ready` holds, or the deadline (monotonic ns; 0: do not wait) passes. */
+static void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __asm__ __volatile__("pause");
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* Sleep until `ready` holds, or the deadline (monotonic ns; 0: do not wait) passes.
+ * A waiter first spins for up to VF_RING_SPIN_NS, yielding the core between rounds: a peer
+ * that is running usually answers within that, and then neither side makes a system call (no futex sleep, no
+ * wake). Past it, the waiter sleeps on the futex and costs nothing. */
 static int wait_for(vf_ring_header *r, int (*ready)(const vf_ring_header *), uint32_t *word,
                     uint32_t *waiters, int64_t deadline)
 {
+    if (deadline != 0) {
+        int64_t spin_until = now_ns() + VF_RING_SPIN_NS;
+        if (spin_until > deadline)
+            spin_until = deadline;
+        do {
+            for (int i = 0; i < 64; i++) {
+                if (ready(r))
+                    return VF_RING_OK;
+                cpu_relax();
+            }
+            sched_yield(); /* on a crowded core, let the peer (or anyone) run */
+        } while (now_ns() < spin_until);
+    }
     for (;;) {
         if (ready(r))
             return VF_RING_OK;
