@@ -7,15 +7,12 @@ them at the end and assert the targets as ratios. Nothing here runs in CI.
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
-import time
 from typing import Any
 
 import pytest
 
 from videoflow.benchmark import Row
-from videoflow.transport.names import MQUEUE_DIR, SHM_DIR, list_entries
+from videoflow.benchmark.flows import leftovers
 
 _rows: list[Row] = []
 
@@ -40,14 +37,7 @@ def repeat(request: pytest.FixtureRequest) -> int:
 @pytest.fixture(autouse=True)
 def no_leaks():
     yield
-    prefix = f"vf.{os.getpid()}."
-    deadline = time.monotonic() + 5
-    while True:
-        children = mp.active_children()
-        entries = list_entries(prefix, SHM_DIR) + list_entries(prefix, MQUEUE_DIR)
-        if (not children and not entries) or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    children, entries = leftovers()
     assert not children, f"child processes left behind: {children}"
     assert not entries, f"shared memory / queues left behind: {entries}"
 

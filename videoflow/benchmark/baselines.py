@@ -64,14 +64,19 @@ _WORK1: dict[str, Callable[[np.ndarray], np.ndarray]] = {"identity": identity, "
 
 
 def frames_for(
-    shape: tuple[int, ...], duration: float | None, count: int | None
+    shape: tuple[int, ...], duration: float | None, count: int | None, min_frames: int = 23
 ) -> Iterator[np.ndarray]:
-    """One preallocated frame, stamped with its index, yielded until duration or count end."""
+    """One preallocated frame, stamped with its index, yielded until ``count`` frames or
+    ``duration`` seconds (counted from the first frame taken, never fewer than ``min_frames``)."""
     frame = np.zeros(shape, np.uint8)
     flat = frame.reshape(-1)
-    end = _now() + int(duration * 1e9) if duration else 0
+    end = 0
     i = 0
-    while (count is None or i < count) and not (end and _now() >= end):
+    while count is None or i < count:
+        if i == 1 and duration:
+            end = _now() + int(duration * 1e9)
+        elif end and i >= min_frames and _now() >= end:
+            break
         flat[:8] = np.frombuffer(np.array(i, dtype="<u8").tobytes(), dtype=np.uint8)
         yield frame
         i += 1

@@ -49,8 +49,10 @@ def read_reports(report_dir: str, name: str) -> list[dict[str, Any]]:
 
 class BenchProducer(SyntheticFrameProducer):
     """Synthetic frames (pattern ``stamp``: written in place, the cheapest producer) for
-    ``duration`` seconds or ``count`` frames, whichever ends first; stamps ``meta["t_ns"]``
-    so consumers can measure end-to-end latency."""
+    ``duration`` seconds (counted from the first frame, so start-up does not eat it, and never
+    fewer than ``min_frames``) or ``count`` frames, whichever ends first. Stamps
+    ``meta["t_ns"]`` so consumers can measure end-to-end latency; with ``fps``, the pace also
+    starts at the first frame."""
 
     def __init__(
         self,
@@ -58,11 +60,13 @@ class BenchProducer(SyntheticFrameProducer):
         duration: float | None = None,
         count: int | None = None,
         fps: float | None = None,
+        min_frames: int = 0,
         report_dir: str | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(shape, np.uint8, count=count, fps=fps, pattern="stamp", name=name)
         self.duration = duration
+        self.min_frames = min_frames
         self.report_dir = report_dir
         self._end_ns = 0
         self._cpu0 = 0.0
@@ -70,10 +74,13 @@ class BenchProducer(SyntheticFrameProducer):
     def open(self) -> None:
         super().open()
         self._cpu0 = time.process_time()
-        self._end_ns = _now() + int(self.duration * 1e9) if self.duration else 0
+        self._end_ns = 0
 
     def next(self) -> np.ndarray:
-        if self._end_ns and _now() >= self._end_ns:
+        if self._index == 0:
+            self._t0 = time.monotonic()  # pace from the first frame, not from open()
+            self._end_ns = _now() + int(self.duration * 1e9) if self.duration else 0
+        elif self._end_ns and self._index >= self.min_frames and _now() >= self._end_ns:
             raise StopIteration
         frame = super().next()
         self.meta["t_ns"] = _now()
