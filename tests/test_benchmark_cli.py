@@ -186,3 +186,12 @@ def test_small_helpers():
     assert percentile([], 0.5) is None
     assert percentile([3, 1, 2], 0.5) == 2
     assert percentile(list(range(101)), 0.99) == 99
+
+
+@pytest.mark.timeout(60)
+def test_profile_prints_each_task(capsys):
+    assert main(["bench", "--profile", "--size", "64x48", "--hops", "1", "--duration", "0.05"]) == 0
+    assert_clean()
+    printed = capsys.readouterr().out
+    for task in ("producer.0", "stage0.0", "consumer.0"):
+        assert f"== {task}:" in printed

@@ -75,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs per measurement, the fastest kept (default 1); with SCRIPT: "
                              "runs of the script")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of the matrix: cProfile every task of a pass-through flow "
+                             "(first --size, each --hops) and print CPU us/frame per function")
     parser.add_argument("--json", metavar="FILE", help="save the result (with machine info)")
     parser.add_argument("--compare", metavar="OLD.json", help="print the change against OLD")
 
@@ -168,6 +171,13 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"videoflow bench: cannot read {args.compare}: {exc}", file=sys.stderr)
             return 2
+    if args.profile:
+        from videoflow.benchmark.profiling import profile_handoff
+
+        opts = options_from(args)
+        for hops in opts.hops:
+            print(profile_handoff((*opts.sizes[0], 3), hops, max(opts.duration, 0.5)))
+        return 0
     if args.script:
         result = bench_flow(args.script, repeat=args.repeat)
     else:
