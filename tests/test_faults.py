@@ -90,7 +90,9 @@ def expect_failure(tmp_path, flow: Flow, node: str, *words: str, lost: int = 0) 
     text = str(err)
     for word in words:
         assert word in text, text
-    assert ended - fault_time(tmp_path) < END_WITHIN
+    took = ended - fault_time(tmp_path)
+    print(f"ended {took:.2f} s after the fault, {flow.stats().pool_slots_in_use} slots in use")
+    assert took < END_WITHIN
     assert_clean(flow, lost)
     return err
 
