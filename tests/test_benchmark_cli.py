@@ -78,6 +78,11 @@ def test_compare_prints_the_change(tmp_path, capsys):
     assert "%" in printed  # the videoflow row is in both results
 
 
+def test_schema_is_printed(capsys):
+    assert main(["bench", "--schema"]) == 0
+    assert json.loads(capsys.readouterr().out) == SCHEMA
+
+
 def test_compare_of_an_invalid_file_fails_cleanly(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"rows": []}))

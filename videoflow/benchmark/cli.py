@@ -4,11 +4,12 @@ to diff against an earlier save, or ``videoflow bench SCRIPT`` to time a user's 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Iterable
 
 from videoflow.benchmark.matrix import BASELINES, SECTIONS, SIZES, Options, parse_size, run_matrix
-from videoflow.benchmark.result import BenchResult, Row, compare, validate
+from videoflow.benchmark.result import SCHEMA, BenchResult, Row, compare, validate
 from videoflow.benchmark.userflow import bench_flow
 
 QUICK_SIZE, QUICK_DURATION, QUICK_NB_TASKS = "640x480", 0.2, [1, 2]
@@ -46,6 +47,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``videoflow bench``."""
+    parser.description = __doc__
     parser.add_argument("script", nargs="?",
                         help="time the flows this script runs instead of the standard matrix")
     parser.add_argument("--only", type=_choices(SECTIONS), default=list(SECTIONS),
@@ -78,6 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", action="store_true",
                         help="instead of the matrix: cProfile every task of a pass-through flow "
                              "(first --size, each --hops) and print CPU us/frame per function")
+    parser.add_argument("--schema", action="store_true",
+                        help="print the JSON schema of --json files and exit")
     parser.add_argument("--json", metavar="FILE", help="save the result (with machine info)")
     parser.add_argument("--compare", metavar="OLD.json", help="print the change against OLD")
 
@@ -117,9 +121,11 @@ def format_table(rows: list[Row]) -> str:
     lines = [head]
     for r in rows:
         params = " ".join(f"{k}={v}" for k, v in r.params.items())
-        ratios = " ".join(f"{k}:{v:.1f}x" for k, v in r.ratios.items())
+        ratios = " ".join(f"{k}:{v:.3g}x" for k, v in r.ratios.items())
         if "speedup_vs_k1" in r.extra:
             ratios = f"K1:{r.extra['speedup_vs_k1']:.2f}x " + ratios
+        if "hop_wall_us" in r.extra and r.params.get("hops") == 1:
+            ratios = f"+{r.extra['hop_wall_us']:.0f} us/frame per extra hop; " + ratios
         if "hop_latency_us" in r.extra and r.params.get("hops") == max(
             (x.params.get("hops", 0) for x in rows if x.section == "realtime"), default=0
         ):
@@ -164,6 +170,9 @@ def run(args: argparse.Namespace) -> int:
     def progress(msg: str) -> None:
         print(f"  ... {msg}", file=sys.stderr, flush=True)
 
+    if args.schema:
+        print(json.dumps(SCHEMA, indent=2))
+        return 0
     old = None
     if args.compare:
         try:

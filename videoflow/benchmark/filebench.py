@@ -77,7 +77,7 @@ def file_section(opts: Options, say: Progress) -> tuple[list[Row], str | None]:
     except ImportError as exc:
         return [], f"videoflow's video nodes are not available ({exc})"
     height, width = opts.realtime_size
-    nb_frames = max(20, int(opts.duration * 60))
+    nb_frames = max(20, int(opts.duration * 150))  # start-up (~0.3 s) should not dominate
     nbytes = height * width * 3
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="videoflow-bench-file-") as tmp:

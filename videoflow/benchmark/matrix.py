@@ -169,7 +169,22 @@ def handoff(opts: Options, progress: Progress) -> list[Row]:
         if "single" in opts.baselines:
             t = bl.single(shape, "identity", min(opts.duration, 0.5))
             rows.append(_timing_row("handoff", bl.SINGLE, {"size": size}, t, shape))
+        _marginal_hop_cost([r for r in rows if r.impl == VIDEOFLOW and r.params["size"] == size])
     return rows
+
+
+def _marginal_hop_cost(rows: list[Row]) -> None:
+    """``hop_wall_us``: what one more hop adds to the time per frame (from the fewest and the
+    most hops measured), on however many cores there are."""
+    if len(rows) < 2:
+        return
+    lo = min(rows, key=lambda r: r.params["hops"])
+    hi = max(rows, key=lambda r: r.params["hops"])
+    if hi.params["hops"] == lo.params["hops"]:
+        return
+    per_hop = (hi.us_per_frame - lo.us_per_frame) / (hi.params["hops"] - lo.params["hops"])
+    for r in rows:
+        r.extra["hop_wall_us"] = per_hop
 
 
 def core_counts(opts: Options) -> list[int]:
