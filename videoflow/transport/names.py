@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 
 SHM_DIR = "/dev/shm"
 MQUEUE_DIR = "/dev/mqueue"
@@ -38,15 +39,12 @@ def list_entries(prefix: str, directory: str = SHM_DIR) -> list[str]:
         return []
 
 
-def sweep_dead_owners() -> list[str]:
-    """Unlink segments and queues whose owner process is gone; returns what was removed."""
+def _unlink_where(prefix: str, doomed: Callable[[str], bool]) -> list[str]:
+    """Unlink the entries starting with ``prefix`` for which ``doomed(name)``; return them."""
     removed = []
     for directory in (SHM_DIR, MQUEUE_DIR):
-        for name in list_entries(PREFIX, directory):
-            parts = name.split(".")
-            if len(parts) < 3 or not parts[1].isdigit():
-                continue
-            if _owner_alive(int(parts[1])):
+        for name in list_entries(prefix, directory):
+            if not doomed(name):
                 continue
             try:
                 os.unlink(os.path.join(directory, name))
@@ -54,16 +52,18 @@ def sweep_dead_owners() -> list[str]:
             except OSError:
                 pass
     return removed
+
+
+def _owner_dead(name: str) -> bool:
+    parts = name.split(".")
+    return len(parts) >= 3 and parts[1].isdigit() and not _owner_alive(int(parts[1]))
+
+
+def sweep_dead_owners() -> list[str]:
+    """Unlink segments and queues whose owner process is gone; returns what was removed."""
+    return _unlink_where(PREFIX, _owner_dead)
 
 
 def unlink_prefix(prefix: str) -> list[str]:
     """Unlink every segment and queue that starts with ``prefix``; returns what was removed."""
-    removed = []
-    for directory in (SHM_DIR, MQUEUE_DIR):
-        for name in list_entries(prefix, directory):
-            try:
-                os.unlink(os.path.join(directory, name))
-                removed.append(name)
-            except OSError:
-                pass
-    return removed
+    return _unlink_where(prefix, lambda _: True)
