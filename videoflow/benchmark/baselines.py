@@ -63,13 +63,25 @@ WORK: dict[str, Callable[[np.ndarray, np.ndarray | None], np.ndarray]] = {
 _WORK1: dict[str, Callable[[np.ndarray], np.ndarray]] = {"identity": identity, "blur": blur}
 
 
+ROTATE_BYTES = 64 << 20  # more than the last-level cache of the machines we measure on
+
+
+def rotation(shape: tuple[int, ...]) -> list[np.ndarray]:
+    """Distinct frames (zeros) adding up to about ``ROTATE_BYTES``: cycling through them, work
+    reads memory that is not in cache, as it does in a pipeline whose frames rotate through
+    slots, instead of re-reading one hot frame."""
+    nbytes = int(np.prod(shape))
+    count = min(32, max(2, -(-ROTATE_BYTES // max(1, nbytes))))
+    return [np.zeros(shape, np.uint8) for _ in range(count)]
+
+
 def frames_for(
     shape: tuple[int, ...], duration: float | None, count: int | None, min_frames: int = 23
 ) -> Iterator[np.ndarray]:
-    """One preallocated frame, stamped with its index, yielded until ``count`` frames or
-    ``duration`` seconds (counted from the first frame taken, never fewer than ``min_frames``)."""
-    frame = np.zeros(shape, np.uint8)
-    flat = frame.reshape(-1)
+    """Preallocated frames (see ``rotation``), each stamped with its index, yielded until
+    ``count`` frames or ``duration`` seconds (counted from the first frame taken, never fewer
+    than ``min_frames``)."""
+    frames = rotation(shape)
     end = 0
     i = 0
     while count is None or i < count:
@@ -77,7 +89,8 @@ def frames_for(
             end = _now() + int(duration * 1e9)
         elif end and i >= min_frames and _now() >= end:
             break
-        flat[:8] = np.frombuffer(np.array(i, dtype="<u8").tobytes(), dtype=np.uint8)
+        frame = frames[i % len(frames)]
+        frame.reshape(-1)[:8] = np.frombuffer(np.array(i, dtype="<u8").tobytes(), dtype=np.uint8)
         yield frame
         i += 1
 
@@ -257,16 +270,17 @@ def single(
     cv2_threads: int | None = 1,
     warmup: int = 3,
 ) -> Timing:
-    """Produce, work and consume in one loop of this process (cv2 threads as given)."""
+    """Produce, work and consume in one loop of this process (cv2 threads as given); inputs and
+    outputs rotate through distinct buffers, as frames rotate through slots in a flow."""
     import cv2
 
     before = cv2.getNumThreads()
     set_cv2_threads(cv2_threads)
     try:
         fn, clock = WORK[work], _Clock(warmup)
-        out = np.empty(shape, np.uint8)
-        for frame in frames_for(shape, duration, count):
-            fn(frame, out)
+        outs = rotation(shape)
+        for i, frame in enumerate(frames_for(shape, duration, count)):
+            fn(frame, outs[i % len(outs)])
             clock.tick()
         return clock.timing()
     finally:
