@@ -155,12 +155,19 @@ def format_machine(result: BenchResult) -> str:
 
 
 def format_compare(old: BenchResult, new: BenchResult) -> str:
+    """fps of each row measured now against OLD (rows only OLD has are counted, not listed)."""
     lines = [f"{'row':<70} {'old fps':>10} {'new fps':>10} {'change':>8}"]
+    only_old = 0
     for ch in compare(old, new):
+        if ch.new_fps is None:
+            only_old += 1
+            continue
         ratio = ch.ratio
         change = "-" if ratio is None else f"{(ratio - 1) * 100:+.1f}%"
         lines.append(f"{ch.key:<70} {_num(ch.old_fps, '.0f'):>10} {_num(ch.new_fps, '.0f'):>10} "
                      f"{change:>8}")
+    if only_old:
+        lines.append(f"({only_old} rows of the old result were not measured this time)")
     return "\n".join(lines)
 
 
