@@ -251,15 +251,25 @@ def pool_imap(
     count: int | None = None,
     start_method: str = "forkserver",
     cv2_threads: int | None = 1,
-    warmup: int = 3,
 ) -> Timing:
-    """``Pool(processes).imap(work, frames)`` (ordered, chunksize 1), consumed in this process."""
+    """``Pool(processes).imap(work, frames)`` (ordered, chunksize 1), consumed in this process.
+
+    Timed from the first frame handed to the pool (its workers already started) to the last
+    result: results pile up in the pool while this process is not reading them, so timing
+    their arrival alone would measure a burst, not the throughput.
+    """
     ctx = mp.get_context(start_method)
-    clock = _Clock(warmup)
     with ctx.Pool(processes, initializer=set_cv2_threads, initargs=(cv2_threads,)) as pool:
-        for _ in pool.imap(_WORK1[work], frames_for(shape, duration, count), chunksize=1):
-            clock.tick()
-    return clock.timing()
+        pool.map(_noop, range(processes))  # workers started and imported
+        t0 = _now()
+        frames = sum(1 for _ in pool.imap(
+            _WORK1[work], frames_for(shape, duration, count), chunksize=1))
+        seconds = (_now() - t0) / 1e9
+    return Timing(frames, seconds)
+
+
+def _noop(x: int) -> int:
+    return x
 
 
 def single(
