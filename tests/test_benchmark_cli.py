@@ -161,6 +161,13 @@ def test_validate_reports_problems():
         BenchResult.from_dict(bad)
 
 
+def test_save_refuses_a_result_that_breaks_the_schema(tmp_path):
+    bad = BenchResult(rows=[_row(fps=float("nan"))], machine=machine_info())
+    with pytest.raises(ValueError, match="schema"):
+        bad.save(str(tmp_path / "bad.json"))
+    assert not (tmp_path / "bad.json").exists()
+
+
 def test_round_trip_and_compare():
     result = BenchResult(rows=[_row(fps=10.0)], machine=machine_info())
     again = BenchResult.from_dict(json.loads(result.to_json()))

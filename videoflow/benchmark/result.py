@@ -119,6 +119,10 @@ class BenchResult:
             return cls.from_dict(json.load(f))
 
     def save(self, path: str) -> None:
+        """Write the result as JSON; ValueError (and no file) if it breaks ``SCHEMA``."""
+        problems = validate(self.to_dict())
+        if problems:
+            raise ValueError("result does not match its schema: " + "; ".join(problems[:5]))
         with open(path, "w") as f:
             f.write(self.to_json())
             f.write("\n")
