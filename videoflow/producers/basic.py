@@ -47,6 +47,31 @@ class IntProducer(ProducerNode):
         return value
 
 
+class Pacer:
+    """Paces a producer at ``fps``: value i is due i / fps seconds after the first one.
+
+    The clock starts at the first value, not in open(): a flow starts its producer only once
+    every node has opened, and a clock started earlier would burst the frames it is "late" for.
+    """
+
+    def __init__(self, fps: float | None) -> None:
+        if fps is not None and fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.fps = fps
+        self._t0: float | None = None
+
+    def wait(self, index: int) -> None:
+        """Sleep until value ``index`` is due (at once when there is no fps)."""
+        if self.fps is None:
+            return
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0 = now - index / self.fps
+        delay = self._t0 + index / self.fps - now
+        if delay > 0:
+            time.sleep(delay)
+
+
 def frame_value(index: int) -> int:
     """The byte value synthetic frame ``index`` is filled with (pattern ``"index"``)."""
     return index % 251
@@ -82,8 +107,7 @@ class SyntheticFrameProducer(ProducerNode):
         super().__init__(name=name)
         if pattern not in ("index", "stamp"):
             raise ValueError(f"pattern must be 'index' or 'stamp', got {pattern!r}")
-        if fps is not None and fps <= 0:
-            raise ValueError(f"fps must be positive, got {fps}")
+        self._pacer = Pacer(fps)
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         if int(np.prod(self.shape)) * self.dtype.itemsize < 8:
@@ -92,11 +116,10 @@ class SyntheticFrameProducer(ProducerNode):
         self.fps = fps
         self.pattern = pattern
         self._index = 0
-        self._t0 = 0.0
 
     def open(self) -> None:
         self._index = 0
-        self._t0 = time.monotonic()
+        self._pacer = Pacer(self.fps)
 
     def expected_count(self) -> int | None:
         return self.count
@@ -105,10 +128,7 @@ class SyntheticFrameProducer(ProducerNode):
         i = self._index
         if self.count is not None and i >= self.count:
             raise StopIteration
-        if self.fps is not None:
-            delay = self._t0 + i / self.fps - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+        self._pacer.wait(i)
         frame = self.allocate(self.shape, self.dtype)
         flat = frame.reshape(-1).view(np.uint8)
         if self.pattern == "index":

@@ -8,12 +8,12 @@ tracker test. ``write_test_clip`` writes such a clip with ``cv2.VideoWriter``.
 from __future__ import annotations
 
 import os
-import time
 
 import cv2
 import numpy as np
 
 from videoflow.core.node import ProducerNode
+from videoflow.producers.basic import Pacer
 
 # Shape kinds, their colours (BGR) and paths: start (fractions of the frame) and speed (px/frame).
 _SHAPES = (
@@ -152,8 +152,7 @@ class MovingShapesProducer(ProducerNode):
         super().__init__(name=name)
         if width < 16 or height < 16:
             raise ValueError(f"frames must be at least 16x16, got {width}x{height}")
-        if fps is not None and fps <= 0:
-            raise ValueError(f"fps must be positive, got {fps}")
+        self._pacer = Pacer(fps)
         if count is not None and count < 0:
             raise ValueError(f"count must be >= 0 or None, got {count}")
         self.width, self.height = int(width), int(height)
@@ -161,7 +160,6 @@ class MovingShapesProducer(ProducerNode):
         self.fps = fps
         self.with_person = with_person
         self._index = 0
-        self._t0 = 0.0
         self._background: np.ndarray | None = None
 
     def expected_count(self) -> int | None:
@@ -169,15 +167,14 @@ class MovingShapesProducer(ProducerNode):
 
     def open(self) -> None:
         self._index = 0
-        self._t0 = time.monotonic()
+        self._pacer = Pacer(self.fps)
         self._background = make_background(self.width, self.height)
 
     def next(self) -> np.ndarray:
         i = self._index
         if self.count is not None and i >= self.count:
             raise StopIteration
-        if self.fps is not None:  # pace: frame i is due i / fps seconds after open()
-            time.sleep(max(0.0, self._t0 + i / self.fps - time.monotonic()))
+        self._pacer.wait(i)
         frame = self.allocate((self.height, self.width, 3), np.uint8)
         render_frame(i, self.width, self.height, frame, self._background, self.with_person)
         self.meta["timestamp_ms"] = 1000.0 * i / (self.fps or 25.0)
