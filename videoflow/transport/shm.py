@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import math
 import mmap
 import os
 import struct
@@ -292,7 +293,7 @@ class SlotAllocator:
         dt = np.dtype(dtype)
         if dt.hasobject:
             raise TypeError("arrays of Python objects cannot live in shared memory")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        nbytes = math.prod(shape) * dt.itemsize
         pool, slot = self.take(max(nbytes, 1))
         return np.ndarray(shape, dtype=dt, buffer=pool.mm, offset=pool.slot_offset(slot))
 
