@@ -45,7 +45,8 @@ class SlotRef(NamedTuple):
 
 
 def size_class(nbytes: int) -> int:
-    """Round a request up so that similar sizes share a pool, wasting at most 1/8."""
+    """Round a request up so that similar sizes share a pool: to whole pages, and wasting at
+    most 1/8 of a request of 8 pages or more."""
     if nbytes <= PAGE:
         return PAGE
     step = max(PAGE, 1 << (nbytes.bit_length() - 4))

@@ -1,0 +1,84 @@
+"""The value codec and slot pools, in one process: what is copied, what is referenced."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from videoflow.transport.codec import Codec, value_refs
+from videoflow.transport.shm import PoolRegistry, SlotAllocator, size_class
+
+
+@pytest.fixture
+def codec():
+    registry = PoolRegistry()
+    allocator = SlotAllocator(registry, f"vf.{os.getpid()}.codec", 4, on_wait=lambda: None)
+    yield Codec(registry, allocator), allocator
+    for pool in allocator.owned():
+        pool.unlink()
+
+
+VIEWS = {
+    "whole": lambda a: a,
+    "crop": lambda a: a[10:100, 20:300],
+    "flipped": lambda a: a[::-1],
+    "strided channel": lambda a: a[::2, ::-3, 1],
+    "mirrored row": lambda a: a[5:6, :, ::-1],
+    "transposed": lambda a: a.T,
+}
+
+
+@pytest.mark.parametrize("view", VIEWS)
+def test_views_of_a_held_slot_are_referenced_not_copied(codec, view):
+    codec, allocator = codec
+    frame = allocator.array((120, 320, 3), np.uint8)
+    frame[...] = np.arange(frame.size, dtype=np.uint32).reshape(frame.shape) % 251
+    held = set(allocator.fresh)
+    value = VIEWS[view](frame)
+    enc = codec.encode(value, held)
+    assert enc[0] == "a" and value_refs(enc) == list(held)
+    assert len(allocator.fresh) == 1  # no new slot: zero copies
+    out = codec.decode(enc)
+    assert np.array_equal(out, value) and out.strides == value.strides
+    assert not out.flags.writeable
+
+
+def test_arrays_outside_held_slots_cost_one_copy(codec):
+    codec, allocator = codec
+    other = allocator.array((8, 8), np.float32)  # a slot this message does not hold
+    allocator.fresh.clear()
+    plain = np.arange(64, dtype=np.float32).reshape(8, 8)
+    for value in (plain, other):
+        enc = codec.encode(value, set())
+        assert enc[0] == "a" and value_refs(enc) == [allocator.fresh[-1]]
+        assert np.array_equal(codec.decode(enc), value)
+
+
+def test_objects_with_buffers_go_out_of_band_and_big_pickles_to_a_blob(codec):
+    codec, _ = codec
+    names = [f"name {i} " * 5 for i in range(100)]
+    value = {"frame": np.ones((64, 64, 3), np.uint8), "names": names, "n": 3}
+    enc = codec.encode(value, set())
+    assert enc[0] == "b" and len(value_refs(enc)) == 2  # the pickle and one buffer
+    out = codec.decode(enc)
+    assert out["names"] == value["names"] and np.array_equal(out["frame"], value["frame"])
+    assert codec.encode(7, set()) == ("o", 7)
+    small = codec.encode({"a": 1}, set())
+    assert small[0] == "p" and codec.decode(small) == {"a": 1}
+
+
+def test_structured_dtypes_keep_their_fields(codec):
+    codec, _ = codec
+    value = np.zeros(4, dtype=[("a", "<i4"), ("b", "<f8")])
+    value["a"] = [1, 2, 3, 4]
+    out = codec.decode(codec.encode(value, set()))
+    assert out.dtype == value.dtype and list(out["a"]) == [1, 2, 3, 4]
+
+
+def test_size_classes_round_to_pages_and_waste_at_most_an_eighth_above_8_pages():
+    for n in (1, 4096, 4097, 40_000, 6_220_800, 24_883_200, 10**9):
+        c = size_class(n)
+        assert c >= n and c % 4096 == 0
+        assert n < 8 * 4096 or c <= n * 1.125
