@@ -72,14 +72,14 @@ def assert_clean(flow: Flow, lost: int = 0) -> None:
     """Nothing of the flow is left the moment join() has returned.
 
     ``lost``: slots a killed task may have held (the one message in its hands, one slot here);
-    a killed process cannot give them back. Its pools are unlinked all the same.
+    a killed process cannot give them back, so the owner reclaims them once every task ended.
     """
     assert not mp.active_children(), f"live task processes: {mp.active_children()}"
     assert not own_entries(), f"left in /dev/shm or /dev/mqueue: {own_entries()}"
     stats = flow.stats()
     assert not stats.running
-    assert stats.pool_slots_in_use is not None
-    assert stats.pool_slots_in_use <= lost, f"{stats.pool_slots_in_use} slots still in use"
+    assert stats.pool_slots_in_use == 0, f"{stats.pool_slots_in_use} slots still in use"
+    assert stats.slots_reclaimed <= lost, f"{stats.slots_reclaimed} slots held by killed tasks"
 
 
 def expect_failure(tmp_path, flow: Flow, node: str, *words: str, lost: int = 0) -> FlowError:

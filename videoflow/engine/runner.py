@@ -10,6 +10,7 @@ segments are unlinked by their common name prefix before ``wait()`` returns.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -95,6 +96,7 @@ class ProcessEngine:
         self.prefix = new_flow_prefix()
         self.errors: list[FlowError] = []
         self.pool_slots_in_use: int | None = None
+        self.slots_reclaimed = 0
         self._tasks: list[_TaskHandle] = []
         self._queues: list[ControlQueue] = []
         self._done = threading.Event()
@@ -329,6 +331,10 @@ class ProcessEngine:
                 log.exception("could not release the slots of the messages left in a queue")
             queue.unlink()
             queue.close()
+        if any(t.process.exitcode for t in self._tasks):
+            # A killed task cannot give back the slots it held; every task has ended, so no
+            # one can reach them any more: the owner releases them, and counts them apart.
+            self.slots_reclaimed = self._reclaim_pools()
         self._final_slots = self._pool_occupancy()
         self.pool_slots_in_use = sum(self._final_slots.values())
         unlink_prefix(self.prefix)
@@ -337,6 +343,13 @@ class ProcessEngine:
                 task.conn.close()
 
     # -- statistics ------------------------------------------------------------------------
+    def _reclaim_pools(self) -> int:
+        reclaimed = 0
+        for name in list_entries(self.prefix):
+            with contextlib.suppress(Exception):
+                reclaimed += SlotPool.attach(name).reclaim()
+        return reclaimed
+
     def _pool_occupancy(self) -> dict[str, int]:
         """Slots in use now, per pool of this flow (pools are read by name, never kept open)."""
         in_use: dict[str, int] = {}
@@ -404,6 +417,7 @@ class ProcessEngine:
             dropped=dropped,
             running=running,
             pool_slots_in_use=self.pool_slots_in_use,
+            slots_reclaimed=self.slots_reclaimed,
             errors=sum(failed.values()),
             elapsed_s=elapsed,
         )

@@ -163,8 +163,10 @@ class FlowStats:
     errors:    tasks that failed.
     elapsed_s: seconds from the moment every task was ready to the end of the last task (or
                to now, while the flow runs); 0.0 before it started.
-    pool_slots_in_use: slots still taken at the end of the run (0 after a normal end; None
-               while it runs).
+    pool_slots_in_use: slots still taken at the end of the run, 0 whatever the ending (None
+               while it runs); anything else is a leak.
+    slots_reclaimed: slots that tasks killed by a signal held when they died, which the owner
+               gave back once every task had ended (0 unless a task was killed).
     """
 
     nodes: tuple[NodeStats, ...]
@@ -173,6 +175,7 @@ class FlowStats:
     dropped: int
     running: bool
     pool_slots_in_use: int | None = None
+    slots_reclaimed: int = 0
     errors: int = 0
     elapsed_s: float = 0.0
 

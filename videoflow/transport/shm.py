@@ -152,6 +152,14 @@ class SlotPool:
         at = self.states_at
         return self.mm[at : at + self.nslots].count(USED)
 
+    def reclaim(self) -> int:
+        """Mark every slot free; returns how many were in use. Only for a pool that no live
+        process can reach any more (its flow's tasks have all ended)."""
+        at = self.states_at
+        used = self.occupancy()
+        self.mm[at : at + self.nslots] = bytes(self.nslots)
+        return used
+
     def unlink(self) -> None:
         with contextlib.suppress(posix_ipc.ExistentialError):
             posix_ipc.unlink_shared_memory("/" + self.name)
