@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from videoflow.benchmark import Row
-from videoflow.benchmark.flows import leftovers
+from videoflow.engine.runner import leftovers
 
 _rows: list[Row] = []
 
@@ -37,7 +37,7 @@ def repeat(request: pytest.FixtureRequest) -> int:
 @pytest.fixture(autouse=True)
 def no_leaks():
     yield
-    children, entries = leftovers()
+    entries, children = leftovers()
     assert not children, f"child processes left behind: {children}"
     assert not entries, f"shared memory / queues left behind: {entries}"
 

@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
-import time
 
 import pytest
 
-from videoflow.transport.names import MQUEUE_DIR, SHM_DIR, list_entries
+from videoflow.engine.runner import leftovers
+from videoflow.transport.names import owned_entries
 
-
-def own_entries(pid: int | None = None) -> list[str]:
-    """Shared-memory segments and queues of flows owned by ``pid`` (default: this process)."""
-    prefix = f"vf.{os.getpid() if pid is None else pid}."
-    return list_entries(prefix, SHM_DIR) + list_entries(prefix, MQUEUE_DIR)
-
-
-def wait_clean(pid: int | None = None, seconds: float = 5.0) -> tuple[list[str], list[object]]:
-    """Wait up to ``seconds`` for our entries and children to be gone; return what is left."""
-    deadline = time.monotonic() + seconds
-    while True:
-        entries, children = own_entries(pid), mp.active_children()
-        if (not entries and not children) or time.monotonic() > deadline:
-            return entries, children
-        time.sleep(0.05)
+own_entries = owned_entries  # this test process's flows' "vf." segments and queues
+wait_clean = leftovers  # (entries, live children) after waiting for them to go
 
 
 @pytest.fixture(autouse=True)

@@ -12,19 +12,20 @@ import pytest
 
 from videoflow.benchmark import SCHEMA, BenchResult, Row, bench_flow, compare, validate
 from videoflow.benchmark.cli import format_table
-from videoflow.benchmark.flows import leftovers, percentile
+from videoflow.benchmark.flows import percentile
 from videoflow.benchmark.matrix import parse_size
 from videoflow.benchmark.result import add_ratios, machine_info
 from videoflow.cli import main
 from videoflow.consumers import VoidConsumer
 from videoflow.core import BATCH, Flow
+from videoflow.engine.runner import leftovers
 from videoflow.processors import IdentityProcessor
 from videoflow.producers import IntProducer
 
 
 def assert_clean() -> None:
     """No child process and no /dev/shm (or mqueue) entry starting with "vf." of ours is left."""
-    children, entries = leftovers()
+    entries, children = leftovers()
     assert not children, f"child processes left behind: {children}"
     assert not entries, f"shared memory / queues left behind: {entries}"
 

@@ -8,10 +8,7 @@ so process start-up is not counted), latency per frame, drops, and CPU time per 
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing as mp
-import os
 import tempfile
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,7 +17,6 @@ from videoflow.core import Flow
 from videoflow.core.constants import BATCH
 from videoflow.core.node import Node
 from videoflow.engine.stats import FlowStats
-from videoflow.transport.names import MQUEUE_DIR, SHM_DIR, list_entries
 
 # A stage factory gets the report directory and the stage's index and returns an unwired node.
 StageFactory = Callable[[str, int], Node]
@@ -52,19 +48,6 @@ class Measurement:
     def stage_cpu_us(self, index: int) -> float:
         n = self.stage_frames[index]
         return 1e6 * self.stage_cpu_s[index] / n if n else 0.0
-
-
-def leftovers(seconds: float = 5.0) -> tuple[list[Any], list[str]]:
-    """Child processes and "vf." kernel objects (shared memory, queues) of this process still
-    there after waiting up to ``seconds`` for them to go: both lists are empty after a clean run."""
-    prefix = f"vf.{os.getpid()}."
-    deadline = time.monotonic() + seconds
-    while True:
-        children = mp.active_children()
-        entries = list_entries(prefix, SHM_DIR) + list_entries(prefix, MQUEUE_DIR)
-        if (not children and not entries) or time.monotonic() > deadline:
-            return children, entries
-        time.sleep(0.05)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -50,6 +50,7 @@ from videoflow.errors import FlowError
 from videoflow.transport.names import (
     list_entries,
     new_flow_prefix,
+    owned_entries,
     sweep_dead_owners,
     unlink_prefix,
 )
@@ -421,6 +422,18 @@ class ProcessEngine:
             errors=sum(failed.values()),
             elapsed_s=elapsed,
         )
+
+
+def leftovers(pid: int | None = None, seconds: float = 5.0) -> tuple[list[str], list[Any]]:
+    """What the flows run by ``pid`` (default: this process) left behind: its "vf." segments
+    and queues, and this process's live children, after waiting up to ``seconds`` for them to
+    go. Both lists are empty after any clean ending; tests and benchmarks assert it."""
+    deadline = time.monotonic() + seconds
+    while True:
+        entries, children = owned_entries(pid), mp.active_children()
+        if (not entries and not children) or time.monotonic() > deadline:
+            return entries, children
+        time.sleep(0.05)
 
 
 @atexit.register

@@ -39,6 +39,12 @@ def list_entries(prefix: str, directory: str = SHM_DIR) -> list[str]:
         return []
 
 
+def owned_entries(pid: int | None = None) -> list[str]:
+    """Segments and queues of the flows run by process ``pid`` (default: this process)."""
+    prefix = f"{PREFIX}{os.getpid() if pid is None else pid}."
+    return list_entries(prefix, SHM_DIR) + list_entries(prefix, MQUEUE_DIR)
+
+
 def _unlink_where(prefix: str, doomed: Callable[[str], bool]) -> list[str]:
     """Unlink the entries starting with ``prefix`` for which ``doomed(name)``; return them."""
     removed = []
