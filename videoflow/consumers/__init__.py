@@ -8,5 +8,11 @@ from videoflow.consumers.video import (
     VideofileWriter,
 )
 
-__all__ = ["CommandlineConsumer", "VoidConsumer"]
-__all__ += ["ImageFolderWriter", "JsonLinesWriter", "VideoDisplay", "VideofileWriter"]
+__all__ = [
+    "CommandlineConsumer",
+    "ImageFolderWriter",
+    "JsonLinesWriter",
+    "VideoDisplay",
+    "VideofileWriter",
+    "VoidConsumer",
+]

@@ -23,26 +23,24 @@ from videoflow.processors.vision import (
 )
 
 __all__ = [
-    "CountAggregator",
-    "FunctionProcessorNode",
-    "IdentityProcessor",
-    "JoinerProcessor",
-    "MaxAggregator",
-    "MinAggregator",
-    "MultiplicationAggregator",
-    "SumAggregator",
-]
-__all__ += [
     "BoundingBoxAnnotator",
+    "CountAggregator",
     "Crop",
     "CvtColor",
+    "FunctionProcessorNode",
     "GaussianBlur",
     "HaarFaceDetector",
     "HogPeopleDetector",
+    "IdentityProcessor",
+    "JoinerProcessor",
     "KalmanTracker",
     "Mask",
+    "MaxAggregator",
+    "MinAggregator",
     "MotionDetector",
+    "MultiplicationAggregator",
     "Resize",
     "SortTracker",
+    "SumAggregator",
     "TextAnnotator",
 ]

@@ -10,11 +10,12 @@ from videoflow.producers.video import (
     VideoUrlReader,
 )
 
-__all__ = ["IntProducer", "SyntheticFrameProducer"]
-__all__ += [
+__all__ = [
     "ImageFolderReader",
     "ImageProducer",
+    "IntProducer",
     "MovingShapesProducer",
+    "SyntheticFrameProducer",
     "VideoDeviceReader",
     "VideoUrlReader",
     "VideofileReader",
