@@ -488,25 +488,30 @@ class Task:
                     output = node.process(*inputs)
                 control[row + BUSY_NS] += _now() - t0
                 del inputs
+                refs = {nid: value_refs(enc) for nid, enc in values.items()}
                 if allocator is not None:
                     if stage.keep_output:
-                        held = message_refs(values)
-                        held.update(allocator.fresh)
+                        held = set(allocator.fresh)
+                        for some in refs.values():
+                            held.update(some)
                         enc = codec.encode(output, held)
                         values[node_id] = enc
-                        allocator.end_call(set(value_refs(enc)))
+                        refs[node_id] = value_refs(enc)
+                        allocator.end_call(set(refs[node_id]))
                     else:
                         allocator.end_call(set())
                 del output
                 if debug:
                     self._check_views(values)
                 if drop_after:
-                    gone = [values.pop(nid) for nid in drop_after if nid in values]
                     freed: set[SlotRef] = set()
-                    for enc in gone:
-                        freed.update(value_refs(enc))
+                    for nid in drop_after:
+                        if nid in values:
+                            del values[nid]
+                            freed.update(refs.pop(nid))
                     if freed:
-                        freed.difference_update(message_refs(values))
+                        for kept in refs.values():
+                            freed.difference_update(kept)
                         self._release(freed)
             self._forward(seq, meta, values)
             self.holding = None
