@@ -25,9 +25,10 @@ def _info(_: argparse.Namespace) -> int:
     print(f"start method: {cfg.start_method} (available: {', '.join(mp.get_all_start_methods())})")
     try:
         usage = shutil.disk_usage("/dev/shm")
-        print(f"/dev/shm: {usage.total / 2**30:.1f} GiB, {usage.free / 2**30:.1f} GiB free")
     except OSError:
         print("/dev/shm: not available")
+    else:
+        print(f"/dev/shm: {usage.total / 2**30:.1f} GiB, {usage.free / 2**30:.1f} GiB free")
     try:
         import cv2
 
@@ -118,7 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:  # output piped into a reader that left (videoflow info | head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
