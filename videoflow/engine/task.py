@@ -111,6 +111,17 @@ def message_refs(values: dict[int, Any]) -> set[SlotRef]:
     return refs
 
 
+def read_message(raw: bytes, registry: PoolRegistry) -> tuple[Any, ...]:
+    """Decode a control message; one that outgrew its queue comes out of its blob slot,
+    which is then given back."""
+    msg = message.loads(raw)
+    if msg[0] == BLOB:
+        ref, nbytes = msg[1], msg[2]
+        msg = message.loads(registry.view(ref, 0, nbytes))
+        registry.release(ref)
+    return msg
+
+
 def release_queued(queue: ControlQueue, registry: PoolRegistry) -> int:
     """Take every message left in ``queue`` and give back its slots; returns how many.
 
@@ -119,15 +130,10 @@ def release_queued(queue: ControlQueue, registry: PoolRegistry) -> int:
     """
     count = 0
     while (raw := queue.get(0)) is not None:
-        msg = message.loads(raw)
-        refs: set[SlotRef] = set()
-        if msg[0] == BLOB:
-            refs.add(msg[1])
-            msg = message.loads(registry.view(msg[1], 0, msg[2]))
+        msg = read_message(raw, registry)
         if msg[0] == DATA:
-            refs |= message_refs(msg[3])
-        for ref in refs:
-            registry.release(ref)
+            for ref in message_refs(msg[3]):
+                registry.release(ref)
         count += 1
     return count
 
@@ -154,12 +160,7 @@ class Inbox:
         while True:
             raw = self.queue.get(self.poll)
             if raw is not None:
-                msg = message.loads(raw)
-                if msg[0] == BLOB:
-                    ref, nbytes = msg[1], msg[2]
-                    msg = message.loads(self.registry.view(ref, 0, nbytes))
-                    self.registry.release(ref)
-                return msg
+                return read_message(raw, self.registry)
             self.life.check()
 
     def get(self) -> tuple[Any, ...]:
@@ -240,6 +241,11 @@ class Outbox:
         self.allocator.fresh.clear()
         return message.dumps((BLOB, ref, nbytes)), ref
 
+    def _unsent(self, blob: SlotRef | None) -> None:
+        """Give back the blob slot of a message that did not leave this task."""
+        if blob is not None and self.allocator is not None:
+            self.allocator.registry.release(blob)
+
     def send(self, seq: int, meta: dict[str, Any], values: dict[int, Any]) -> bool:
         """Send a data message; False when realtime mode dropped it (the caller frees it)."""
         if self.numbered:
@@ -251,15 +257,13 @@ class Outbox:
         data, blob = self._pack((DATA, seq, meta, values))
         if self.realtime:
             if not self.queue.put(data, 0):
-                if blob is not None:
-                    self.allocator.registry.release(blob)  # type: ignore[union-attr]
+                self._unsent(blob)
                 return False
         else:
             try:
                 self._put_blocking(data)
-            except BaseException:  # aborted while waiting: the blob never left this task
-                if blob is not None:
-                    self.allocator.registry.release(blob)  # type: ignore[union-attr]
+            except BaseException:  # aborted while waiting
+                self._unsent(blob)
                 raise
         if self.numbered:
             self.next_seq += 1
