@@ -91,7 +91,6 @@ class ProcessEngine:
         self.one_task = frozenset(one_task)  # processors that cannot have more tasks (stats)
         self.started_at: float | None = None  # monotonic time every task was ready
         self.ended_at: float | None = None  # monotonic time the last task ended
-        self._final_slots: dict[str, int] = {}
         self.realtime = realtime
         self.plan: Plan = build_plan(specs, config)
         self.prefix = new_flow_prefix()
@@ -336,8 +335,7 @@ class ProcessEngine:
             # A killed task cannot give back the slots it held; every task has ended, so no
             # one can reach them any more: the owner releases them, and counts them apart.
             self.slots_reclaimed = self._reclaim_pools()
-        self._final_slots = self._pool_occupancy()
-        self.pool_slots_in_use = sum(self._final_slots.values())
+        self.pool_slots_in_use = sum(self._pool_occupancy().values())
         unlink_prefix(self.prefix)
         for task in self._tasks:
             if task.conn is not None:
