@@ -56,6 +56,15 @@ class NumpyCopyProcessor(ProcessorNode):
         return frame.copy()
 
 
+class OpencvThreads(ProcessorNode):
+    """Returns how many threads OpenCV may use in this task."""
+
+    def process(self, value: Any) -> int:
+        import cv2
+
+        return int(cv2.getNumThreads())
+
+
 class JitterProcessor(ProcessorNode):
     """Returns its input after a random sleep of up to ``max_delay`` seconds."""
 

@@ -22,6 +22,7 @@ from nodes import (
     FailingProcessor,
     FailingProducer,
     NumpyCopyProcessor,
+    OpencvThreads,
     PairProcessor,
     RecordingConsumer,
     RunningList,
@@ -32,6 +33,7 @@ from nodes import (
 from videoflow import FlowError
 from videoflow.consumers import VoidConsumer
 from videoflow.core import BATCH, REALTIME, Flow
+from videoflow.engine.report import available_cpus
 from videoflow.processors import (
     CountAggregator,
     IdentityProcessor,
@@ -165,6 +167,22 @@ def test_start_methods(output_file, method):
     c = RecordingConsumer(output_file)(b)
     run_flow(a, c, start_method=method)
     assert read_lines(output_file) == [str(i + 5) for i in range(200)]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("option", "nb_tasks"), [(0, 2), (3, 1), (3, 2)])
+def test_each_task_gives_opencv_its_share_of_the_cpus(output_file, monkeypatch, option, nb_tasks):
+    """3 or 4 task processes: by default OpenCV gets the CPUs divided among them (at least 1),
+    and an explicit opencv_threads wins."""
+    monkeypatch.delenv("OPENCV_FOR_THREADS_NUM", raising=False)
+    a = IntProducer(0, 6)
+    b = OpencvThreads(nb_tasks=nb_tasks)(a)
+    c = RecordingConsumer(output_file)(b)
+    flow = Flow([a], [c], flow_type=BATCH, flow_options={"opencv_threads": option})
+    flow.run()
+    flow.join()
+    expected = option or max(1, available_cpus() // (2 + nb_tasks))
+    assert read_lines(output_file) == [str(expected)] * 6
 
 
 @pytest.mark.timeout(60)

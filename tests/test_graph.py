@@ -125,6 +125,21 @@ def test_bad_flow_type_and_options():
         Flow([a], [c], flow_options={"queue_size": 3})
     with pytest.raises(ValueError, match="start_method"):
         Flow([a], [c], flow_options={"start_method": "thread"})
+    with pytest.raises(ValueError, match="opencv_threads must be -1"):
+        Flow([a], [c], flow_options={"opencv_threads": -2})
+
+
+def test_opencv_threads_share_the_cpus_unless_told(monkeypatch):
+    monkeypatch.delenv("OPENCV_FOR_THREADS_NUM", raising=False)
+    auto = FlowConfig()
+    assert auto.opencv_threads_per_task(4, cpus=2) == 1
+    assert auto.opencv_threads_per_task(4, cpus=16) == 4
+    assert auto.opencv_threads_per_task(3, cpus=16) == 5
+    assert FlowConfig(opencv_threads=3).opencv_threads_per_task(4, cpus=2) == 3
+    assert FlowConfig(opencv_threads=-1).opencv_threads_per_task(4, cpus=2) is None
+    monkeypatch.setenv("OPENCV_FOR_THREADS_NUM", "2")
+    assert auto.opencv_threads_per_task(4, cpus=16) is None
+    assert FlowConfig(opencv_threads=3).opencv_threads_per_task(4, cpus=16) == 3
 
 
 def test_join_before_run_and_run_twice():

@@ -32,6 +32,11 @@ class FlowConfig:
                        call, fill released slots with 0xDB, and fail a node that keeps a view
                        of an input past its call (use after release); costs time per message.
     progress:          draw a progress line on stderr while the flow runs (only on a terminal).
+    opencv_threads:    threads OpenCV may use in each task (cv2.setNumThreads, and the FFmpeg
+                       decoder of the file readers). 0 (default): the CPUs shared out over the
+                       flow's tasks, at least 1 each, so that N tasks on N cores do not each run
+                       a pool of N threads fighting for the same cores; -1: OpenCV's own default.
+                       An OPENCV_FOR_THREADS_NUM set in the environment is kept when this is 0.
     """
 
     queue_depth: int = 4
@@ -45,6 +50,7 @@ class FlowConfig:
     start_method: str = "forkserver"
     debug: bool = False
     progress: bool = True
+    opencv_threads: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.queue_depth <= 64:
@@ -59,6 +65,11 @@ class FlowConfig:
             )
         if self.poll_interval <= 0 or self.stop_grace <= 0 or self.start_timeout <= 0:
             raise ValueError("poll_interval, stop_grace and start_timeout must be positive")
+        if self.opencv_threads < -1:
+            raise ValueError(
+                "opencv_threads must be -1 (OpenCV's default), 0 (share the CPUs) or a "
+                f"number of threads, got {self.opencv_threads}"
+            )
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None = None) -> FlowConfig:
@@ -76,6 +87,15 @@ class FlowConfig:
                 )
             values[name] = value
         return cls(**values)
+
+    def opencv_threads_per_task(self, nb_tasks: int, cpus: int) -> int | None:
+        """Threads each of ``nb_tasks`` task processes gives OpenCV on ``cpus`` CPUs, or None
+        to leave OpenCV's setting alone."""
+        if self.opencv_threads > 0:
+            return self.opencv_threads
+        if self.opencv_threads == -1 or "OPENCV_FOR_THREADS_NUM" in os.environ:
+            return None
+        return max(1, cpus // max(1, nb_tasks))
 
 
 def _parse(text: str, type_name: Any, name: str) -> Any:

@@ -14,6 +14,7 @@ import os
 import pickle
 import select
 import signal
+import sys
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -57,6 +58,16 @@ class TaskSpec:
     owner_pid: int = 0  # the process that runs the flow (0: watch the parent only)
     log_levels: tuple[tuple[str, int], ...] = ()  # the owner's logger levels (logs.level_snapshot)
     environ: dict[str, str] = dataclasses.field(default_factory=dict)
+    opencv_threads: int | None = None  # cv2.setNumThreads for this task (None: leave it)
+
+
+def limit_opencv_threads(threads: int) -> None:
+    """Give OpenCV ``threads`` threads in this process: now if cv2 is loaded (the forkserver
+    preloads it), and through OPENCV_FOR_THREADS_NUM if a node imports it later."""
+    os.environ["OPENCV_FOR_THREADS_NUM"] = str(threads)
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None:
+        cv2.setNumThreads(threads)
 
 
 class Lifeline:
@@ -387,6 +398,8 @@ class Task:
         # A forkserver child inherits the server's environment, not the flow owner's.
         os.environ.clear()
         os.environ.update(self.spec.environ)
+        if self.spec.opencv_threads is not None:
+            limit_opencv_threads(self.spec.opencv_threads)
         if self.spec.gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = self.spec.gpu
         elif self.spec.cpu_fallback:

@@ -226,6 +226,14 @@ class VideofileReader(_CaptureReader):
             raise FileNotFoundError(f"video file {path!r} does not exist")
         super().__init__(path, nb_frames, read_timeout, name=name)
 
+    def _params(self) -> list[int]:
+        """As the base, plus FFmpeg decoder threads: as many as OpenCV may use in this task
+        (see FlowConfig.opencv_threads), so that decoding does not crowd the other tasks."""
+        params = super()._params()
+        if hasattr(cv2, "CAP_PROP_N_THREADS"):
+            params += [cv2.CAP_PROP_N_THREADS, cv2.getNumThreads()]
+        return params
+
     def _check_source(self) -> None:
         path = str(self.source)
         if not os.path.isfile(path) and not _is_pipe(path):
