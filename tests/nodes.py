@@ -80,6 +80,20 @@ class JitterProcessor(ProcessorNode):
         return value
 
 
+class BurnProcessor(ProcessorNode):
+    """Computes (spins) for ``seconds`` per message: CPU time, where SlowProcessor sleeps."""
+
+    def __init__(self, seconds: float, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.seconds = seconds
+
+    def process(self, value: Any) -> Any:
+        end = time.perf_counter() + self.seconds
+        while time.perf_counter() < end:
+            pass
+        return value
+
+
 class SlowProcessor(ProcessorNode):
     def __init__(self, delay: float, **kw: Any) -> None:
         super().__init__(**kw)

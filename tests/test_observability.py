@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import wait_clean
-from nodes import SlowProcessor
+from nodes import BurnProcessor, SlowProcessor
 
 from videoflow import cli
 from videoflow.consumers import VoidConsumer
@@ -113,6 +113,46 @@ def test_verdict_for_a_one_task_node():
     assert report.bottleneck == "Tracker"
     assert "one task" in report.verdict and "nb_tasks" not in report.verdict
     assert_clean()
+
+
+@pytest.mark.timeout(60)
+def test_cpu_time_tells_computing_from_sleeping():
+    flow = run_chain(
+        BurnProcessor(0.01, name="Burn"), SlowProcessor(0.01, name="Sleep"),
+        producer=IntProducer(0, 30),
+    )
+    stats = flow.stats()
+    burn, sleep = stats.node("Burn"), stats.node("Sleep")
+    assert burn.cpu_s > 0.3 * burn.busy_s > 0
+    assert sleep.cpu_s < 0.5 * sleep.busy_s
+    assert burn.cpu == pytest.approx(burn.cpu_s / stats.elapsed_s)
+    assert stats.cpu_s >= burn.cpu_s + sleep.cpu_s and stats.cores_busy > 0
+    text = str(Report.from_stats(stats, cpus=8))
+    assert "cpu %" in text and "of 8 CPUs busy" in text
+    assert "machine is the limit" not in text
+    assert json.loads(json.dumps(stats.to_dict()))["nodes"][1]["tasks"][0]["cpu_s"] > 0
+    assert_clean()
+
+
+def test_a_saturated_machine_is_named_and_more_tasks_are_not_advised():
+    def node(name: str, kind: str, busy_s: float, cpu_s: float) -> NodeStats:
+        return NodeStats(
+            name, kind, 1, 100, 100, 0, busy_s, 0.0, 0.0, (), cpu_s=cpu_s, elapsed_s=1.0
+        )
+
+    nodes = (
+        node("src", "producer", 0.2, 0.2), node("Work", "processor", 0.95, 0.9),
+        node("sink", "consumer", 0.9, 0.85),
+    )
+    stats = FlowStats(nodes, produced=100, delivered=100, dropped=0, running=False, elapsed_s=1.0)
+    assert stats.cores_busy == pytest.approx(1.95)
+    saturated = Report.from_stats(stats, cpus=2)
+    assert saturated.bottleneck == "Work"
+    assert "make Work.process() cheaper" in saturated.verdict
+    assert "2.0 of 2 CPUs busy: the machine is the limit" in saturated.verdict
+    spare = Report.from_stats(stats, cpus=8)
+    assert "raise nb_tasks of Work from 1 to" in spare.verdict
+    assert "machine is the limit" not in spare.verdict
 
 
 # -- counts and snapshots --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 from videoflow.engine.stats import FlowStats, NodeStats
 
 SATURATED = 0.5  # below this busy fraction, no node is said to hold the flow back
+CPUS_SATURATED = 0.9  # from this share of the CPUs kept busy, the machine is the limit
 
 
 def available_cpus() -> int:
@@ -44,6 +45,7 @@ class ReportRow:
     blocked: float
     drops: int
     errors: int
+    cpu: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +54,9 @@ class Report:
 
     The table shows per node: tasks, frames (messages it received), fps (messages per second
     of the run), max fps (what the node could take with all its tasks always busy),
-    busy/wait/blocked percent of its tasks' time, and drops.
+    busy/wait/blocked percent of its tasks' time, cpu percent (CPU time per task: below busy
+    when its tasks wait for a core, above 100 when a task computes on several threads), and
+    drops. The summary line adds how many CPUs the flow kept busy.
 
     bottleneck: the name of the node that holds the flow back (None: nothing flowed, or no node
                 is busy enough to blame). advice: what to do about it, one sentence.
@@ -68,6 +72,8 @@ class Report:
     errors: int
     elapsed_s: float
     running: bool
+    cores_busy: float = 0.0
+    cpus: int = 1
 
     @classmethod
     def from_stats(cls, stats: FlowStats, cpus: int | None = None) -> Report:
@@ -76,22 +82,25 @@ class Report:
         rows = tuple(
             ReportRow(
                 n.name, n.kind, n.nb_tasks, n.messages_in, n.fps, n.capacity,
-                n.busy, n.wait, n.blocked, n.dropped, n.errors,
+                n.busy, n.wait, n.blocked, n.dropped, n.errors, n.cpu,
             )
             for n in stats.nodes
         )
-        bottleneck, advice = _diagnose(stats, available_cpus() if cpus is None else cpus)
+        cpus = available_cpus() if cpus is None else cpus
+        bottleneck, advice = _diagnose(stats, cpus)
         return cls(
             rows=rows,
             bottleneck=bottleneck,
             advice=advice,
-            verdict=_verdict(stats, bottleneck, advice),
+            verdict=_verdict(stats, bottleneck, advice, cpus),
             produced=stats.produced,
             delivered=stats.delivered,
             dropped=stats.dropped,
             errors=stats.errors,
             elapsed_s=stats.elapsed_s,
             running=stats.running,
+            cores_busy=stats.cores_busy,
+            cpus=cpus,
         )
 
     def table(self) -> str:
@@ -100,17 +109,18 @@ class Report:
         state = "running for" if self.running else "in"
         lines = [
             f"{self.produced} produced, {self.delivered} delivered, {self.dropped} dropped "
-            f"{state} {self.elapsed_s:.2f} s ({fps:.1f} fps)"
+            f"{state} {self.elapsed_s:.2f} s ({fps:.1f} fps), "
+            f"{self.cores_busy:.1f} of {self.cpus} CPUs busy"
         ]
         width = max([4, *(len(r.node) for r in self.rows)])
         lines.append(
             f"{'node':<{width}}  {'kind':<9} {'tasks':>5} {'frames':>8} {'fps':>9} {'max fps':>9} "
-            f"{'busy %':>7} {'wait %':>7} {'blocked %':>9} {'drops':>7}"
+            f"{'busy %':>7} {'cpu %':>7} {'wait %':>7} {'blocked %':>9} {'drops':>7}"
         )
         for r in self.rows:
             lines.append(
                 f"{r.node:<{width}}  {r.kind:<9} {r.tasks:>5} {r.frames:>8} {r.fps:>9.1f} "
-                f"{_rate(r.max_fps):>9} {100 * r.busy:>7.1f} "
+                f"{_rate(r.max_fps):>9} {100 * r.busy:>7.1f} {100 * r.cpu:>7.1f} "
                 f"{100 * r.wait:>7.1f} {100 * r.blocked:>9.1f} {r.drops:>7}"
                 + (f"  ({r.errors} failed)" if r.errors else "")
             )
@@ -147,10 +157,16 @@ def _diagnose(stats: FlowStats, cpus: int) -> tuple[str | None, str]:
             "between tasks, or to waiting for the source"
         )
     runner_up = measured[1][0] if len(measured) > 1 else None
-    return node.name, _advice(node, capacity, runner_up, cpus)
+    return node.name, _advice(node, capacity, runner_up, cpus, _cpus_saturated(stats, cpus))
 
 
-def _advice(node: NodeStats, capacity: float, next_capacity: float | None, cpus: int) -> str:
+def _cpus_saturated(stats: FlowStats, cpus: int) -> bool:
+    return stats.cores_busy >= CPUS_SATURATED * cpus
+
+
+def _advice(
+    node: NodeStats, capacity: float, next_capacity: float | None, cpus: int, saturated: bool
+) -> str:
     if node.kind == "producer":
         return (
             f"the producer {node.name} sets the pace: make its next() faster (read or decode "
@@ -167,6 +183,11 @@ def _advice(node: NodeStats, capacity: float, next_capacity: float | None, cpus:
             "faster, or move its stateless work into a multi-task processor before it"
         )
     k = node.nb_tasks
+    if saturated:
+        return (
+            f"make {node.name}.process() cheaper: the CPUs are all busy, so more tasks of "
+            f"{node.name} would only take CPU time from the other nodes"
+        )
     if k >= cpus:
         return (
             f"{node.name} already has {k} tasks on {cpus} CPUs: make its process() cheaper, or "
@@ -179,9 +200,14 @@ def _advice(node: NodeStats, capacity: float, next_capacity: float | None, cpus:
     return f"raise nb_tasks of {node.name} from {k} to {want}"
 
 
-def _verdict(stats: FlowStats, bottleneck: str | None, advice: str) -> str:
+def _verdict(stats: FlowStats, bottleneck: str | None, advice: str, cpus: int) -> str:
     text = advice if bottleneck is None else f"bottleneck: {bottleneck}: {advice}"
     extra = []
+    if _cpus_saturated(stats, cpus):
+        extra.append(
+            f"the flow kept {stats.cores_busy:.1f} of {cpus} CPUs busy: the machine is the "
+            "limit, less work per frame or more cores would help, more tasks would not"
+        )
     if stats.dropped and stats.produced:
         extra.append(
             f"{stats.dropped} of {stats.produced} messages "

@@ -20,8 +20,8 @@ STOP, ABORT, GO = 0, 1, 2
 FLAGS = 3
 
 # Per-task counter row.
-FIELDS = ("messages_in", "messages_out", "dropped", "busy_ns", "wait_ns", "blocked_ns")
-IN, OUT, DROPPED, BUSY_NS, WAIT_NS, BLOCKED_NS = range(len(FIELDS))
+FIELDS = ("messages_in", "messages_out", "dropped", "busy_ns", "wait_ns", "blocked_ns", "cpu_ns")
+IN, OUT, DROPPED, BUSY_NS, WAIT_NS, BLOCKED_NS, CPU_NS = range(len(FIELDS))
 ROW = len(FIELDS)
 
 
@@ -38,6 +38,7 @@ class _Rates:
     busy_s: float
     wait_s: float
     blocked_s: float
+    cpu_s: float
     elapsed_s: float
 
     @property
@@ -64,15 +65,26 @@ class _Rates:
         """Fraction of the run spent waiting for room downstream, per task (0..1)."""
         return _share(self.blocked_s, self.workers, self.elapsed_s)
 
+    @property
+    def cpu(self) -> float:
+        """CPU time used per task, as a fraction of the run: below ``busy`` when the node's tasks
+        wait for a CPU (more runnable threads than cores); above 1 when a task computes on
+        several threads (OpenCV's pool, a decoder's threads)."""
+        return _share(self.cpu_s, self.workers, self.elapsed_s)
+
     def _rates(self) -> dict[str, float]:
-        return {"fps": self.fps, "busy": self.busy, "wait": self.wait, "blocked": self.blocked}
+        return {
+            "fps": self.fps, "busy": self.busy, "wait": self.wait, "blocked": self.blocked,
+            "cpu": self.cpu,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskStats(_Rates):
     """Counters of one task (one worker of a node).
 
-    messages_in/out, dropped, busy_s, wait_s, blocked_s: as in :class:`NodeStats`, for this task.
+    messages_in/out, dropped, busy_s, wait_s, blocked_s, cpu_s: as in :class:`NodeStats`, for
+                   this task.
     errors:        1 when this task failed (its node raised, or its process died), else 0.
     slots_in_use:  slots of this task's shared-memory pools taken now (None: no pool, or the
                    flow has ended and its pools are gone: see ``FlowStats.pool_slots_in_use``).
@@ -89,6 +101,7 @@ class TaskStats(_Rates):
     blocked_s: float
     errors: int = 0
     slots_in_use: int | None = None
+    cpu_s: float = 0.0
     elapsed_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,6 +119,8 @@ class NodeStats(_Rates):
     errors:       tasks of this node that failed.
     busy_s:       seconds spent in the node's own code, summed over tasks.
     wait_s:       seconds spent waiting for input; blocked_s: waiting for room downstream.
+    cpu_s:        CPU seconds its task processes used since the flow started (all their
+                  threads, user and system), summed over tasks; updated every 50 ms or so.
     inbox_queued: messages waiting in the node's input queue now (None: a producer, or the
                   flow has ended).
     slots_in_use: slots of the node's shared-memory pools taken now, summed over its tasks.
@@ -132,6 +147,7 @@ class NodeStats(_Rates):
     inbox_queued: int | None = None
     slots_in_use: int | None = None
     one_task: bool = False
+    cpu_s: float = 0.0
     elapsed_s: float = 0.0
 
     @property
@@ -184,6 +200,16 @@ class FlowStats:
         """Messages delivered to the last node per second of the run."""
         return self.delivered / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds used by every task of the flow."""
+        return sum(n.cpu_s for n in self.nodes)
+
+    @property
+    def cores_busy(self) -> float:
+        """CPUs the flow's tasks kept busy on average: ``cpu_s / elapsed_s``."""
+        return self.cpu_s / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
     def node(self, name: str) -> NodeStats:
         for stats in self.nodes:
             if stats.name == name:
@@ -200,7 +226,7 @@ class FlowStats:
         """Fields and derived rates, JSON-ready (``json.dumps(stats.to_dict())`` works)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         fields["nodes"] = [n.to_dict() for n in self.nodes]
-        return {**fields, "fps": self.fps}
+        return {**fields, "fps": self.fps, "cpu_s": self.cpu_s, "cores_busy": self.cores_busy}
 
 
 def task_stats(
@@ -210,7 +236,7 @@ def task_stats(
     return TaskStats(
         node, task, row[IN], row[OUT], row[DROPPED],
         row[BUSY_NS] / 1e9, row[WAIT_NS] / 1e9, row[BLOCKED_NS] / 1e9,
-        errors=errors, slots_in_use=slots_in_use, elapsed_s=elapsed_s,
+        errors=errors, slots_in_use=slots_in_use, cpu_s=row[CPU_NS] / 1e9, elapsed_s=elapsed_s,
     )
 
 
@@ -234,5 +260,6 @@ def node_stats(
         inbox_queued=inbox_queued,
         slots_in_use=sum(slots) if slots else None,
         one_task=one_task,
+        cpu_s=sum(t.cpu_s for t in tasks),
         elapsed_s=elapsed_s,
     )

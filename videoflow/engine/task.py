@@ -23,7 +23,18 @@ from typing import Any
 from videoflow.config import FlowConfig
 from videoflow.engine.logs import EventSender, forward_to_owner
 from videoflow.engine.plan import CONSUMER, MERGE, PRODUCER, Link, Stage
-from videoflow.engine.stats import ABORT, BLOCKED_NS, BUSY_NS, DROPPED, GO, IN, OUT, STOP, WAIT_NS
+from videoflow.engine.stats import (
+    ABORT,
+    BLOCKED_NS,
+    BUSY_NS,
+    CPU_NS,
+    DROPPED,
+    GO,
+    IN,
+    OUT,
+    STOP,
+    WAIT_NS,
+)
 from videoflow.errors import StaleSlotError
 from videoflow.transport import message
 from videoflow.transport.codec import Codec, value_refs
@@ -32,6 +43,7 @@ from videoflow.transport.shm import PoolRegistry, SlotAllocator, SlotRef
 
 DATA, STOP_FLOW, BLOB = 0, 1, 2
 _now = time.perf_counter_ns
+CPU_EVERY_NS = 50_000_000  # how often a task publishes its CPU time (a syscall, ~0.6 us)
 
 
 class Aborted(Exception):
@@ -313,6 +325,8 @@ class Task:
         self.outbox: Outbox | None = None
         self.phase = "start"
         self.holding: dict[int, Any] | None = None  # values of the message in hand
+        self.cpu0: int | None = None  # process CPU ns at GO
+        self.cpu_due = 0  # perf_counter ns of the next CPU publication
 
     # -- lifecycle -------------------------------------------------------------------------
     def run(self) -> None:
@@ -327,6 +341,7 @@ class Task:
             opened = True
             self.conn.send(("ready",))
             self._wait_go()
+            self.cpu0 = time.process_time_ns()
             if self.stage.spec.kind == PRODUCER:
                 self.phase = "next"
                 self._produce()
@@ -338,6 +353,7 @@ class Task:
             opened = False
             if self.node is not None:
                 self.node.close()
+            self._count_cpu()
             self.conn.send(("done",))
         except Aborted:
             pass
@@ -347,6 +363,7 @@ class Task:
             if opened and self.node is not None:
                 with contextlib.suppress(Exception):
                     self.node.close()
+            self._count_cpu()
             self._let_go()
             if self.life.orphaned:
                 for pool in self.allocator.owned() if self.allocator is not None else ():
@@ -423,8 +440,17 @@ class Task:
         for ref in refs:
             self.registry.release(ref)
 
+    def _count_cpu(self) -> None:
+        """Publish the CPU time this process (every thread of it) has used since GO."""
+        if self.cpu0 is not None:
+            self.control[self.row + CPU_NS] = time.process_time_ns() - self.cpu0
+
     def _forward(self, seq: int, meta: dict[str, Any], values: dict[int, Any]) -> None:
         control, row = self.control, self.row
+        now = _now()
+        if now >= self.cpu_due:
+            self.cpu_due = now + CPU_EVERY_NS
+            self._count_cpu()
         if self.outbox is None:
             self._release(message_refs(values))
         elif self.outbox.send(seq, meta, values):
