@@ -1,30 +1,43 @@
 """decode -> Gaussian blur -> encode on a generated 1080p clip: a videoflow flow (blur on
 nb_tasks=2 processes) against a single-process OpenCV loop doing the same work, in the same run.
 
-    pytest bench/test_file_pipeline.py --benchmark-only
+    pytest bench/test_file_pipeline.py --benchmark-only -s
 
 The issue's target is 1.5x the loop's frame rate on a 2-core machine; the ratio is printed and
-asserted here (never in tests/). On 2 cores it is not met (1.2-1.35x measured on a quiet machine):
-the encoder in the consumer is the bottleneck (about 85 % busy) and OpenCV already spreads the
-loop's blur over both cores, so the test is marked xfail until a change makes it pass.
-VIDEOFLOW_BENCH_FRAMES changes the clip length (default 300: long enough that process start-up,
-about 0.3 s, does not dominate).
+asserted here (never in tests/). Both runs count their CPU time, which shows why 2 cores cannot
+give it: the loop's OpenCV already keeps ~1.4 cores busy (its blur runs on both), and the flow's
+work costs ~22 ms of CPU per frame, so even a perfectly scheduled flow with no start-up could not
+finish in under 11 ms/frame on 2 CPUs (``ceiling`` is printed). The speed-up test is therefore
+marked xfail on <= 2 cores; what is asserted everywhere is that the flow comes close to the
+shortest time its CPU cost allows (``efficiency``), which a scheduling or hand-off regression
+would break. VIDEOFLOW_BENCH_FRAMES changes the clip length (default 300: long enough that
+process start-up, about 0.3 s, does not dominate).
 """
 
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
-from videoflow.benchmark.filebench import FOURCC, opencv_loop, videoflow_file
+from videoflow.benchmark.filebench import (
+    FOURCC,
+    FileRun,
+    ceiling,
+    efficiency,
+    opencv_loop,
+    run_loop,
+    run_videoflow,
+)
+from videoflow.engine.report import available_cpus
 from videoflow.producers import write_test_clip
 
 WIDTH, HEIGHT = 1920, 1080
 FRAMES = int(os.environ.get("VIDEOFLOW_BENCH_FRAMES", "300"))
 KSIZE = 21
 TARGET = float(os.environ.get("VIDEOFLOW_BENCH_TARGET", "1.5"))
+EFFICIENCY = 0.8  # of the shortest time the flow's CPU cost allows on this machine
+CPUS = available_cpus()
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +46,35 @@ def clip(tmp_path_factory):
     return write_test_clip(path, WIDTH, HEIGHT, FRAMES, 25.0, FOURCC)
 
 
-def _timed(fn, *args) -> tuple[int, float]:
-    t0 = time.perf_counter()
-    count = fn(*args)
-    return count, time.perf_counter() - t0
+@pytest.fixture(scope="module")
+def rounds(clip, tmp_path_factory):
+    """Three interleaved rounds of (loop with OpenCV's default threads, videoflow K=2, loop on
+    one OpenCV thread), so that every variant sees the same machine load; pytest-benchmark
+    times the flow of each round separately in test_videoflow_pipeline."""
+    out = tmp_path_factory.mktemp("out")
+    runs: dict[str, list[FileRun]] = {"loop": [], "flow": [], "loop1": []}
+    for _ in range(3):
+        runs["loop"].append(run_loop(clip, str(out / "loop.mp4"), WIDTH, HEIGHT, KSIZE))
+        runs["flow"].append(run_videoflow(clip, str(out / "flow.mp4"), 2, KSIZE))
+        runs["loop1"].append(run_loop(clip, str(out / "l1.mp4"), WIDTH, HEIGHT, KSIZE, threads=1))
+    for name, timed in runs.items():
+        assert all(r.frames == FRAMES for r in timed), (name, [r.frames for r in timed])
+    best = {name: min(timed, key=lambda r: r.seconds) for name, timed in runs.items()}
+    loop, flow, loop1 = best["loop"], best["flow"], best["loop1"]
+    print(
+        f"\n1080p decode->blur({KSIZE})->encode, {FRAMES} frames, {CPUS} CPUs, best of 3:\n"
+        f"  OpenCV loop        {loop.fps:6.1f} fps  {1e3 * loop.cpu_s / FRAMES:5.1f} ms CPU/frame"
+        f"  {loop.cores:.2f} cores busy\n"
+        f"  loop, 1 thread     {loop1.fps:6.1f} fps  {1e3 * loop1.cpu_s / FRAMES:5.1f} ms CPU/frame"
+        f"  {loop1.cores:.2f} cores busy\n"
+        f"  videoflow K=2      {flow.fps:6.1f} fps  {1e3 * flow.cpu_s / FRAMES:5.1f} ms CPU/frame"
+        f"  {flow.cores:.2f} cores busy, start-up {flow.seconds - flow.run_s:.2f} s\n"
+        f"  speedup {loop.seconds / flow.seconds:.2f}x the loop (target {TARGET}x), "
+        f"{loop1.seconds / flow.seconds:.2f}x the 1-thread loop; the flow's CPU cost allows at "
+        f"most {ceiling(loop, flow, CPUS):.2f}x on {CPUS} CPUs; efficiency "
+        f"{efficiency(flow, CPUS):.2f}"
+    )
+    return best
 
 
 @pytest.mark.timeout(600)
@@ -50,38 +88,35 @@ def test_opencv_loop(benchmark, clip, tmp_path):
     assert count == FRAMES
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 @pytest.mark.xfail(
-    (os.cpu_count() or 1) <= 2,
-    reason="2 cores: encode-bound; 1.2-1.35x the loop measured, target 1.5x",
+    CPUS <= 2,
+    reason="2 CPUs: the loop's OpenCV keeps ~1.4 of them busy, so the flow's CPU cost caps the "
+    "speed-up near 1.4x (printed as the ceiling); target 1.5x",
     strict=False,
 )
-def test_videoflow_pipeline(benchmark, clip, tmp_path):
-    """Each round first runs the loop (in setup, untimed by pytest-benchmark) and then the flow,
-    so both see the same machine load; the ratio compares the best round of each."""
-    loop_times: list[float] = []
-    flow_times: list[float] = []
-
-    def baseline() -> None:
-        count, seconds = _timed(opencv_loop, clip, str(tmp_path / "loop.mp4"), WIDTH, HEIGHT, KSIZE)
-        assert count == FRAMES
-        loop_times.append(seconds)
-
-    def run() -> None:
-        count, seconds = _timed(videoflow_file, clip, str(tmp_path / "flow.mp4"), 2, KSIZE)
-        assert count == FRAMES
-        flow_times.append(seconds)
-
-    benchmark.pedantic(run, setup=baseline, rounds=3, iterations=1, warmup_rounds=0)
-    loop_s, flow_s = min(loop_times), min(flow_times)
-    ratio = loop_s / flow_s
-    benchmark.extra_info.update(
-        loop_fps=FRAMES / loop_s, videoflow_fps=FRAMES / flow_s, speedup_vs_loop=ratio
+def test_videoflow_pipeline(benchmark, clip, rounds, tmp_path):
+    """The flow against the loop, best round of each (see ``rounds``)."""
+    loop, flow = rounds["loop"], rounds["flow"]
+    benchmark.pedantic(
+        run_videoflow, args=(clip, str(tmp_path / "flow.mp4"), 2, KSIZE), rounds=1, iterations=1
     )
-    print(
-        f"\n1080p decode->blur({KSIZE})->encode, {FRAMES} frames, {os.cpu_count()} cpus: "
-        f"loop {FRAMES / loop_s:.1f} fps, videoflow {FRAMES / flow_s:.1f} fps, "
-        f"speedup {ratio:.2f}x (target {TARGET}x); rounds loop "
-        f"{[round(t, 2) for t in loop_times]} s, flow {[round(t, 2) for t in flow_times]} s"
+    ratio = loop.seconds / flow.seconds
+    benchmark.extra_info.update(
+        loop_fps=loop.fps, videoflow_fps=flow.fps, speedup_vs_loop=ratio,
+        ceiling=ceiling(loop, flow, CPUS), loop_cores=loop.cores, flow_cores=flow.cores,
     )
     assert ratio >= TARGET, f"videoflow is {ratio:.2f}x the OpenCV loop, below {TARGET}x"
+
+
+@pytest.mark.timeout(900)
+def test_videoflow_pipeline_comes_close_to_what_its_cpu_cost_allows(benchmark, rounds):
+    """The flow runs within EFFICIENCY of the shortest time its CPU cost allows here: its CPU
+    time spread over every CPU, or its busiest task's CPU time if longer (start-up excluded)."""
+    flow = rounds["flow"]
+    benchmark.extra_info.update(efficiency=efficiency(flow, CPUS), cores_busy=flow.cores)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    assert efficiency(flow, CPUS) >= EFFICIENCY, (
+        f"the flow ran {flow.run_s:.2f} s where its CPU cost allows "
+        f"{flow.shortest_s(CPUS):.2f} s on {CPUS} CPUs"
+    )

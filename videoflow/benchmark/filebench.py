@@ -2,11 +2,15 @@
 
 videoflow's own video nodes (VideofileReader, GaussianBlur with nb_tasks = K, VideofileWriter)
 against one process doing the same with OpenCV in a loop. Both are timed end to end, start-up
-included (that is what a user waits for); OpenCV keeps its default threads in both.
+included (that is what a user waits for). The loop keeps OpenCV's default threads; each task of
+the flow gets its share of the CPUs (FlowConfig.opencv_threads). Both runs also count their CPU
+time, which bounds what any pipeline could do on the machine (``ceiling``, ``efficiency``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import tempfile
 import time
@@ -20,6 +24,54 @@ from videoflow.benchmark.result import Row
 FOURCC = "mp4v"
 KSIZE = 5
 CLIP_FPS = 25.0
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRun:
+    """One timed decode -> blur -> encode run.
+
+    seconds: end to end, process start-up included (what a user waits for).
+    cpu_s:   CPU seconds the work used: the loop's process (all its threads), or the flow's
+             tasks from start to end (``FlowStats.cpu_s``).
+    run_s:   seconds the work ran: the flow's ``elapsed_s`` (start-up excluded); the loop's
+             ``seconds``.
+    task_cpu_s: CPU seconds of the busiest single task (the loop: all of it), a bound no
+             scheduling can go under since a task runs its messages one after another.
+    """
+
+    frames: int
+    seconds: float
+    cpu_s: float
+    run_s: float
+    task_cpu_s: float
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cores(self) -> float:
+        """CPUs the work kept busy on average while it ran."""
+        return self.cpu_s / self.run_s if self.run_s > 0 else 0.0
+
+    def shortest_s(self, cpus: int) -> float:
+        """The shortest time this work could run in on ``cpus`` CPUs: its CPU time spread over
+        every CPU, or its busiest task's CPU time, whichever is longer."""
+        return max(self.cpu_s / max(1, cpus), self.task_cpu_s)
+
+
+def efficiency(flow: FileRun, cpus: int) -> float:
+    """How close the flow came to the shortest time its CPU cost allows (1.0: no scheduling
+    loss, no waiting; start-up excluded)."""
+    return flow.shortest_s(cpus) / flow.run_s if flow.run_s > 0 else 0.0
+
+
+def ceiling(loop: FileRun, flow: FileRun, cpus: int) -> float:
+    """The speedup over ``loop`` that a flow with ``flow``'s CPU costs could reach on ``cpus``
+    CPUs with perfect scheduling and no start-up (see ``FileRun.shortest_s``). A loop whose
+    OpenCV already keeps several cores busy leaves less to win."""
+    fastest = flow.shortest_s(cpus)
+    return loop.seconds / fastest if fastest > 0 else math.inf
 
 
 def opencv_loop(src: str, dst: str, width: int, height: int, ksize: int = KSIZE) -> int:
@@ -42,26 +94,49 @@ def opencv_loop(src: str, dst: str, width: int, height: int, ksize: int = KSIZE)
     return count
 
 
-def videoflow_file(src: str, dst: str, nb_tasks: int, ksize: int = KSIZE) -> int:
+def run_loop(
+    src: str, dst: str, width: int, height: int, ksize: int = KSIZE, threads: int | None = None
+) -> FileRun:
+    """``opencv_loop`` timed; ``threads`` pins OpenCV's pool for the run (None: its default)."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    if threads is not None:
+        cv2.setNumThreads(threads)
+    try:
+        t0, c0 = time.perf_counter(), time.process_time()
+        frames = opencv_loop(src, dst, width, height, ksize)
+        seconds, cpu_s = time.perf_counter() - t0, time.process_time() - c0
+        return FileRun(frames, seconds, cpu_s, seconds, cpu_s)
+    finally:
+        cv2.setNumThreads(before)
+
+
+def run_videoflow(src: str, dst: str, nb_tasks: int, ksize: int = KSIZE) -> FileRun:
+    """videoflow's own nodes: VideofileReader -> GaussianBlur(nb_tasks) -> VideofileWriter."""
     from videoflow.consumers import VideofileWriter
     from videoflow.core import BATCH, Flow
     from videoflow.processors import GaussianBlur
     from videoflow.producers import VideofileReader
 
+    t0 = time.perf_counter()
     reader = VideofileReader(src)
     blur = GaussianBlur(ksize, nb_tasks=nb_tasks)(reader)
     writer = VideofileWriter(dst, fps=CLIP_FPS, fourcc=FOURCC)(blur)
-    flow = Flow([reader], [writer], flow_type=BATCH)
+    flow = Flow([reader], [writer], flow_type=BATCH, flow_options={"progress": False})
     flow.run()
     flow.join()
-    return flow.stats().delivered
+    seconds = time.perf_counter() - t0
+    stats = flow.stats()
+    busiest = max(t.cpu_s for n in stats.nodes for t in n.tasks)
+    return FileRun(stats.delivered, seconds, stats.cpu_s, stats.elapsed_s, busiest)
 
 
-def _row(impl: str, params: dict[str, Any], frames: int, seconds: float,
-         nbytes: int) -> Row:
-    fps = frames / seconds if seconds > 0 else 0.0
-    return Row(section="file", impl=impl, params=dict(params), frames=frames, seconds=seconds,
-               fps=fps, mb_s=fps * nbytes / 1e6,
+def _row(impl: str, params: dict[str, Any], run: FileRun, nbytes: int) -> Row:
+    return Row(section="file", impl=impl, params=dict(params), frames=run.frames,
+               seconds=run.seconds, fps=run.fps, mb_s=run.fps * nbytes / 1e6,
+               extra={"cpu_ms_per_frame": 1e3 * run.cpu_s / max(1, run.frames),
+                      "cores_busy": run.cores},
                note="end to end, process start-up included")
 
 
@@ -91,17 +166,15 @@ def file_section(opts: Options, say: Progress) -> tuple[list[Row], str | None]:
         if "single" in opts.baselines:
             say("file: single-process OpenCV loop")
             rows.append(best_of(opts.repeat, _timed, SINGLE, base, nbytes,
-                                opencv_loop, src, os.path.join(tmp, "loop.mp4"), width, height))
+                                run_loop, src, os.path.join(tmp, "loop.mp4"), width, height))
         for k in core_counts(opts):
             say(f"file: videoflow, blur nb_tasks={k}")
             rows.append(best_of(opts.repeat, _timed, "videoflow", {**base, "nb_tasks": k}, nbytes,
-                                videoflow_file, src, os.path.join(tmp, f"flow{k}.mp4"), k))
+                                run_videoflow, src, os.path.join(tmp, f"flow{k}.mp4"), k))
     return rows, None
 
 
 def _timed(
-    impl: str, params: dict[str, Any], nbytes: int, fn: Callable[..., int], *args: Any
+    impl: str, params: dict[str, Any], nbytes: int, fn: Callable[..., FileRun], *args: Any
 ) -> Row:
-    t0 = time.perf_counter()
-    frames = fn(*args)
-    return _row(impl, params, int(frames), time.perf_counter() - t0, nbytes)
+    return _row(impl, params, fn(*args), nbytes)
