@@ -8,10 +8,11 @@ asserted here (never in tests/). Both runs count their CPU time, which shows why
 give it: the loop's OpenCV already keeps ~1.4 cores busy (its blur runs on both), and the flow's
 work costs ~22 ms of CPU per frame, so even a perfectly scheduled flow with no start-up could not
 finish in under 11 ms/frame on 2 CPUs (``ceiling`` is printed). The speed-up test is therefore
-marked xfail on <= 2 cores; what is asserted everywhere is that the flow comes close to the
-shortest time its CPU cost allows (``efficiency``), which a scheduling or hand-off regression
-would break. VIDEOFLOW_BENCH_FRAMES changes the clip length (default 300: long enough that
-process start-up, about 0.3 s, does not dominate).
+marked xfail on <= 2 cores. What is asserted everywhere is that the flow uses the machine
+(``efficiency``: the CPUs it kept busy, or its bottleneck node's busy fraction when one node
+such as the single encoder is the limit), which a scheduling or hand-off regression would break.
+VIDEOFLOW_BENCH_FRAMES changes the clip length (default 300: long enough that process start-up,
+about 0.1-0.3 s, does not dominate).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ WIDTH, HEIGHT = 1920, 1080
 FRAMES = int(os.environ.get("VIDEOFLOW_BENCH_FRAMES", "300"))
 KSIZE = 21
 TARGET = float(os.environ.get("VIDEOFLOW_BENCH_TARGET", "1.5"))
-EFFICIENCY = 0.8  # of the shortest time the flow's CPU cost allows on this machine
+EFFICIENCY = 0.8  # share of the CPUs kept busy, or busy fraction of the bottleneck node
 CPUS = available_cpus()
 
 
@@ -68,7 +69,8 @@ def rounds(clip, tmp_path_factory):
         f"  loop, 1 thread     {loop1.fps:6.1f} fps  {1e3 * loop1.cpu_s / FRAMES:5.1f} ms CPU/frame"
         f"  {loop1.cores:.2f} cores busy\n"
         f"  videoflow K=2      {flow.fps:6.1f} fps  {1e3 * flow.cpu_s / FRAMES:5.1f} ms CPU/frame"
-        f"  {flow.cores:.2f} cores busy, start-up {flow.seconds - flow.run_s:.2f} s\n"
+        f"  {flow.cores:.2f} cores busy, busiest node {100 * flow.busiest:.0f} % busy, "
+        f"start-up {flow.seconds - flow.run_s:.2f} s\n"
         f"  speedup {loop.seconds / flow.seconds:.2f}x the loop (target {TARGET}x), "
         f"{loop1.seconds / flow.seconds:.2f}x the 1-thread loop; the flow's CPU cost allows at "
         f"most {ceiling(loop, flow, CPUS):.2f}x on {CPUS} CPUs; efficiency "
@@ -110,13 +112,13 @@ def test_videoflow_pipeline(benchmark, clip, rounds, tmp_path):
 
 
 @pytest.mark.timeout(900)
-def test_videoflow_pipeline_comes_close_to_what_its_cpu_cost_allows(benchmark, rounds):
-    """The flow runs within EFFICIENCY of the shortest time its CPU cost allows here: its CPU
-    time spread over every CPU, or its busiest task's CPU time if longer (start-up excluded)."""
+def test_videoflow_pipeline_keeps_the_machine_or_its_bottleneck_busy(benchmark, rounds):
+    """While it runs, the flow keeps EFFICIENCY of the CPUs busy, or its bottleneck node busy
+    that share of the time: nothing waits on the engine itself."""
     flow = rounds["flow"]
     benchmark.extra_info.update(efficiency=efficiency(flow, CPUS), cores_busy=flow.cores)
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     assert efficiency(flow, CPUS) >= EFFICIENCY, (
-        f"the flow ran {flow.run_s:.2f} s where its CPU cost allows "
-        f"{flow.shortest_s(CPUS):.2f} s on {CPUS} CPUs"
+        f"the flow kept {flow.cores:.2f} of {CPUS} CPUs busy and its busiest node "
+        f"{100 * flow.busiest:.0f} % busy"
     )

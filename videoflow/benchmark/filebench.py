@@ -4,7 +4,8 @@ videoflow's own video nodes (VideofileReader, GaussianBlur with nb_tasks = K, Vi
 against one process doing the same with OpenCV in a loop. Both are timed end to end, start-up
 included (that is what a user waits for). The loop keeps OpenCV's default threads; each task of
 the flow gets its share of the CPUs (FlowConfig.opencv_threads). Both runs also count their CPU
-time, which bounds what any pipeline could do on the machine (``ceiling``, ``efficiency``).
+time, which bounds what any pipeline could do on the machine (``ceiling``), and the flow reports
+how well it used the machine (``efficiency``).
 """
 
 from __future__ import annotations
@@ -35,15 +36,14 @@ class FileRun:
              tasks from start to end (``FlowStats.cpu_s``).
     run_s:   seconds the work ran: the flow's ``elapsed_s`` (start-up excluded); the loop's
              ``seconds``.
-    task_cpu_s: CPU seconds of the busiest single task (the loop: all of it), a bound no
-             scheduling can go under since a task runs its messages one after another.
+    busiest: the busy fraction of the flow's busiest node (``NodeStats.busy``); the loop: 1.0.
     """
 
     frames: int
     seconds: float
     cpu_s: float
     run_s: float
-    task_cpu_s: float
+    busiest: float = 1.0
 
     @property
     def fps(self) -> float:
@@ -54,23 +54,20 @@ class FileRun:
         """CPUs the work kept busy on average while it ran."""
         return self.cpu_s / self.run_s if self.run_s > 0 else 0.0
 
-    def shortest_s(self, cpus: int) -> float:
-        """The shortest time this work could run in on ``cpus`` CPUs: its CPU time spread over
-        every CPU, or its busiest task's CPU time, whichever is longer."""
-        return max(self.cpu_s / max(1, cpus), self.task_cpu_s)
-
 
 def efficiency(flow: FileRun, cpus: int) -> float:
-    """How close the flow came to the shortest time its CPU cost allows (1.0: no scheduling
-    loss, no waiting; start-up excluded)."""
-    return flow.shortest_s(cpus) / flow.run_s if flow.run_s > 0 else 0.0
+    """How well the flow used the machine while it ran, 0..1: the share of the CPUs it kept
+    busy, or the busy fraction of its bottleneck node when that node (a single encoder, say)
+    is what limits it, whichever is higher. Low only when the engine itself stalls the work."""
+    return max(flow.cores / max(1, cpus), flow.busiest)
 
 
 def ceiling(loop: FileRun, flow: FileRun, cpus: int) -> float:
-    """The speedup over ``loop`` that a flow with ``flow``'s CPU costs could reach on ``cpus``
-    CPUs with perfect scheduling and no start-up (see ``FileRun.shortest_s``). A loop whose
-    OpenCV already keeps several cores busy leaves less to win."""
-    fastest = flow.shortest_s(cpus)
+    """The speedup over ``loop`` that a flow costing ``flow.cpu_s`` could reach on ``cpus`` CPUs
+    with perfect scheduling and no start-up: it cannot end before that CPU time, spread over
+    every CPU, has been spent. A loop whose OpenCV already keeps several cores busy leaves less
+    to win."""
+    fastest = flow.cpu_s / max(1, cpus)
     return loop.seconds / fastest if fastest > 0 else math.inf
 
 
@@ -128,7 +125,7 @@ def run_videoflow(src: str, dst: str, nb_tasks: int, ksize: int = KSIZE) -> File
     flow.join()
     seconds = time.perf_counter() - t0
     stats = flow.stats()
-    busiest = max(t.cpu_s for n in stats.nodes for t in n.tasks)
+    busiest = max(n.busy for n in stats.nodes)
     return FileRun(stats.delivered, seconds, stats.cpu_s, stats.elapsed_s, busiest)
 
 
