@@ -304,7 +304,7 @@ class Faulty:
             return {"frame": value, "lock": threading.Lock()}
         if fault == "shm_full":
             st = os.statvfs("/dev/shm")
-            return self.allocate((st.f_blocks * st.f_frsize // 2 + 1,))  # type: ignore[attr-defined]
+            return self.allocate((st.f_blocks * st.f_frsize + 1,))  # type: ignore[attr-defined]
         return value
 
 

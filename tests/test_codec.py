@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from videoflow.transport.codec import Codec, value_refs
-from videoflow.transport.shm import PoolRegistry, SlotAllocator, size_class
+from videoflow.transport.shm import PoolRegistry, SlotAllocator, SlotPool, size_class
 
 
 @pytest.fixture
@@ -82,3 +82,24 @@ def test_size_classes_round_to_pages_and_waste_at_most_an_eighth_above_8_pages()
         c = size_class(n)
         assert c >= n and c % 4096 == 0
         assert n < 8 * 4096 or c <= n * 1.125
+
+
+def test_a_pool_reserves_memory_only_for_the_slots_it_has_used():
+    """The plan sizes pools for the worst case; only the prefix of slots in use gets memory."""
+    slot_size = 1 << 20
+    pool = SlotPool.create(f"vf.{os.getpid()}.lazy", 8, slot_size)
+    try:
+        path = f"/dev/shm/{pool.name}"
+        header_blocks = os.stat(path).st_blocks
+        taken = [pool.acquire() for _ in range(3)]
+        assert taken == [0, 1, 2] and pool.reserved == 3
+        reserved_bytes = (os.stat(path).st_blocks - header_blocks) * 512
+        assert reserved_bytes == 3 * slot_size  # not 8: the rest stays unreserved
+        pool.release(1)
+        assert pool.acquire() == 1  # the lowest free slot, so the used slots stay a prefix
+        assert pool.reserved == 3
+        for slot in (0, 1, 2):
+            pool.release(slot)
+        assert pool.acquire() == 0 and pool.reserved == 3
+    finally:
+        pool.unlink()

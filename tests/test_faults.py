@@ -160,8 +160,8 @@ def test_unpicklable_output(tmp_path, k, flow_type):
 @pytest.mark.parametrize("flow_type", TYPES)
 @pytest.mark.parametrize("k", KS)
 def test_shared_memory_too_small_is_a_clear_error(tmp_path, k, flow_type):
-    # The node asks for a frame of half of /dev/shm: its pool (several slots) cannot fit, and
-    # posix_fallocate fails at once (tmpfs checks the request against its size before
+    # The node asks for a frame larger than /dev/shm: its first slot cannot be reserved, and
+    # posix_fallocate fails at once (tmpfs checks a request against its total size before
     # allocating a page), so this never fills the machine's /dev/shm.
     flow, _ = build(tmp_path, "processor", "shm_full", k, flow_type)
     expect_failure(tmp_path, flow, "middle", "PoolExhaustedError", "/dev/shm")
@@ -424,8 +424,7 @@ def test_debug_registry_rejects_stale_handles_and_poisons_released_slots():
         assert (frame == POISON).all()  # what a view kept past the release now reads
         with pytest.raises(StaleSlotError, match="read after it was released"):
             registry.array(ref, 0, (4, 4), (4, 1), "|u1")
-        allocator.array((4, 4), np.uint8)
-        allocator.array((4, 4), np.uint8)  # two slots: this one is the first again, reused
+        allocator.array((4, 4), np.uint8)  # the lowest free slot: the released one, reused
         assert allocator.fresh[-1].slot == ref.slot and allocator.fresh[-1].gen == ref.gen + 1
         with pytest.raises(StaleSlotError, match="released twice"):
             registry.release(ref)

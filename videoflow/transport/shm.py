@@ -10,6 +10,13 @@ Header layout (little endian): magic u64, nslots u32, pad u32, slot_size u64, th
 byte per slot (0 free, 1 used), then one u32 generation per slot, padded to a page. The
 generation grows each time a slot is taken; handles carry it, so debug mode can tell a live
 slot from a reused one.
+
+``nslots`` is what the plan proves a task may need at worst, not what it uses: a flow usually
+keeps far fewer frames alive. The owner therefore takes the lowest free slot, so that the slots
+ever used are always a prefix of the pool, and reserves memory (``posix_fallocate``) for that
+prefix only, one slot when it is first needed. A 1080p reader feeding two workers plans 25
+slots (155 MiB) and uses a handful; a full /dev/shm still fails with PoolExhaustedError when a
+slot is reserved, never with SIGBUS on a write.
 """
 
 from __future__ import annotations
@@ -77,25 +84,22 @@ class SlotPool:
         self.gens = np.ndarray((nslots,), dtype=np.uint32, buffer=mm, offset=gens_at)
         self.base = int(np.frombuffer(mm, dtype=np.uint8, count=1).ctypes.data)
         self.end = self.base + len(mm)
-        self._cursor = 0
+        self.reserved = 0  # owner: slots [0, reserved) have their memory reserved
 
     @classmethod
     def create(cls, name: str, nslots: int, slot_size: int) -> SlotPool:
-        """Create, reserve and map a pool; PoolExhaustedError when /dev/shm lacks the room."""
-        size = _header_size(nslots) + nslots * slot_size
+        """Create and map a pool, reserving its header (slots are reserved as first taken);
+        PoolExhaustedError when /dev/shm lacks the room."""
+        header = _header_size(nslots)
+        size = header + nslots * slot_size
         shm = posix_ipc.SharedMemory("/" + name, posix_ipc.O_CREX, size=0)
         try:
             os.ftruncate(shm.fd, size)
             try:
-                # Reserve the pages now: a full tmpfs must fail here, not SIGBUS on first write.
-                os.posix_fallocate(shm.fd, 0, size)
-            except OSError as exc:
+                _reserve(shm.fd, 0, header, name)
+            except PoolExhaustedError:
                 shm.unlink()
-                raise PoolExhaustedError(
-                    f"cannot reserve {size / 2**20:.1f} MiB of shared memory for {nslots} slots "
-                    f"of {slot_size / 2**20:.2f} MiB in pool {name!r}: {exc.strerror}; "
-                    "free space in /dev/shm or lower queue_depth"
-                ) from None
+                raise
             mm = mmap.mmap(shm.fd, size)
         finally:
             shm.close_fd()
@@ -113,18 +117,27 @@ class SlotPool:
 
     # -- owner side ------------------------------------------------------------------------
     def acquire(self) -> int | None:
-        """Take a free slot (owner only); None when every slot is in use."""
+        """Take the lowest free slot (owner only), reserving its memory the first time; None
+        when every slot is in use, PoolExhaustedError when /dev/shm has no room for it."""
         at = self.states_at
-        found = self.mm.find(b"\x00", at + self._cursor, at + self.nslots)
+        found = self.mm.find(b"\x00", at, at + self.nslots)
         if found < 0:
-            found = self.mm.find(b"\x00", at, at + self._cursor)
-            if found < 0:
-                return None
+            return None
         slot = found - at
-        self._cursor = (slot + 1) % self.nslots
+        if slot >= self.reserved:
+            self._reserve_through(slot)
         self.gens[slot] += 1
         self.mm[found] = USED
         return slot
+
+    def _reserve_through(self, slot: int) -> None:
+        start, end = self.slot_offset(self.reserved), self.slot_offset(slot + 1)
+        shm = posix_ipc.SharedMemory("/" + self.name)
+        try:
+            _reserve(shm.fd, start, end - start, self.name, slot + 1 - self.reserved)
+        finally:
+            shm.close_fd()
+        self.reserved = slot + 1
 
     def slot_offset(self, slot: int) -> int:
         return self.data_at + slot * self.slot_size
@@ -163,6 +176,19 @@ class SlotPool:
     def unlink(self) -> None:
         with contextlib.suppress(posix_ipc.ExistentialError):
             posix_ipc.unlink_shared_memory("/" + self.name)
+
+
+def _reserve(fd: int, offset: int, length: int, name: str, slots: int = 0) -> None:
+    """posix_fallocate, so that a full tmpfs fails here rather than with SIGBUS on a write."""
+    try:
+        os.posix_fallocate(fd, offset, length)
+    except OSError as exc:
+        what = f"{slots} more slot{'s' if slots != 1 else ''}" if slots else "its header"
+        raise PoolExhaustedError(
+            f"cannot reserve {length / 2**20:.1f} MiB of shared memory for {what} of pool "
+            f"{name!r}: {exc.strerror}; free space in /dev/shm (df -h /dev/shm), lower "
+            "queue_depth or make the frames smaller"
+        ) from None
 
 
 class PoolRegistry:
