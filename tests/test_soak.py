@@ -99,7 +99,9 @@ def test_soak_memory_and_shared_memory_stay_flat(tmp_path):
     warm = max(5, len(samples) // 10)  # pools and caches fill during the first tenth
     window = max(3, len(samples) // 10)
     first, last = samples[warm : warm + window], samples[-window:]
-    series = {"/dev/shm (max)": (lambda r: r["shm"], max, 0)}
+    # A pool reserves a slot when a burst first needs it (bounded by the plan), so the high-water
+    # mark may still step up by a slot or two after warm-up; a leak grows without bound.
+    series = {"/dev/shm (max)": (lambda r: r["shm"], max, 2 * MiB)}
     for i, what in ((0, "rss"), (1, "anon")):
         series[f"owner {what}"] = (lambda r, i=i: r["owner"][i], statistics.median, 8 * MiB)
         for name in sorted(samples[-1]["tasks"]):
