@@ -103,3 +103,14 @@ def test_a_pool_reserves_memory_only_for_the_slots_it_has_used():
         assert pool.acquire() == 0 and pool.reserved == 3
     finally:
         pool.unlink()
+
+
+def test_the_owner_still_reserves_slots_after_its_pool_name_is_removed():
+    """An abort unlinks pools by name while their tasks finish a call: no error from that."""
+    import posix_ipc
+
+    pool = SlotPool.create(f"vf.{os.getpid()}.gone", 4, 1 << 16)
+    posix_ipc.unlink_shared_memory("/" + pool.name)
+    assert [pool.acquire() for _ in range(4)] == [0, 1, 2, 3] and pool.reserved == 4
+    assert pool.acquire() is None
+    pool.unlink()  # already gone: only closes the owner's descriptor

@@ -68,7 +68,7 @@ def _header_size(nslots: int) -> int:
 class SlotPool:
     """A mapped pool. ``create`` makes a new one (owner); ``attach`` maps an existing one."""
 
-    def __init__(self, name: str, mm: mmap.mmap, owner: bool) -> None:
+    def __init__(self, name: str, mm: mmap.mmap, owner: bool, fd: int = -1) -> None:
         magic, nslots, _, slot_size = _HEAD.unpack_from(mm, 0)
         if magic != MAGIC:
             raise ValueError(f"shared memory segment {name!r} is not a videoflow pool")
@@ -85,6 +85,7 @@ class SlotPool:
         self.base = int(np.frombuffer(mm, dtype=np.uint8, count=1).ctypes.data)
         self.end = self.base + len(mm)
         self.reserved = 0  # owner: slots [0, reserved) have their memory reserved
+        self._fd = fd  # owner: kept open to reserve slots, even after an abort unlinked the name
 
     @classmethod
     def create(cls, name: str, nslots: int, slot_size: int) -> SlotPool:
@@ -95,16 +96,14 @@ class SlotPool:
         shm = posix_ipc.SharedMemory("/" + name, posix_ipc.O_CREX, size=0)
         try:
             os.ftruncate(shm.fd, size)
-            try:
-                _reserve(shm.fd, 0, header, name)
-            except PoolExhaustedError:
-                shm.unlink()
-                raise
+            _reserve(shm.fd, 0, header, name)
             mm = mmap.mmap(shm.fd, size)
-        finally:
+        except BaseException:
             shm.close_fd()
+            shm.unlink()
+            raise
         _HEAD.pack_into(mm, 0, MAGIC, nslots, 0, slot_size)
-        return cls(name, mm, owner=True)
+        return cls(name, mm, owner=True, fd=shm.fd)
 
     @classmethod
     def attach(cls, name: str) -> SlotPool:
@@ -132,11 +131,7 @@ class SlotPool:
 
     def _reserve_through(self, slot: int) -> None:
         start, end = self.slot_offset(self.reserved), self.slot_offset(slot + 1)
-        shm = posix_ipc.SharedMemory("/" + self.name)
-        try:
-            _reserve(shm.fd, start, end - start, self.name, slot + 1 - self.reserved)
-        finally:
-            shm.close_fd()
+        _reserve(self._fd, start, end - start, self.name, slot + 1 - self.reserved)
         self.reserved = slot + 1
 
     def slot_offset(self, slot: int) -> int:
@@ -174,8 +169,12 @@ class SlotPool:
         return used
 
     def unlink(self) -> None:
+        """Remove the pool's name (mappings stay valid); the owner also stops reserving."""
         with contextlib.suppress(posix_ipc.ExistentialError):
             posix_ipc.unlink_shared_memory("/" + self.name)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def _reserve(fd: int, offset: int, length: int, name: str, slots: int = 0) -> None:
