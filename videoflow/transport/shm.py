@@ -185,8 +185,9 @@ def _reserve(fd: int, offset: int, length: int, name: str, slots: int = 0) -> No
         what = f"{slots} more slot{'s' if slots != 1 else ''}" if slots else "its header"
         raise PoolExhaustedError(
             f"cannot reserve {length / 2**20:.1f} MiB of shared memory for {what} of pool "
-            f"{name!r}: {exc.strerror}; free space in /dev/shm (df -h /dev/shm), lower "
-            "queue_depth or make the frames smaller"
+            f"{name!r}: {exc.strerror}; free space in /dev/shm (df -h /dev/shm; a Docker "
+            "container has 64 MiB unless run with --shm-size), lower queue_depth or make the "
+            "frames smaller"
         ) from None
 
 
