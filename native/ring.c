@@ -39,6 +39,20 @@ static vf_ring_cell *cell_at(const vf_ring_header *r, uint64_t pos)
     return (vf_ring_cell *)(base + (size_t)(pos % r->capacity) * r->cell_stride);
 }
 
+/* Sequence numbers count in steps of two: a cell is free for position pos at 2*pos and holds
+ * the record of pos at 2*pos + 1. Vyukov's pos / pos + 1 makes "holds pos" and "free for
+ * pos + capacity" the same number when capacity is 1, and a second put then overwrote the
+ * first record unread. */
+static uint64_t free_at(uint64_t pos)
+{
+    return 2 * pos;
+}
+
+static uint64_t full_at(uint64_t pos)
+{
+    return 2 * pos + 1;
+}
+
 static char *cell_data(vf_ring_cell *c)
 {
     return (char *)c + sizeof(vf_ring_cell);
@@ -62,7 +76,7 @@ void vf_ring_init(void *mem, uint32_t capacity, uint32_t record_size)
         vf_ring_cell *c = cell_at(r, i);
         c->length = 0;
         c->pad = 0;
-        STORE_REL(&c->seq, (uint64_t)i);
+        STORE_REL(&c->seq, free_at(i));
     }
     /* Last: a reader that sees the magic sees an initialised ring. */
     __atomic_store_n(&r->magic, VF_RING_MAGIC, __ATOMIC_SEQ_CST);
@@ -101,14 +115,14 @@ int vf_ring_try_put(vf_ring_header *r, const void *data, uint32_t length)
     for (;;) {
         vf_ring_cell *c = cell_at(r, pos);
         uint64_t seq = LOAD_ACQ(&c->seq);
-        int64_t dif = (int64_t)(seq - pos);
+        int64_t dif = (int64_t)(seq - free_at(pos));
         if (dif == 0) {
             if (__atomic_compare_exchange_n(&r->tail, &pos, pos + 1, 1, __ATOMIC_RELAXED,
                                             __ATOMIC_RELAXED)) {
                 if (length)
                     memcpy(cell_data(c), data, length);
                 c->length = length;
-                STORE_REL(&c->seq, pos + 1);
+                STORE_REL(&c->seq, full_at(pos));
                 wake(&r->published, &r->empty_waiters);
                 return VF_RING_OK;
             }
@@ -127,7 +141,7 @@ vf_ring_cell *vf_ring_claim_get(vf_ring_header *r, uint64_t *claimed)
     for (;;) {
         vf_ring_cell *c = cell_at(r, pos);
         uint64_t seq = LOAD_ACQ(&c->seq);
-        int64_t dif = (int64_t)(seq - (pos + 1));
+        int64_t dif = (int64_t)(seq - full_at(pos));
         if (dif == 0) {
             if (__atomic_compare_exchange_n(&r->head, &pos, pos + 1, 1, __ATOMIC_RELAXED,
                                             __ATOMIC_RELAXED)) {
@@ -150,7 +164,7 @@ const void *vf_ring_cell_data(vf_ring_cell *c, uint32_t *length)
 
 void vf_ring_commit_get(vf_ring_header *r, vf_ring_cell *c, uint64_t claimed)
 {
-    STORE_REL(&c->seq, claimed + r->capacity);
+    STORE_REL(&c->seq, free_at(claimed + r->capacity));
     wake(&r->consumed, &r->full_waiters);
 }
 
@@ -175,14 +189,14 @@ static int writable(const vf_ring_header *r)
 {
     uint64_t pos = LOAD_RLX(&r->tail);
     uint64_t seq = LOAD_ACQ(&cell_at(r, pos)->seq);
-    return (int64_t)(seq - pos) >= 0;
+    return (int64_t)(seq - free_at(pos)) >= 0;
 }
 
 static int readable(const vf_ring_header *r)
 {
     uint64_t pos = LOAD_RLX(&r->head);
     uint64_t seq = LOAD_ACQ(&cell_at(r, pos)->seq);
-    return (int64_t)(seq - (pos + 1)) >= 0;
+    return (int64_t)(seq - full_at(pos)) >= 0;
 }
 
 static int64_t now_ns(void)

@@ -1,8 +1,8 @@
 /* A bounded multi-producer multi-consumer ring of fixed-size records in shared memory.
  *
  * The algorithm is Dmitry Vyukov's bounded MPMC queue: every cell carries a sequence number
- * that says whether it is ready to be written (seq == pos) or read (seq == pos + 1) by the
- * holder of position pos; producers and consumers claim positions with one compare-and-swap on
+ * that says whether it is ready to be written (seq == 2 * pos) or read (seq == 2 * pos + 1) by
+ * the holder of position pos (steps of two, so that a ring of capacity 1 works); producers and consumers claim positions with one compare-and-swap on
  * tail or head. No lock is held across a copy, so a process killed mid-operation never leaves a
  * lock behind: at worst the cell it had claimed stays unpublished, which stalls that one position
  * (waiters still time out and check the flow's abort flag; the engine aborts the flow when a
@@ -12,7 +12,7 @@
  * one after every consume) with waiter counts, so that an operation that finds room or data
  * costs no system call at all, and a wake is issued only when someone sleeps.
  *
- * Pure C, no Python: ring.c is also compiled into the stand-alone stress test.
+ * Pure C, no Python (tests/test_native.py drives it from several processes).
  */
 #ifndef VIDEOFLOW_RING_H
 #define VIDEOFLOW_RING_H
@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 #define VF_RING_MAGIC 0x31474e4952465655ULL /* "UVFRING1" little endian */
-#define VF_RING_VERSION 1u
+#define VF_RING_VERSION 2u
 
 typedef struct {
     uint64_t magic;

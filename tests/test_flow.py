@@ -96,6 +96,21 @@ def test_batch_delivers_10000_integers_in_order(output_file, nb_tasks):
     assert stats.pool_slots_in_use == 0
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("nb_tasks", [1, 2])
+def test_queues_of_depth_one_lose_nothing(output_file, nb_tasks):
+    """queue_depth=1 once hung at the first message with nb_tasks=2: the native ring of
+    capacity 1 took a second record over the first, unread."""
+    a = IntProducer(0, 2000)
+    b = AddProcessor(1, nb_tasks=nb_tasks)(a)
+    c = AddProcessor(1, nb_tasks=nb_tasks)(b)
+    d = RecordingConsumer(output_file)(c)
+    stats = run_flow(a, d, queue_depth=1)
+    assert read_lines(output_file) == [str(i + 2) for i in range(2000)]
+    assert (stats.produced, stats.delivered) == (2000, 2000)
+    assert stats.pool_slots_in_use == 0
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("nb_tasks", [1, 2])
 def test_batch_delivers_2000_frames_intact(output_file, nb_tasks):
