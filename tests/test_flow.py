@@ -259,7 +259,9 @@ def test_exception_in_processor(nb_tasks):
 
 @pytest.mark.timeout(60)
 def test_exception_in_consumer():
-    a = IntProducer(0, 1000)
+    # Paced: unpaced, realtime mode could drop every value from 10 on while the consumer took
+    # its first four, and the flow ended without the error (seen once in CI).
+    a = IntProducer(0, 1000, 0.001)
     c = FailingConsumer(10, name="sink")(a)
     err = _expect_flow_error(a, c, "sink", REALTIME)
     assert "KeyError" in str(err)
