@@ -19,6 +19,7 @@ def test_info_says_what_is_in_use(capsys):
     assert f"native extension: {native_status()}" in out
     assert f"start method: {FlowConfig.from_options().start_method} " in out
     assert "/dev/shm: " in out and "GiB free" in out
+    assert f"threads: {FlowConfig.from_options().opencv_threads_rule()}" in out
 
 
 @pytest.mark.timeout(60)

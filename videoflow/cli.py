@@ -32,7 +32,7 @@ def _info(_: argparse.Namespace) -> int:
     try:
         import cv2
 
-        print(f"opencv: {cv2.__version__}")
+        print(f"opencv: {cv2.__version__}, threads: {cfg.opencv_threads_rule()}")
     except ImportError:
         print("opencv: not installed")
     return 0

@@ -88,14 +88,33 @@ class FlowConfig:
             values[name] = value
         return cls(**values)
 
+    def _opencv_mode(self) -> str:
+        """Which rule sets OpenCV's threads in tasks: fixed, default, environment or share."""
+        if self.opencv_threads > 0:
+            return "fixed"
+        if self.opencv_threads == -1:
+            return "default"
+        return "environment" if "OPENCV_FOR_THREADS_NUM" in os.environ else "share"
+
+    def opencv_threads_rule(self) -> str:
+        """How tasks set OpenCV's threads, in words (``videoflow info``)."""
+        return {
+            "fixed": f"{self.opencv_threads} per task",
+            "default": "OpenCV's default in each task",
+            "environment": f"OPENCV_FOR_THREADS_NUM={os.environ.get('OPENCV_FOR_THREADS_NUM')} "
+            "(environment)",
+            "share": "the CPUs divided among a flow's tasks, at least 1 each",
+        }[self._opencv_mode()]
+
     def opencv_threads_per_task(self, nb_tasks: int, cpus: int) -> int | None:
         """Threads each of ``nb_tasks`` task processes gives OpenCV on ``cpus`` CPUs, or None
         to leave OpenCV's setting alone."""
-        if self.opencv_threads > 0:
+        mode = self._opencv_mode()
+        if mode == "fixed":
             return self.opencv_threads
-        if self.opencv_threads == -1 or "OPENCV_FOR_THREADS_NUM" in os.environ:
-            return None
-        return max(1, cpus // max(1, nb_tasks))
+        if mode == "share":
+            return max(1, cpus // max(1, nb_tasks))
+        return None
 
 
 def _parse(text: str, type_name: Any, name: str) -> Any:
