@@ -20,6 +20,7 @@ from typing import Any
 
 from videoflow.benchmark.baselines import SINGLE
 from videoflow.benchmark.matrix import Options, Progress, best_of, core_counts
+from videoflow.benchmark.nodes import set_cv2_threads
 from videoflow.benchmark.result import Row
 
 FOURCC = "mp4v"
@@ -98,8 +99,7 @@ def run_loop(
     import cv2
 
     before = cv2.getNumThreads()
-    if threads is not None:
-        cv2.setNumThreads(threads)
+    set_cv2_threads(threads)
     try:
         t0, c0 = time.perf_counter(), time.process_time()
         frames = opencv_loop(src, dst, width, height, ksize)
