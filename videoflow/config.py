@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from videoflow.engine.engines import check_engine_name
+
 START_METHODS = ("forkserver", "spawn", "fork")
 
 
@@ -37,6 +39,10 @@ class FlowConfig:
                        flow's tasks, at least 1 each, so that N tasks on N cores do not each run
                        a pool of N threads fighting for the same cores; -1: OpenCV's own default.
                        An OPENCV_FOR_THREADS_NUM set in the environment is kept when this is 0.
+    engine:            the engine that runs the flow by name: "process" (one OS process per
+                       task, the default), "ray" (needs the ray extra) or a registered name
+                       (videoflow.engine.engines.register_engine). ``Flow(..., engine=...)``
+                       also takes an engine object.
     """
 
     queue_depth: int = 4
@@ -51,6 +57,7 @@ class FlowConfig:
     debug: bool = False
     progress: bool = True
     opencv_threads: int = 0
+    engine: str = "process"
 
     def __post_init__(self) -> None:
         if not 1 <= self.queue_depth <= 64:
@@ -70,6 +77,7 @@ class FlowConfig:
                 "opencv_threads must be -1 (OpenCV's default), 0 (share the CPUs) or a "
                 f"number of threads, got {self.opencv_threads}"
             )
+        check_engine_name(self.engine)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None = None) -> FlowConfig:
