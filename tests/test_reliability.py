@@ -8,6 +8,7 @@ namespace it ran in.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -162,3 +163,68 @@ def test_flows_in_other_pid_namespaces_are_never_swept(tmp_path):
             victim.wait()
     assert "ok 0" in out, out + err
     assert long_out.read_text() == "600"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("reorder_window", -100, "reorder_window must be an integer from 0 to"),
+        ("stop_grace", float("nan"), "stop_grace must be a number of seconds"),
+        ("poll_interval", float("inf"), "poll_interval must be a number of seconds"),
+        ("start_timeout", float("nan"), "start_timeout must be a number of seconds"),
+        ("debug", "no", "debug must be True or False, got 'no'"),
+        ("progress", 1, "progress must be True or False"),
+        ("queue_depth", "4", "queue_depth must be an integer from 1 to 64, got '4'"),
+        ("queue_depth", 4.0, "queue_depth must be an integer"),
+        ("queue_depth", True, "queue_depth must be an integer"),
+        ("message_size", 10**9, "message_size must be an integer from 512"),
+        ("inline_max", 4000, "inline_max must be at most half of message_size"),
+        ("opencv_threads", -2, "opencv_threads must be an integer from -1"),
+    ],
+)
+def test_options_are_checked_when_the_flow_is_made(option, value, says):
+    from videoflow.consumers import VoidConsumer
+    from videoflow.core import Flow
+    from videoflow.producers import IntProducer
+
+    a = IntProducer(0, 3)
+    c = VoidConsumer()(a)
+    with pytest.raises(ValueError, match=re.escape(says)):
+        Flow([a], [c], flow_options={option: value})
+
+
+def test_environment_options_name_the_variable(monkeypatch):
+    from videoflow.config import FlowConfig
+
+    monkeypatch.setenv("VIDEOFLOW_QUEUE_DEPTH", "four")
+    with pytest.raises(ValueError, match="VIDEOFLOW_QUEUE_DEPTH='four' is not a int"):
+        FlowConfig.from_options()
+    monkeypatch.setenv("VIDEOFLOW_QUEUE_DEPTH", "0")
+    with pytest.raises(ValueError, match="queue_depth must be an integer from 1"):
+        FlowConfig.from_options()
+
+
+def test_nb_tasks_is_bounded_by_the_machine():
+    from videoflow.core import ProcessorNode
+    from videoflow.core.node import max_tasks
+
+    assert max_tasks() >= 64
+    with pytest.raises(ValueError, match=f"nb_tasks must be an integer from 1 to {max_tasks()}"):
+        ProcessorNode(nb_tasks=10**4)
+    with pytest.raises(ValueError, match="nb_tasks must be an integer"):
+        ProcessorNode(nb_tasks=0)
+    assert ProcessorNode(nb_tasks=max_tasks()).nb_tasks == max_tasks()
+
+
+def test_a_forgotten_super_init_is_named():
+    from videoflow.core import ProcessorNode
+    from videoflow.producers import IntProducer
+
+    class Forgetful(ProcessorNode):
+        def __init__(self) -> None:
+            self.threshold = 3
+
+    with pytest.raises(TypeError, match=r"Forgetful.__init__ did not call super\(\).__init__\(\)"):
+        Forgetful()(IntProducer(0, 3))
+    with pytest.raises(AttributeError, match="no attribute 'missing'"):
+        _ = Forgetful().missing
