@@ -8,6 +8,7 @@ producers, ``process(*inputs)`` for processors, ``consume(*inputs)`` for consume
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -17,6 +18,16 @@ from videoflow.core.constants import CPU, DEVICE_TYPES
 from videoflow.engine.base import NodeContext
 
 _ids = itertools.count(1)
+
+# What Node.__init__ sets up; reading one of them fails only when it was never called.
+_NODE_ATTRIBUTES = frozenset(
+    ("_id", "_name", "_parents", "_children", "_nb_tasks", "_device_type", "_vf_context")
+)
+
+
+def max_tasks() -> int:
+    """The most task processes one node may have on this machine: 8 per CPU, at least 64."""
+    return max(64, 8 * (os.cpu_count() or 1))
 
 
 class LocalContext:
@@ -48,6 +59,15 @@ class Node:
         self._nb_tasks = 1
         self._device_type = CPU
         self._vf_context: NodeContext = LocalContext()
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only when normal lookup fails: a subclass whose __init__ skipped Node's.
+        if name in _NODE_ATTRIBUTES:
+            raise TypeError(
+                f"{type(self).__name__}.__init__ did not call super().__init__(): "
+                f"call it first in {type(self).__name__}.__init__ so that the node is set up"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- wiring ------------------------------------------------------------------------------
     def __call__(self, *parents: Node) -> Node:
@@ -175,8 +195,13 @@ class ProcessorNode(Node):
         self, nb_tasks: int = 1, device_type: str = CPU, name: str | None = None, **kwargs: Any
     ) -> None:
         super().__init__(name=name, **kwargs)
-        if isinstance(nb_tasks, bool) or not isinstance(nb_tasks, int) or nb_tasks < 1:
-            raise ValueError(f"nb_tasks must be a positive integer, got {nb_tasks!r}")
+        limit = max_tasks()
+        valid = isinstance(nb_tasks, int) and not isinstance(nb_tasks, bool)
+        if not valid or not 1 <= nb_tasks <= limit:
+            raise ValueError(
+                f"nb_tasks must be an integer from 1 to {limit} (each task is a process; the "
+                f"limit is 8 per CPU, at least 64), got {nb_tasks!r}"
+            )
         if device_type not in DEVICE_TYPES:
             raise ValueError(f"device_type must be one of {DEVICE_TYPES}, got {device_type!r}")
         self._nb_tasks = nb_tasks

@@ -49,11 +49,12 @@ from videoflow.engine.stats import (
 from videoflow.engine.task import TaskSpec, release_queued, task_main
 from videoflow.errors import FlowError
 from videoflow.transport.names import (
+    claim_prefix,
     list_entries,
     new_flow_prefix,
     owned_entries,
+    release_prefix,
     sweep_dead_owners,
-    unlink_prefix,
 )
 from videoflow.transport.queue import ControlQueue
 from videoflow.transport.shm import PoolRegistry, SlotPool
@@ -156,6 +157,7 @@ class ProcessEngine:
         environ = dict(os.environ)
         workers = sum(1 for stage, _ in plan.tasks if stage.spec.node is not None)
         opencv_threads = cfg.opencv_threads_per_task(workers, available_cpus())
+        claim_prefix(self.prefix)
         try:
             self._queues = [
                 ControlQueue(
@@ -369,7 +371,7 @@ class ProcessEngine:
             # one can reach them any more: the owner releases them, and counts them apart.
             self.slots_reclaimed = self._reclaim_pools()
         self.pool_slots_in_use = sum(self._pool_occupancy().values())
-        unlink_prefix(self.prefix)
+        release_prefix(self.prefix)
         for task in self._tasks:
             if task.conn is not None:
                 task.conn.close()

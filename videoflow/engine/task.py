@@ -40,6 +40,7 @@ from videoflow.engine.stats import (
 from videoflow.errors import StaleSlotError
 from videoflow.transport import message
 from videoflow.transport.codec import Codec, value_refs
+from videoflow.transport.names import sweep_prefix
 from videoflow.transport.queue import ControlQueue
 from videoflow.transport.shm import PoolRegistry, SlotAllocator, SlotRef
 
@@ -391,6 +392,7 @@ class Task:
                     if name is not None:  # the owner died before it could unlink them
                         with contextlib.suppress(Exception):
                             ControlQueue(name).unlink()
+                sweep_prefix(self.spec.pool_prefix)  # the rest, once the owner's lock is free
 
     def _let_go(self) -> None:
         """After an error or an abort, give back the slots this task still holds: the message
