@@ -75,16 +75,6 @@ class RayNodeContext:
         return np.empty(shape, dtype=dtype)
 
 
-def bind(node: Any, context: RayNodeContext) -> None:
-    """Give ``node`` its engine context (``Node.bind``); nodes of a videoflow without that hook
-    get the two attributes it sets."""
-    if hasattr(node, "bind"):
-        node.bind(context)
-    else:  # videoflow before Node.bind: allocate() and meta read these attributes
-        node._vf_allocator = context.allocate
-        node._vf_meta = context.meta
-
-
 class NodeActor:
     """One task of one node. Ray runs ``__init__`` again when it restarts a dead actor, so a
     restarted actor opens its node again before it takes the calls Ray retries."""
@@ -102,7 +92,6 @@ class NodeActor:
         self.cpu0: int | None = None
         self.idle_since = 0
         self.context = RayNodeContext()
-        self._bound_by_hook = False
         self.node: Any = None
         # producer side
         self.cond = threading.Condition()
@@ -117,8 +106,7 @@ class NodeActor:
             self.node = pickle.loads(node_bytes)
             if cpu_fallback:
                 self.node.change_device("cpu")
-            self._bound_by_hook = hasattr(self.node, "bind")
-            bind(self.node, self.context)
+            self.node.bind(self.context)
             phase = "open"
             self.node.open()
             self.opened = True
@@ -135,8 +123,6 @@ class NodeActor:
 
     def _set_meta(self, meta: dict[str, Any]) -> None:
         self.context._meta = meta
-        if not self._bound_by_hook:
-            self.node._vf_meta = meta
 
     def _begin(self) -> int:
         t0 = _now()

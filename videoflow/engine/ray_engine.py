@@ -565,8 +565,7 @@ class RayEngine:
                 queued = max(0, sum(t.submitted for t in tasks) - sum(t.row[IN] for t in tasks))
             nodes.append(node_stats(
                 spec.name, spec.kind, rows, inbox_queued=queued,
-                one_task=spec.kind != PROCESSOR or bool(getattr(spec, "one_task", False))
-                or _is_one_task(spec.node),
+                one_task=spec.kind != PROCESSOR or spec.one_task,
                 elapsed_s=elapsed,
             ))
         if not nodes:
@@ -581,11 +580,6 @@ class RayEngine:
             errors=sum(failed.values()),
             elapsed_s=elapsed,
         )
-
-
-def _is_one_task(node: Any) -> bool:
-    """A stateful processor (``OneTaskProcessorNode``), known without importing core."""
-    return any(cls.__name__ == "OneTaskProcessorNode" for cls in type(node).__mro__)
 
 
 def _alive(pid: int) -> bool:
