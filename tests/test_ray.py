@@ -236,6 +236,8 @@ def test_stop_drains_what_was_produced(output_file, engine, flow_type):
     deadline = time.monotonic() + 60
     while len(read_lines(output_file)) < 30 and time.monotonic() < deadline:
         time.sleep(0.01)
+    live = flow.stats()  # counters while it runs
+    assert live.running and live.produced >= live.delivered >= 30
     flow.stop()
     assert flow.join(30)
     got = ints(output_file)

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = 'the Ray engine needs Ray, which is not installed: pip install "videoflow-shm[ray]"'
-STATS_EVERY = 0.5  # seconds between two polls of the actors' counters
+STATS_WAIT = 1.0  # seconds stats() waits for the actors' counters while the flow runs
 GONE_WITHIN = 5.0  # seconds to wait for the processes of killed local actors to exit
 _running: weakref.WeakSet[RayEngine] = weakref.WeakSet()
 _exit_hook = False
@@ -421,11 +421,9 @@ class RayEngine:
             2 * sum(s.nb_tasks for s in self._stages) + self._config.queue_depth
         )
         poll = self._config.poll_interval
-        inflight: collections.deque[Any] = collections.deque()  # last metadata ref, in order
+        inflight: collections.deque[Any] = collections.deque()  # last stage's refs, in order
         seq = 0
         ending = stop_sent = False
-        stats: dict[Any, _Task] = {}
-        stats_due = time.monotonic() + STATS_EVERY
         while True:
             if self._abort.is_set():
                 return False
@@ -437,28 +435,23 @@ class RayEngine:
                 seq += 1
             if not inflight:
                 return True
-            ready, _ = ray.wait([inflight[0], *stats], num_returns=1, timeout=poll)
-            head_done = bool(ready) and ready[0] == inflight[0]
-            while inflight and (head_done or ray.wait([inflight[0]], timeout=0)[0]):
-                head_done = False  # the next heads are checked one by one
-                ref = inflight.popleft()
-                try:
-                    meta = ray.get(ref)[0]
-                except Exception as exc:
-                    self._fail(self._ray_error(ray, exc))
-                    return False
-                if meta is None:
-                    ending = True
-                elif not isinstance(meta, dict):
-                    self._fail(self._failure_error(meta))
-                    return False
-            if not self._collect_stats(ray, stats):
+            # One get per message, as a hand-written driver does; the timeout only bounds how
+            # long a stop, an abort or a kill waits to be seen. An actor that dies fails the
+            # calls queued for it, and every actor has calls queued while messages are in
+            # flight, so a death reaches this get too.
+            try:
+                meta = ray.get(inflight[0], timeout=poll)[0]
+            except ray.exceptions.GetTimeoutError:
+                continue
+            except Exception as exc:
+                self._fail(self._ray_error(ray, exc))
                 return False
-            if time.monotonic() >= stats_due:
-                stats_due = time.monotonic() + STATS_EVERY
-                for task in self._tasks:
-                    if task not in stats.values():
-                        stats[task.handle.stats.remote()] = task
+            inflight.popleft()
+            if meta is None:
+                ending = True
+            elif not isinstance(meta, dict):
+                self._fail(self._failure_error(meta))
+                return False
 
     def _harvest(
         self, ray: Any, pending: dict[Any, _Task], timeout: float
@@ -478,12 +471,16 @@ class RayEngine:
                 return None
         return ready
 
-    def _collect_stats(self, ray: Any, stats: dict[Any, _Task]) -> bool:
-        """Take the counter rows that have come back; False when an actor turned out dead."""
-        ready = self._harvest(ray, stats, 0)
-        for task, row in ready or ():
-            task.row = row
-        return ready is not None
+    def _poll_counters(self, timeout: float) -> None:
+        """Ask every actor for its counters and keep the rows that come back within
+        ``timeout`` (the control thread of an actor answers even while its node computes)."""
+        import ray
+
+        pending = {t.handle.stats.remote(): t for t in self._tasks if t.info and not t.dead}
+        done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout)
+        for ref in done:
+            with contextlib.suppress(Exception):  # a dead actor: the driver reports it
+                pending[ref].row = ray.get(ref)
 
     def _finish(self, ray: Any, graceful: bool) -> None:
         """Close every node (after the calls queued on its actor), then kill the actors.
@@ -543,8 +540,11 @@ class RayEngine:
         return [t.info.pid for t in self._tasks if t.info]
 
     def stats(self) -> FlowStats:
-        """A snapshot of the counters the actors last reported (every 0.5 s while the flow
-        runs; final once it has ended)."""
+        """A snapshot of the counters: while the flow runs, asked of every actor now (answers
+        later than ``STATS_WAIT`` seconds leave that task's previous row); final once the flow
+        has ended. The actors count for themselves: a flow nobody asks pays nothing."""
+        if self.running and self.started_at is not None:
+            self._poll_counters(STATS_WAIT)
         running = self.running
         now = time.monotonic()
         started = self.started_at
