@@ -40,6 +40,7 @@ from videoflow import FlowError  # noqa: E402
 from videoflow.consumers import VoidConsumer  # noqa: E402
 from videoflow.core import BATCH, REALTIME, ConsumerNode, Flow, ProcessorNode  # noqa: E402
 from videoflow.core.constants import GPU  # noqa: E402
+from videoflow.engine import ray_engine  # noqa: E402
 from videoflow.engine.ray_engine import RayEngine  # noqa: E402
 from videoflow.processors import IdentityProcessor  # noqa: E402
 from videoflow.producers import IntProducer, SyntheticFrameProducer  # noqa: E402
@@ -91,6 +92,11 @@ def no_actor_left():
     local_ray()
     before = _shm()
     yield
+    running = list(ray_engine._running)  # flows a failed test left running: end them first
+    for engine in running:
+        engine.kill()
+        engine.wait(10)
+    assert not running, "a test left a Ray flow running"
     deadline = time.monotonic() + 10
     while (alive := _alive_actors()) and time.monotonic() < deadline:
         time.sleep(0.05)

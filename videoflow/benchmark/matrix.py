@@ -68,6 +68,7 @@ class Options:
     cv2_threads: int | None = 1
     start_method: str | None = None
     repeat: int = 1  # runs per measurement; the fastest is kept (robust to a busy machine)
+    engine: str = "process"  # the engine of the videoflow rows ("ray": tagged engine=ray)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -81,7 +82,10 @@ class Options:
 
 
 def _flow_options(opts: Options) -> dict[str, Any] | None:
-    return {"start_method": opts.start_method} if opts.start_method else None
+    options: dict[str, Any] = {"start_method": opts.start_method} if opts.start_method else {}
+    if opts.engine != "process":
+        options["engine"] = opts.engine
+    return options or None
 
 
 def _start_method(opts: Options) -> str:
@@ -305,6 +309,10 @@ def run_matrix(
             rows += new
             if why:
                 skipped.append(f"file: {why}")
+    if opts.engine != "process":
+        for row in rows:
+            if row.impl == VIDEOFLOW:
+                row.params["engine"] = opts.engine
     add_ratios(rows, VIDEOFLOW)
     return BenchResult(rows=rows, machine=machine_info(opts.start_method),
                        options=opts.to_dict(), skipped=skipped)

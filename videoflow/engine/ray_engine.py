@@ -472,15 +472,21 @@ class RayEngine:
         return ready
 
     def _poll_counters(self, timeout: float) -> None:
-        """Ask every actor for its counters and keep the rows that come back within
-        ``timeout`` (the control thread of an actor answers even while its node computes)."""
+        """Ask the actors for their counters, the last stage first and the producer last, so
+        that a snapshot never shows more messages delivered than produced; keep the rows that
+        come back within ``timeout`` in all (an actor's control thread answers even while its
+        node computes)."""
         import ray
 
-        pending = {t.handle.stats.remote(): t for t in self._tasks if t.info and not t.dead}
-        done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout)
-        for ref in done:
-            with contextlib.suppress(Exception):  # a dead actor: the driver reports it
-                pending[ref].row = ray.get(ref)
+        deadline = time.monotonic() + timeout
+        for index in reversed(range(len(self._stages))):
+            pending = {t.handle.stats.remote(): t for t in self._tasks
+                       if t.stage == index and t.info and not t.dead}
+            left = max(0.0, deadline - time.monotonic())
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=left)
+            for ref in done:
+                with contextlib.suppress(Exception):  # a dead actor: the driver reports it
+                    pending[ref].row = ray.get(ref)
 
     def _finish(self, ray: Any, graceful: bool) -> None:
         """Close every node (after the calls queued on its actor), then kill the actors.
