@@ -228,6 +228,18 @@ def test_a_node_raising_is_a_flow_error_naming_it(engine, where):
     assert not flow.stats().running
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_output_that_cannot_be_sent_is_a_flow_error_naming_its_node(tmp_path, engine):
+    p = nodes.FaultyProducer("none", count=100, name="source")
+    x = nodes.FaultyProcessor("unpicklable", nb_tasks=2, name="middle")(p)
+    c = VoidConsumer()(x)
+    flow = Flow([p], [c], flow_type=BATCH, engine=engine)
+    flow.run()
+    with pytest.raises(FlowError) as info:
+        flow.join(60)
+    assert info.value.node == "middle" and "pickle" in str(info.value), str(info.value)
+
+
 # -- stop ------------------------------------------------------------------------------------------
 
 

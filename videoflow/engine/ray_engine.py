@@ -2,17 +2,19 @@
 
 Every task of the flow (a node with nb_tasks = K has K) is a classic Ray actor. One thread of
 the flow's owner, the driver, is the only submitter: for message ``seq`` it calls ``take`` on
-the producer actor, then ``process`` (or ``consume``) on actor ``seq % K`` of every later stage,
-each call getting the object refs of its parents' outputs and of the previous stage's metadata.
-A Ray actor runs the calls of one submitter in submission order, and each message's calls are
-chained by refs, so every stage sees the messages in order whatever K is and however long each
-call takes: no reorder buffer is needed, and the last stage's results complete in order.
+the producer actor, then ``call`` on actor ``seq % K`` of every later stage. Every call returns
+one (metadata, output) pair, and a stage gets the ref of the previous stage's pair (the
+metadata it carries on) and of its other parents'. A Ray actor runs the calls of one submitter
+in submission order, and each message's calls are chained by refs, so every stage sees the
+messages in order whatever K is and however long each call takes: no reorder buffer is needed,
+and the last stage's results complete in order.
 
-At most ``window`` messages are in flight; in BATCH the driver waits for the oldest before it
-submits another, so nothing is dropped and the object store holds a bounded number of frames.
-The producer actor calls ``next()`` in a thread of its own; in REALTIME it keeps only the newest
-value not yet taken and counts the ones it replaced as dropped, so a flow that cannot keep up
-skips frames instead of queueing them, and ``produced == delivered + dropped`` holds.
+At most ``window`` messages are in flight: the driver waits for the oldest before it submits
+another, so the object store holds a bounded number of frames. In BATCH the producer calls
+``next()`` inside ``take``, so it runs at most a window ahead and nothing is dropped. In
+REALTIME it calls ``next()`` in a thread of its own and keeps only the newest value not yet
+taken, counting the ones it replaced as dropped: a flow that cannot keep up skips frames
+instead of queueing them, and ``produced == delivered + dropped`` holds.
 
 ``stop()`` stops the producer; what it produced drains, every actor closes its node and is then
 killed. A node raising travels as a marker in place of the message's metadata and ends the
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = 'the Ray engine needs Ray, which is not installed: pip install "videoflow-shm[ray]"'
 STATS_WAIT = 1.0  # seconds stats() waits for the actors' counters while the flow runs
+STATS_FRESH = 0.5  # seconds during which stats() reuses the counters it last asked for
 GONE_WITHIN = 5.0  # seconds to wait for the processes of killed local actors to exit
 _running: weakref.WeakSet[RayEngine] = weakref.WeakSet()
 _exit_hook = False
@@ -124,8 +127,10 @@ class RayEngine:
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self.submit_s = 0.0  # driver seconds spent submitting calls (its own cost per message)
+        self._polled_at = -STATS_FRESH  # monotonic time stats() last asked the actors
         self._stages: list[StageSpec] = []
         self._tasks: list[_Task] = []
+        self._chain: list[tuple[StageSpec, list[_Task]]] = []  # each stage and its actors
         self._by_actor: dict[str, _Task] = {}
         self._realtime = False
         self._config: FlowConfig | None = None
@@ -135,7 +140,6 @@ class RayEngine:
         self._abort = threading.Event()
         self._killed = threading.Event()
         self._started = False
-        self._ended = False
 
     # -- Engine protocol -------------------------------------------------------------------
     def start(self, stages: Sequence[StageSpec], realtime: bool, config: FlowConfig) -> None:
@@ -145,17 +149,15 @@ class RayEngine:
             raise RuntimeError("this RayEngine was already started: an engine runs one flow")
         self._started = True
         self._stages, self._realtime, self._config = list(stages), realtime, config
-        self._check(self._stages)
-        node_bytes = [self._pickle(spec) for spec in self._stages]
-        ray = self._connect()
-        unknown = set(self.actor_options) - {s.name for s in self._stages}
-        if unknown:
-            raise ValueError(
-                f"actor_options names nodes that are not in the flow: {', '.join(sorted(unknown))}"
-            )
         try:
-            self._create_actors(ray, node_bytes)
-        except BaseException:
+            self._check(self._stages)
+            unknown = set(self.actor_options) - {s.name for s in self._stages}
+            if unknown:
+                raise ValueError("actor_options names nodes that are not in the flow: "
+                                 f"{', '.join(sorted(unknown))}")
+            node_bytes = [self._pickle(spec) for spec in self._stages]
+            self._create_actors(self._connect(), node_bytes)
+        except BaseException:  # nothing left behind, and wait() does not wait for a driver
             self._kill_actors()
             self._done.set()
             raise
@@ -271,8 +273,7 @@ class RayEngine:
 
         graceful = False
         try:
-            if self._open(ray):
-                self._go(ray)
+            if self._open(ray) and self._go(ray):
                 graceful = self._pump(ray)
             self._finish(ray, graceful)
         except BaseException as exc:  # never leave join() waiting on a dead driver
@@ -281,7 +282,6 @@ class RayEngine:
             self._kill_actors()
         finally:
             self.ended_at = time.monotonic()
-            self._ended = True
             _running.discard(self)
             self._done.set()
 
@@ -301,10 +301,18 @@ class RayEngine:
         )
 
     def _task_of(self, exc: BaseException) -> _Task | None:
+        """The task an exception from Ray is about: by its actor id, else by the actor's
+        ``repr`` in its text (Ray names every actor a task error went through there, the one
+        where it started last)."""
         actor_id = getattr(exc, "actor_id", None) or getattr(exc, "_actor_id", None)
         if isinstance(actor_id, bytes):
             actor_id = actor_id.hex()
-        return self._by_actor.get(actor_id) if actor_id else None
+        if actor_id and actor_id in self._by_actor:
+            return self._by_actor[actor_id]
+        text = str(exc)
+        found = [(text.rfind(f"repr={t.spec.name}[{t.worker}])"), t) for t in self._tasks]
+        at, task = max(found, key=lambda pair: pair[0], default=(-1, None))
+        return task if at >= 0 else None
 
     def _ray_error(self, ray: Any, exc: BaseException, task: _Task | None = None) -> FlowError:
         """A FlowError for an exception Ray raised in the driver (an actor died, a value could
@@ -362,9 +370,9 @@ class RayEngine:
                 return False
         return True
 
-    def _go(self, ray: Any) -> None:
+    def _go(self, ray: Any) -> bool:
         """Share the CPUs of each machine among the flow's actors on it (OpenCV threads), start
-        the clocks, then the producer's loop."""
+        the clocks, then the producer's loop; False when an actor died meanwhile."""
         assert self._config is not None
         on_node = collections.Counter(t.info.node_id for t in self._tasks if t.info)
         calls = []
@@ -375,8 +383,13 @@ class RayEngine:
             if self._stop.is_set() and task.spec.kind == PRODUCER:
                 calls.append(task.handle.stop.remote())
             calls.append(task.handle.go.remote(threads))
-        ray.get(calls)
+        try:
+            ray.get(calls, timeout=self._config.start_timeout)
+        except Exception as exc:
+            self._fail(self._ray_error(ray, exc))
+            return False
         self.started_at = time.monotonic()
+        return True
 
     def _submit(self, seq: int) -> Any:
         """Submit every call of message ``seq``; returns the ref of its last stage's result.
@@ -546,11 +559,15 @@ class RayEngine:
         return [t.info.pid for t in self._tasks if t.info]
 
     def stats(self) -> FlowStats:
-        """A snapshot of the counters: while the flow runs, asked of every actor now (answers
-        later than ``STATS_WAIT`` seconds leave that task's previous row); final once the flow
-        has ended. The actors count for themselves: a flow nobody asks pays nothing."""
+        """A snapshot of the counters: while the flow runs, asked of every actor unless they
+        were asked less than ``STATS_FRESH`` seconds ago (answers later than ``STATS_WAIT``
+        seconds leave that task's previous row); final once the flow has ended. The actors
+        count for themselves: a flow nobody asks about pays nothing for its counters."""
         if self.running and self.started_at is not None:
-            self._poll_counters(STATS_WAIT)
+            now = time.monotonic()
+            if now - self._polled_at >= STATS_FRESH:
+                self._polled_at = now
+                self._poll_counters(STATS_WAIT)
         running = self.running
         now = time.monotonic()
         started = self.started_at
