@@ -60,6 +60,16 @@ _running: weakref.WeakSet[RayEngine] = weakref.WeakSet()
 _exit_hook = False
 
 
+def default_window(stages: Sequence[StageSpec], realtime: bool, queue_depth: int) -> int:
+    """Messages in flight at most when RayEngine(window=None). BATCH: two per actor plus
+    ``queue_depth``, so that every actor has its next call queued behind the one it runs,
+    whatever Ray's latency per call. REALTIME: one per actor plus one, so that the slowest
+    actor always has work while a message waits in front of it as little as possible (every
+    message in flight is one more frame of latency; the producer drops the rest)."""
+    actors = sum(s.nb_tasks for s in stages)
+    return actors + 1 if realtime else 2 * actors + queue_depth
+
+
 def ray_available() -> bool:
     """True when Ray can be imported (without importing it)."""
     return importlib.util.find_spec("ray") is not None
@@ -90,7 +100,7 @@ class RayEngine:
     max_restarts:  restarts Ray may give each processor actor that dies (0: a dead actor ends
                    the flow with a FlowError). Calls in flight are retried on the restarted
                    actor, which opens its node again; messages still arrive once, in order.
-    window:        messages in flight at most (default: 2 x all tasks + ``queue_depth``).
+    window:        messages in flight at most (default: see ``default_window``).
     runtime_env:   Ray runtime environment for the actors (``pip``, ``py_modules``,
                    ``env_vars``, ...), e.g. to ship the modules that define your nodes.
     actor_options: per node name, extra ``ray.remote`` options for its actors, e.g.
@@ -430,9 +440,8 @@ class RayEngine:
             by_stage[task.stage].append(task)
         self._chain = [(spec, by_stage[i]) for i, spec in enumerate(self._stages)]
         producer = by_stage[0][0]
-        window = self.window or (
-            2 * sum(s.nb_tasks for s in self._stages) + self._config.queue_depth
-        )
+        window = self.window or default_window(self._stages, self._realtime,
+                                               self._config.queue_depth)
         poll = self._config.poll_interval
         inflight: collections.deque[Any] = collections.deque()  # last stage's refs, in order
         seq = 0
@@ -631,4 +640,4 @@ def _shutdown_running() -> None:
             engine.wait(5)
 
 
-__all__ = ["INSTALL_HINT", "RayEngine", "ray_available"]
+__all__ = ["INSTALL_HINT", "RayEngine", "default_window", "ray_available"]
