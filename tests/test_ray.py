@@ -374,6 +374,15 @@ def test_sigint_twice_kills(tmp_path, engine):
     assert not _wait_gone(pids, END_WITHIN), "tasks or actors outlived a second Ctrl-C"
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sigkill_of_the_owner_leaves_no_task_behind(tmp_path, engine):
+    proc, _, pids = _start_script(tmp_path, engine, BATCH)
+    proc.kill()
+    proc.wait(timeout=10)
+    assert not _wait_gone(pids, END_WITHIN), "tasks or actors outlived their owner"
+    proc.communicate(timeout=10)
+
+
 # -- a worker that dies ----------------------------------------------------------------------------
 
 
