@@ -2,15 +2,17 @@
 engine, against the same chain of Ray actors written by hand (bench/ray_chain.py), on the same
 frames in the same run.
 
-Targets: at least 40 fps, and the engine at most 10 % slower than the hand-written chain (and
-at most 10 % more CPU time per frame, which a busy machine skews less than the rate). The
-two take turns ``--bench-repeat`` times and each keeps its fastest run, so that a burst of load
-from other processes does not fall on one of them only. CPU time per frame (every actor, and
-the driver process with Ray's threads) is printed too: on a busy machine it moves less than
-the frame rate. Needs the ray extra.
+Targets: at least 40 fps, and the engine at most 10 % slower than the hand-written chain and
+at most 10 % more CPU time per frame (every actor, and the driver process with Ray's threads).
+The two run back to back ``--bench-repeat`` times; the ratios are the medians of the turns'
+ratios, which a burst of load from other processes skews least (single runs of either swing
+by 10-15 % on a shared 2-core machine). The table keeps each one's fastest run. Needs the ray
+extra.
 """
 
 from __future__ import annotations
+
+import statistics
 
 import pytest
 
@@ -59,23 +61,29 @@ def test_ray_engine_1080p_3_hops_against_a_hand_written_chain(benchmark, duratio
                              1e3 * cpu_s / max(1, m.produced)))
             t = ray_chain(shape, HOPS, duration)
             hand.append(_row(RAY_CHAIN, t.fps, t.frames, t.seconds, t.cpu_ms_per_frame))
+        # Each turn runs both back to back: their ratio is the least skewed by load that
+        # comes and goes; the median of the turns is the figure.
+        fps_ratio = statistics.median(o.fps / h.fps for o, h in zip(ours, hand, strict=True))
+        cpu_ratio = statistics.median(o.extra["cpu_ms_per_frame"] / h.extra["cpu_ms_per_frame"]
+                                      for o, h in zip(ours, hand, strict=True))
         best, base = max(ours, key=lambda r: r.fps), max(hand, key=lambda r: r.fps)
-        best.ratios = {RAY_CHAIN: best.fps / base.fps if base.fps else 0.0}
+        best.ratios = {RAY_CHAIN: fps_ratio}
+        best.extra["cpu_ratio"] = cpu_ratio
         for rows, chosen in ((ours, best), (hand, base)):
             chosen.extra["fps_worst"] = min(r.fps for r in rows)
-            chosen.extra["cpu_ms_per_frame"] = min(r.extra["cpu_ms_per_frame"] for r in rows)
+            chosen.extra["cpu_ms_per_frame"] = statistics.median(
+                r.extra["cpu_ms_per_frame"] for r in rows)
         return [best, base]
 
     rows = benchmark.pedantic(turns, rounds=1, iterations=1)
     by = keep(rows)
     ours, base = by["videoflow"], by[RAY_CHAIN]
-    overhead = 1 - ours.fps / base.fps
+    overhead, cpu_ratio = 1 - ours.ratios[RAY_CHAIN], ours.extra["cpu_ratio"]
     print(f"\n1080p, {HOPS} hops on Ray: engine {ours.fps:.1f} fps "
           f"(worst {ours.extra['fps_worst']:.1f}, {ours.extra['cpu_ms_per_frame']:.1f} ms CPU "
           f"a frame), hand-written chain {base.fps:.1f} fps "
           f"(worst {base.extra['fps_worst']:.1f}, {base.extra['cpu_ms_per_frame']:.1f} ms CPU "
-          f"a frame): {overhead:+.1%} slower")
+          f"a frame); turn by turn (median): {overhead:+.1%} slower, {cpu_ratio:.2f}x the CPU")
     assert ours.fps / TARGET_FPS >= 1, f"{ours.fps:.1f} fps is under {TARGET_FPS:g}"
     assert overhead <= MAX_OVERHEAD, f"the engine is {overhead:.1%} slower than Ray by hand"
-    cpu_ratio = ours.extra["cpu_ms_per_frame"] / base.extra["cpu_ms_per_frame"]
     assert cpu_ratio <= 1 + MAX_OVERHEAD, f"the engine takes {cpu_ratio:.2f}x the CPU per frame"

@@ -283,7 +283,8 @@ SCRIPT = textwrap.dedent(
         p = FaultyProducer("none", delay=0.002)
         x = FaultyProcessor("none", nb_tasks=2)(p)
         c = FaultyConsumer("none", {out!r}, delay={consumer_delay})(x)
-        flow = Flow([p], [c], flow_type={flow_type!r}, engine={engine!r})
+        options = {{"engine": {engine!r}, "ray_address": {address!r}}}  # the session's Ray
+        flow = Flow([p], [c], flow_type={flow_type!r}, flow_options=options)
         flow.run()
         pids = getattr(flow.engine, "actor_pids", lambda: [])
         deadline = time.monotonic() + 60
@@ -305,11 +306,10 @@ SCRIPT = textwrap.dedent(
 def _start_script(tmp_path, engine: str, flow_type: str, consumer_delay: float = 0.0):
     out = str(tmp_path / "out.txt")
     script = tmp_path / "flow.py"
-    script.write_text(SCRIPT.format(tests=TESTS_DIR, out=out, engine=engine,
+    script.write_text(SCRIPT.format(tests=TESTS_DIR, out=out, engine=engine, address=local_ray(),
                                     flow_type=flow_type, consumer_delay=consumer_delay))
-    env = dict(os.environ, RAY_ADDRESS=local_ray())  # the script joins the session's instance
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     first = proc.stdout.readline().split()
     assert first and first[0] == "running", proc.stderr.read()  # type: ignore[union-attr]

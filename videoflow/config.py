@@ -44,6 +44,8 @@ class FlowConfig:
                        task, the default), "ray" (needs the ray extra) or a registered name
                        (videoflow.engine.engines.register_engine). ``Flow(..., engine=...)``
                        also takes an engine object.
+    ray_address:       the Ray engine's cluster ("HEAD:6379", "ray://head:10001", "auto"); empty:
+                       RAY_ADDRESS, else a local instance. A RayEngine(address=...) wins.
     """
 
     queue_depth: int = 4
@@ -59,6 +61,7 @@ class FlowConfig:
     progress: bool = True
     opencv_threads: int = 0
     engine: str = "process"
+    ray_address: str = ""
 
     def __post_init__(self) -> None:
         for name, (kind, low, high) in _RANGES.items():

@@ -32,7 +32,7 @@ import ray
 from videoflow.engine.stats import BLOCKED_NS, BUSY_NS, CPU_NS, DROPPED, IN, OUT, ROW, WAIT_NS
 from videoflow.engine.task import limit_opencv_threads
 
-CONTROL = "control"  # concurrency group of the calls that must not queue behind node calls
+CONTROL = "control"  # the producer's concurrency group for calls that must not wait for takes
 _now = time.perf_counter_ns
 
 
@@ -135,8 +135,7 @@ class NodeActor:
         self.row[BUSY_NS] += t1 - t0
         self.idle_since = t1
 
-    # -- control (a thread of its own: answered while a node call runs) ---------------------
-    @ray.method(concurrency_group=CONTROL)
+    # -- control: on a producer, in a thread of its own (answered while a take waits) --------
     def info(self) -> ActorInfo:
         try:
             cpus = len(os.sched_getaffinity(0))
@@ -152,7 +151,6 @@ class NodeActor:
             failure=self.failure,
         )
 
-    @ray.method(concurrency_group=CONTROL)
     def go(self, opencv_threads: int | None) -> None:
         """Every task is open: start the clocks (and the producer's loop)."""
         if opencv_threads is not None:
@@ -164,7 +162,6 @@ class NodeActor:
                                            daemon=True)
             self.thread.start()
 
-    @ray.method(concurrency_group=CONTROL)
     def stop(self) -> None:
         """Producer: call ``next()`` no more; what it already produced is still taken."""
         self._stop()
@@ -174,14 +171,12 @@ class NodeActor:
             self.stopping = True
             self.cond.notify_all()
 
-    @ray.method(concurrency_group=CONTROL)
     def abort(self) -> None:
         """The flow is torn down: calls still queued return at once."""
         with self.cond:
             self.aborted = self.stopping = True
             self.cond.notify_all()
 
-    @ray.method(concurrency_group=CONTROL)
     def stats(self) -> list[int]:
         """This task's counter row (engine/stats.py FIELDS)."""
         return self._row()
