@@ -9,7 +9,7 @@ from typing import Any
 
 from videoflow.config import FlowConfig
 from videoflow.core.constants import BATCH, FLOW_TYPES, REALTIME
-from videoflow.core.graph import sorted_nodes
+from videoflow.core.graph import engine_unsupported, resolve_joins, sorted_nodes
 from videoflow.core.node import Node, OneTaskProcessorNode, ProducerNode
 from videoflow.engine import progress
 from videoflow.engine.plan import StageSpec
@@ -44,6 +44,7 @@ class Flow:
         if flow_type not in FLOW_TYPES:
             raise ValueError(f"flow_type must be BATCH or REALTIME, got {flow_type!r}")
         self._nodes = sorted_nodes(list(producers), list(consumers))
+        self._joins = resolve_joins(self._nodes, flow_type)  # join point id -> its policy
         self._flow_type = flow_type
         self._config = FlowConfig.from_options(flow_options)
         self._engine: ProcessEngine | None = None
@@ -80,6 +81,9 @@ class Flow:
         """Start the flow and return at once; ``join()`` waits for its end."""
         if self._engine is not None:
             raise RuntimeError("this flow was already started: a Flow runs once")
+        unsupported = engine_unsupported(self._nodes)
+        if unsupported is not None:
+            raise NotImplementedError(unsupported)
         engine = ProcessEngine(
             self._specs(), self._flow_type == REALTIME, self._config,
             one_task=[n.name for n in self._nodes if isinstance(n, OneTaskProcessorNode)],
