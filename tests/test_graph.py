@@ -65,7 +65,7 @@ def test_every_producer_feeding_the_flow_must_be_listed():
     Flow([a, b], [c])  # several producers validate (running them: tests/test_join_api.py)
     with pytest.raises(ValueError, match="producer 'b' feeds the flow but is not in its"):
         Flow([a], [c])
-    with pytest.raises(ValueError, match="producer"):
+    with pytest.raises(ValueError, match="needs a producer, got none"):
         Flow([], [c])
 
 

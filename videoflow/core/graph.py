@@ -54,7 +54,10 @@ def sorted_nodes(producers: list[Node], consumers: list[Node]) -> list[Node]:
         if not isinstance(node, ConsumerNode):
             raise ValueError(f"{node!r} is given as a consumer but is not a ConsumerNode")
     if not producers:
-        raise ValueError("a flow needs at least one producer, got none")
+        raise ValueError(
+            "a flow needs a producer, got none: pass the node that starts the flow first, "
+            "as in Flow([producer], [consumer])"
+        )
     if not consumers:
         raise ValueError("a flow needs at least one consumer")
     if len({p.id for p in producers}) != len(producers):
