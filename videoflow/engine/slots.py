@@ -31,23 +31,27 @@ import numpy as np
 from videoflow.engine.plan import Stage
 from videoflow.errors import PoolExhaustedError
 from videoflow.transport import message
-from videoflow.transport.codec import Codec
+from videoflow.transport.codec import Codec, Handed, plain_dtype
 from videoflow.transport.message import Encoded, message_refs, value_refs
 from videoflow.transport.shm import KEPT, MAX_POOLS, PoolRegistry, SlotAllocator, SlotRef
 
-Handed = tuple[Any, SlotRef]  # an object given to the node that holds a slot's memory
 
-
-def _held_elsewhere(handed: list[Handed], alone: int) -> list[Handed]:
-    """The handed objects that something besides ``handed`` still references."""
+def _held_elsewhere(handed: list[Handed], alone: int) -> list[Handed] | None:
+    """The handed objects that something besides ``handed`` still references, if any."""
     getrefcount = sys.getrefcount
-    return [h for h in handed if getrefcount(h[0]) > alone]
+    held = None
+    for h in handed:
+        if getrefcount(h[0]) > alone:
+            if held is None:
+                held = []
+            held.append(h)
+    return held
 
 
 def _calibrate() -> int:
     """The reference count ``_held_elsewhere`` sees for an object nothing else holds (it
     depends on the interpreter: measured here rather than assumed)."""
-    probe = [(object(), SlotRef("", 0, 0))]
+    probe: list[Handed] = [(object(), SlotRef("", 0, 0), None)]
     alone = 0
     while _held_elsewhere(probe, alone):
         alone += 1
@@ -164,7 +168,8 @@ class MessageSlots:
         # With no one to send to, this task is the last reader of everything it holds.
         self.drop_after = frozenset(stage.drop_after) if self.forwards else None
         self.drops = stage.drop_after
-        self.last_reads = [nid in stage.drop_after for nid in spec.reads]
+        self.read_last = [(nid, nid in stage.drop_after) for nid in spec.reads]
+        self.any_last = any(last for _, last in self.read_last)
         self.values: dict[int, Encoded] = {}
         self.handed: list[Handed] = []  # objects given to the node, with their slot
         self.taken: list[SlotRef] = []  # slots taken since the last settle
@@ -181,15 +186,19 @@ class MessageSlots:
         drop = self.drop_after
         if drop is None:
             return [decode(values[nid], handed, True) for nid in self.reads]
-        if not any(self.last_reads):
+        if not self.any_last:
             return [decode(values[nid], handed) for nid in self.reads]
-        surviving: set[SlotRef] = set()
+        surviving: set[SlotRef] | None = None  # slots of the values a later node reads
         for nid, enc in values.items():
             if nid not in drop:
+                if surviving is None:
+                    surviving = set()
                 surviving.update(value_refs(enc))
+        if surviving is None:  # every value ends here: each last read is writable
+            return [decode(values[nid], handed, last) for nid, last in self.read_last]
         return [
             decode(values[nid], handed, last and surviving.isdisjoint(value_refs(values[nid])))
-            for nid, last in zip(self.reads, self.last_reads, strict=True)
+            for nid, last in self.read_last
         ]
 
     def allocate(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -197,7 +206,10 @@ class MessageSlots:
         assert self.allocator is not None
         arr, ref = self.allocator.array(shape, dtype)
         self.taken.append(ref)
-        self.handed.append((arr, ref))
+        enc = None
+        if plain_dtype(arr.dtype):
+            enc = message.array(ref, 0, arr.shape, arr.strides, arr.dtype.str)
+        self.handed.append((arr, ref, enc))
         return arr
 
     def output(self, value: Any) -> None:
@@ -205,6 +217,11 @@ class MessageSlots:
         if not self.keep_output:
             return
         values = self.values
+        if type(value) is np.ndarray:  # an input or an allocated array, as it is: no encoding
+            for obj, _, enc in self.handed:
+                if obj is value and enc is not None and message.describes(enc, value):
+                    values[self.node_id] = enc
+                    return
         held = set(self.taken)
         for enc in values.values():
             held.update(value_refs(enc))
@@ -248,19 +265,19 @@ class MessageSlots:
         """The node still holds ``holding`` after its call: their slots become the node's;
         where the message still needs one after this task, the message gets a copy of it.
         Returns the slots kept."""
-        self.kept.check_room([ref for _, ref in holding])
+        self.kept.check_room([h[1] for h in holding])
         values, drop = self.values, self.drop_after
         needed: set[SlotRef] = set()
         if drop is not None:
             for nid, enc in values.items():
                 if nid not in drop:
                     needed.update(value_refs(enc))
-        for obj, ref in holding:
+        for obj, ref, _ in holding:
             if ref in needed:
                 self._copy_for_message(ref)
                 needed.discard(ref)
             self.kept.keep(obj, ref)
-        return {ref for _, ref in holding}
+        return {h[1] for h in holding}
 
     def _copy_for_message(self, ref: SlotRef) -> None:
         values = self.values
