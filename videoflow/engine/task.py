@@ -31,7 +31,9 @@ from videoflow.engine.stats import (
     DROPPED,
     GO,
     IN,
+    OFFLINE_NS,
     OUT,
+    RECONNECTS,
     STOP,
     WAIT_NS,
 )
@@ -48,6 +50,25 @@ CPU_EVERY_NS = 50_000_000  # how often a task publishes its CPU time (a syscall,
 
 class Aborted(Exception):
     """The flow is being torn down: leave the loop without forwarding anything."""
+
+
+class SourceHooks:
+    """What a live source node (a stream or camera reader) may ask of its task, bound as
+    ``node._vf_source`` before ``open()``: whether the flow is ending, so that a wait for a
+    lost source gives way to a stop, and a place to count its reconnects in the task's
+    counter row. Called from the task's main thread only (the row has a single writer)."""
+
+    __slots__ = ("control", "row")
+
+    def __init__(self, control: Any, row: int) -> None:
+        self.control, self.row = control, row
+
+    def stopping(self) -> bool:
+        return bool(self.control[STOP] or self.control[ABORT])
+
+    def reconnected(self, offline_s: float) -> None:
+        self.control[self.row + RECONNECTS] += 1
+        self.control[self.row + OFFLINE_NS] += int(offline_s * 1e9)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -429,6 +450,7 @@ class Task:
             self.node.change_device("cpu")
         if self.allocator is not None:
             self.node._vf_allocator = self.allocator.array
+        self.node._vf_source = SourceHooks(self.control, self.row)
 
     def _wait_go(self) -> None:
         while not self.control[GO]:
