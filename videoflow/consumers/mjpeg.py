@@ -109,6 +109,7 @@ class _Handler(BaseHTTPRequestHandler):
             f"<title>{title}</title><style>"
             "body{margin:0;background:#111;color:#bbb;font:14px sans-serif;text-align:center}"
             "img{display:block;margin:0 auto;max-width:100vw;max-height:calc(100vh - 3em)}"
+            "a{color:#8ab4f8}"
             "</style></head><body>"
             f"<img src='/stream.mjpg' alt='{title}'>"
             f"<p>{title} &middot; <a href='/stream.mjpg'>/stream.mjpg</a> &middot; "
