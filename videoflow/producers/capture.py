@@ -247,7 +247,6 @@ class CaptureReader(ProducerNode):
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["_thread"] = None
-        state.pop("_vf_source", None)
         return state
 
     # -- describing the source ------------------------------------------------------------
@@ -289,8 +288,9 @@ class CaptureReader(ProducerNode):
 
     # -- the task's side --------------------------------------------------------------------
     def _stopping(self) -> bool:
-        hooks = getattr(self, "_vf_source", None)
-        return hooks is not None and hooks.stopping()
+        """Whether the flow is ending (False outside a flow, or on an engine that cannot say)."""
+        stopping = getattr(self._vf_context, "stopping", None)
+        return stopping is not None and bool(stopping())
 
     def open(self) -> None:
         if self.source_kind is FILE:
@@ -480,9 +480,9 @@ class CaptureReader(ProducerNode):
         offline_s = max(0.0, self._last_wall - self._gap_from)
         self._reconnects += 1
         meta["gap_ms"] = offline_s * 1000.0
-        hooks = getattr(self, "_vf_source", None)
-        if hooks is not None:
-            hooks.reconnected(offline_s)
+        count = getattr(self._vf_context, "reconnected", None)
+        if count is not None:
+            count(offline_s)
         log.warning(
             "%s is back after %.1f s (reconnect %d)", self._describe(), offline_s, self._reconnects
         )
