@@ -1,16 +1,17 @@
 """Producers: the nodes that start a flow."""
 
-from videoflow.producers.basic import IntProducer, SyntheticFrameProducer
+from videoflow.producers.basic import ImageProducer, IntProducer, SyntheticFrameProducer
 from videoflow.producers.shapes import MovingShapesProducer, write_test_clip
 from videoflow.producers.video import (
     ImageFolderReader,
-    ImageProducer,
     VideoDeviceReader,
     VideofileReader,
     VideoUrlReader,
 )
+from videoflow.producers.video import ImageProducer as ImageFileReader
 
 __all__ = [
+    "ImageFileReader",
     "ImageFolderReader",
     "ImageProducer",
     "IntProducer",
