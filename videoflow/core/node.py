@@ -327,12 +327,12 @@ class TaskModuleNode(ProcessorNode):
                 to ``exit_node`` are wired to the module instead.
     nb_tasks:   worker processes for the whole module.
 
-    Intermediate values never leave the process: each worker calls the processors in
-    topological order and hands their outputs over in memory. ``open()`` and ``close()`` of
-    every wrapped processor run in the module's task. ValueError when a wrapped node is not a
-    processor, is a TaskModuleNode, has a parent outside the sub-graph (except the entry) or a
-    child outside it (except the exit), runs on a GPU, or is a OneTaskProcessorNode while
-    ``nb_tasks > 1``.
+    The module wraps every node reachable from ``entry_node`` up to ``exit_node``. Intermediate
+    values never leave the process: each worker calls the processors in topological order and
+    hands their outputs over in memory. ``open()`` and ``close()`` of every wrapped processor
+    run in the module's task. ValueError when a wrapped node is not a processor, is a
+    TaskModuleNode, reads a node outside the module (only the entry may), leads nowhere but to
+    the exit, runs on a GPU, or is a OneTaskProcessorNode while ``nb_tasks > 1``.
     """
 
     def __init__(
@@ -352,7 +352,10 @@ class TaskModuleNode(ProcessorNode):
         ids = {n.id: i for i, n in enumerate(order)}
         for node in order:
             if not isinstance(node, ProcessorNode):
-                raise ValueError(f"{what}: {node.name!r} is not a processor")
+                raise ValueError(
+                    f"{what}: {node.name!r} is not a processor (a module wraps every node "
+                    f"reachable from {entry_node.name!r} up to {exit_node.name!r})"
+                )
             if isinstance(node, TaskModuleNode):
                 raise ValueError(f"{what}: {node.name!r} is a TaskModuleNode; they do not nest")
             if node._vf_module is not None:
@@ -371,18 +374,11 @@ class TaskModuleNode(ProcessorNode):
                             f"{what}: {node.name!r} reads {parent.name!r}, which is outside "
                             f"the module; only {entry_node.name!r} may have parents outside"
                         )
-            if node is not exit_node:
-                for child in node.children:
-                    if child.id not in ids:
-                        raise ValueError(
-                            f"{what}: {child.name!r} reads {node.name!r} from outside the "
-                            f"module; only {exit_node.name!r} may have children outside"
-                        )
-                if not node.children:
-                    raise ValueError(
-                        f"{what}: the output of {node.name!r} goes nowhere; every wrapped "
-                        f"node must lead to {exit_node.name!r}"
-                    )
+            if node is not exit_node and not node.children:
+                raise ValueError(
+                    f"{what}: the output of {node.name!r} goes nowhere; every wrapped "
+                    f"node must lead to {exit_node.name!r}"
+                )
         assert exit_node is order[-1]  # the only node without children inside: the last
         self._entry_node = entry_node
         self._exit_node = exit_node
