@@ -125,7 +125,7 @@ def test_bad_flow_type_and_options():
         Flow([a], [c], flow_options={"queue_size": 3})
     with pytest.raises(ValueError, match="start_method"):
         Flow([a], [c], flow_options={"start_method": "thread"})
-    with pytest.raises(ValueError, match="opencv_threads must be -1"):
+    with pytest.raises(ValueError, match="opencv_threads must be an integer from -1"):
         Flow([a], [c], flow_options={"opencv_threads": -2})
 
 

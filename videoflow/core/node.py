@@ -9,16 +9,39 @@ from __future__ import annotations
 
 import graphlib
 import itertools
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from videoflow.core.constants import CPU, DEVICE_TYPES, GPU
+from videoflow.engine.base import NodeContext
 
 _ids = itertools.count(1)
 
-Allocator = Callable[[tuple[int, ...], Any], np.ndarray]
+# What Node.__init__ sets up; reading one of them fails only when it was never called.
+_NODE_ATTRIBUTES = frozenset(
+    ("_id", "_name", "_parents", "_children", "_nb_tasks", "_device_type", "_vf_context")
+)
+
+
+def max_tasks() -> int:
+    """The most task processes one node may have on this machine: 8 per CPU, at least 64."""
+    return max(64, 8 * (os.cpu_count() or 1))
+
+
+class LocalContext:
+    """The context of a node outside a flow (unit tests, a notebook): ``allocate`` gives plain
+    ``np.empty`` arrays and ``meta`` is a dict of the node's own, empty until set."""
+
+    __slots__ = ("meta",)
+
+    def __init__(self) -> None:
+        self.meta: dict[str, Any] = {}
+
+    def allocate(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        return np.empty(shape, dtype=dtype)
 
 
 class Node:
@@ -36,9 +59,17 @@ class Node:
         self._children: list[Node] = []
         self._nb_tasks = 1
         self._device_type = CPU
-        self._vf_allocator: Allocator | None = None
-        self._vf_meta: dict[str, Any] = {}
+        self._vf_context: NodeContext = LocalContext()
         self._vf_module: TaskModuleNode | None = None  # the module that runs this node, if any
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only when normal lookup fails: a subclass whose __init__ skipped Node's.
+        if name in _NODE_ATTRIBUTES:
+            raise TypeError(
+                f"{type(self).__name__}.__init__ did not call super().__init__(): "
+                f"call it first in {type(self).__name__}.__init__ so that the node is set up"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- wiring ------------------------------------------------------------------------------
     def __call__(self, *parents: Node) -> Node:
@@ -53,9 +84,10 @@ class Node:
                     f"parents of {self._name!r} must be nodes, got {type(parent).__name__}"
                 )
         for node in (self, *parents):
-            if node._vf_module is not None:
+            module = getattr(node, "_vf_module", None)
+            if module is not None:
                 raise RuntimeError(
-                    f"node {node._name!r} runs inside {node._vf_module._name!r}: wire the "
+                    f"node {node.name!r} runs inside {module.name!r}: wire the "
                     "TaskModuleNode instead of the nodes it wraps"
                 )
         self._parents = list(parents)
@@ -114,6 +146,18 @@ class Node:
             raise ValueError(f"device_type must be one of {DEVICE_TYPES}, got {device_type!r}")
         self._device_type = device_type
 
+    # -- what the engine running this node provides -------------------------------------------
+    def bind(self, context: NodeContext | None) -> None:
+        """Attach the node to the engine that runs it; ``None`` detaches it.
+
+        Engines call this once per task, before ``open()``, with an object that has ``meta``
+        and ``allocate(shape, dtype)`` (see ``videoflow.engine.base.NodeContext``); the node's
+        ``allocate()`` and ``meta`` then read from it. Unbound (outside a flow, or after a
+        pickle), a node allocates ``np.empty`` arrays and has a metadata dict of its own.
+        Nodes do not call this; an engine other than the built-in ones does.
+        """
+        self._vf_context = LocalContext() if context is None else context
+
     def allocate(self, shape: int | Sequence[int], dtype: Any = np.uint8) -> np.ndarray:
         """A writable array for this call's output, living in shared memory when in a flow.
 
@@ -121,23 +165,20 @@ class Node:
         any copy. Outside a flow (unit tests) it is an ordinary ``np.empty`` array.
         """
         shape_t = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
-        if self._vf_allocator is None:
-            return np.empty(shape_t, dtype=dtype)
-        return self._vf_allocator(shape_t, dtype)
+        return self._vf_context.allocate(shape_t, dtype)
 
     @property
     def meta(self) -> dict[str, Any]:
         """Metadata of the message being handled (``index``, plus what producers add, such as
         ``timestamp_ms``). Keys set here travel downstream with the message."""
-        return self._vf_meta
+        return self._vf_context.meta
 
     # -- pickling to task processes: the graph stays behind in the parent ---------------------
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_parents"] = None
         state["_children"] = []
-        state["_vf_allocator"] = None
-        state["_vf_meta"] = {}
+        state["_vf_context"] = LocalContext()  # a binding belongs to one process
         return state
 
     def __repr__(self) -> str:
@@ -176,8 +217,13 @@ class ProcessorNode(Node):
         self, nb_tasks: int = 1, device_type: str = CPU, name: str | None = None, **kwargs: Any
     ) -> None:
         super().__init__(name=name, **kwargs)
-        if isinstance(nb_tasks, bool) or not isinstance(nb_tasks, int) or nb_tasks < 1:
-            raise ValueError(f"nb_tasks must be a positive integer, got {nb_tasks!r}")
+        limit = max_tasks()
+        valid = isinstance(nb_tasks, int) and not isinstance(nb_tasks, bool)
+        if not valid or not 1 <= nb_tasks <= limit:
+            raise ValueError(
+                f"nb_tasks must be an integer from 1 to {limit} (each task is a process; the "
+                f"limit is 8 per CPU, at least 64), got {nb_tasks!r}"
+            )
         if device_type not in DEVICE_TYPES:
             raise ValueError(f"device_type must be one of {DEVICE_TYPES}, got {device_type!r}")
         self._nb_tasks = nb_tasks
@@ -260,7 +306,8 @@ class ConsumerNode(Leaf):
 
     metadata: when True, a flow calls ``consume`` with the metadata of the message instead of
               the values: one dict per parent (a copy of ``self.meta``: ``index``, plus what
-              earlier nodes set, such as ``timestamp_ms``). Direct calls are not changed.
+              earlier nodes set, such as ``timestamp_ms``). Direct calls to an unbound node
+              are not changed.
     """
 
     kind = "consumer"
@@ -285,12 +332,13 @@ class ConsumerNode(Leaf):
         state.pop("consume", None)
         return state
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # Unpickled in its task: the engine calls consume(*values); a metadata consumer gets
-        # the message's metadata in their place, through an instance attribute that shadows
-        # the class's consume for this object only.
-        self.__dict__.update(state)
-        if state.get("_metadata"):
+    def bind(self, context: NodeContext | None) -> None:
+        # Bound to an engine, which calls consume(*values): a metadata consumer gets the
+        # message's metadata in their place, through an instance attribute that shadows the
+        # class's consume for this object only (and goes when the node is unbound).
+        super().bind(context)
+        self.__dict__.pop("consume", None)
+        if context is not None and self._metadata:
             self.consume = self._consume_metadata  # type: ignore[method-assign]
 
 
@@ -406,14 +454,13 @@ class TaskModuleNode(ProcessorNode):
         """The wrapped processors in the order they run."""
         return list(self._tsort)
 
-    def _share_context(self) -> None:
-        # The engine binds the module; the wrapped nodes allocate and see metadata through it.
-        shared = {k: v for k, v in self.__dict__.items() if k in ("_vf_allocator", "_vf_meta")}
+    def bind(self, context: NodeContext | None) -> None:
+        # The wrapped nodes allocate and see the message's metadata through the module's context.
+        super().bind(context)
         for node in self._tsort:
-            node.__dict__.update(shared)
+            node.bind(context)
 
     def open(self) -> None:
-        self._share_context()
         for node in self._tsort:
             node.open()
 
@@ -428,7 +475,6 @@ class TaskModuleNode(ProcessorNode):
             raise errors[0]
 
     def process(self, *inputs: Any) -> Any:
-        self._share_context()
         nodes = self._tsort
         results = [nodes[0].process(*inputs)]
         for node, reads in zip(nodes[1:], self._reads, strict=True):

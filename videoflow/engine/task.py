@@ -20,6 +20,8 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+import numpy as np
+
 from videoflow.config import FlowConfig
 from videoflow.engine.logs import EventSender, forward_to_owner
 from videoflow.engine.plan import CONSUMER, MERGE, PRODUCER, Link, Stage
@@ -38,6 +40,7 @@ from videoflow.engine.stats import (
 from videoflow.errors import StaleSlotError
 from videoflow.transport import message
 from videoflow.transport.codec import Codec, value_refs
+from videoflow.transport.names import sweep_prefix
 from videoflow.transport.queue import ControlQueue
 from videoflow.transport.shm import PoolRegistry, SlotAllocator, SlotRef
 
@@ -48,6 +51,22 @@ CPU_EVERY_NS = 50_000_000  # how often a task publishes its CPU time (a syscall,
 
 class Aborted(Exception):
     """The flow is being torn down: leave the loop without forwarding anything."""
+
+
+def _heap_array(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    return np.empty(shape, dtype=dtype)
+
+
+class TaskContext:
+    """What a node sees of its task (``Node.bind``): ``allocate`` takes a slot of the task's
+    pool (a task that sends nothing on allocates on the heap); ``meta`` is the metadata of the
+    message in hand, which the task sets before each call (one attribute store per message)."""
+
+    __slots__ = ("allocate", "meta")
+
+    def __init__(self, allocator: SlotAllocator | None) -> None:
+        self.allocate = allocator.array if allocator is not None else _heap_array
+        self.meta: dict[str, Any] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,6 +340,7 @@ class Task:
             self.registry, self.allocator, spec.config.inline_max, spec.config.oob_min
         )
         self.node: Any = None
+        self.context = TaskContext(self.allocator)
         self.inbox: Inbox | None = None
         self.outbox: Outbox | None = None
         self.phase = "start"
@@ -372,6 +392,7 @@ class Task:
                     if name is not None:  # the owner died before it could unlink them
                         with contextlib.suppress(Exception):
                             ControlQueue(name).unlink()
+                sweep_prefix(self.spec.pool_prefix)  # the rest, once the owner's lock is free
 
     def _let_go(self) -> None:
         """After an error or an abort, give back the slots this task still holds: the message
@@ -427,8 +448,7 @@ class Task:
         self.node = pickle.loads(self.spec.node_bytes)
         if self.spec.cpu_fallback:
             self.node.change_device("cpu")
-        if self.allocator is not None:
-            self.node._vf_allocator = self.allocator.array
+        self.node.bind(self.context)
 
     def _wait_go(self) -> None:
         while not self.control[GO]:
@@ -475,7 +495,7 @@ class Task:
 
     def _produce(self) -> None:
         node, control, row, life = self.node, self.control, self.row, self.life
-        allocator = self.allocator
+        allocator, context = self.allocator, self.context
         assert allocator is not None
         node_id = self.stage.spec.node_id
         index = 0
@@ -483,8 +503,7 @@ class Task:
             life.check()
             if control[STOP]:
                 break
-            meta: dict[str, Any] = {"index": index}
-            node._vf_meta = meta
+            context.meta = meta = {"index": index}
             t0 = _now()
             try:
                 value = node.next()
@@ -505,7 +524,7 @@ class Task:
         inbox, control, row = self.inbox, self.control, self.row
         stage = self.stage
         spec = stage.spec
-        node, codec, allocator = self.node, self.codec, self.allocator
+        node, codec, allocator, context = self.node, self.codec, self.allocator, self.context
         is_consumer = spec.kind == CONSUMER
         is_merge = spec.kind == MERGE
         reads, drop_after, node_id = spec.reads, stage.drop_after, spec.node_id
@@ -522,7 +541,7 @@ class Task:
             self.holding = values
             if not is_merge:
                 inputs = [codec.decode(values[nid]) for nid in reads]
-                node._vf_meta = meta
+                context.meta = meta
                 t0 = _now()
                 if is_consumer:
                     node.consume(*inputs)
