@@ -55,10 +55,12 @@ from videoflow.processors.vision.segmentation import Segmenter
 from videoflow.processors.vision.trackers import BoundingBoxTracker
 from videoflow.processors.vision.transformers import (
     CropImageTransformer,
+    CvtColor,
+    GaussianBlur,
     MaskImageTransformer,
     ResizeImageTransformer,
 )
-from videoflow.producers import ImageProducer, IntProducer
+from videoflow.producers import ImageProducer, IntProducer, SyntheticFrameProducer
 
 HERE = Path(__file__).resolve().parent
 EXPECTED = HERE / "compat_expected"
@@ -355,6 +357,35 @@ def test_task_module_opens_its_nodes_and_runs_with_several_tasks(tmp_path):
     out = tmp_path / "out.jsonl"
     _run(producer, JsonLines(str(out))(module))
     assert [r["values"][0] for r in _records(out)] == [i + 100 for i in range(30)]
+
+
+class CheckBlurGray(ConsumerNode):
+    """Given (frame, result), writes whether result is the frame blurred then made grey."""
+
+    def __init__(self, path: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.path = path
+
+    def open(self) -> None:
+        self._f = open(self.path, "a", buffering=1)  # noqa: SIM115 (closed in close())
+
+    def consume(self, frame: np.ndarray, result: np.ndarray) -> None:
+        expected = cv2.cvtColor(cv2.GaussianBlur(frame, (5, 5), 0), cv2.COLOR_BGR2GRAY)
+        self._f.write(f"{self.meta['index']}:{np.array_equal(result, expected)}\n")
+
+    def close(self) -> None:
+        self._f.close()
+
+
+@pytest.mark.timeout(90)
+def test_task_module_nodes_allocate_through_the_module(tmp_path):
+    producer = SyntheticFrameProducer(shape=(48, 64, 3), count=12)
+    blur = GaussianBlur(ksize=5)(producer)
+    gray = CvtColor()(blur)
+    module = TaskModuleNode(blur, gray, nb_tasks=2)
+    out = tmp_path / "checks.txt"
+    _run(producer, CheckBlurGray(str(out))(producer, module))
+    assert out.read_text().split() == [f"{i}:True" for i in range(12)]
 
 
 def test_task_module_wiring_rules():
