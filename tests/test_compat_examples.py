@@ -196,6 +196,16 @@ def test_detection_finds_the_unguarded_line(monkeypatch, tmp_path):
     assert seen["line"] == (str(tmp_path / "main_script.py"), 3) and seen["method"] == "fork"
 
 
+def test_detection_looks_at_the_main_thread_for_a_flow_made_in_another(monkeypatch, tmp_path):
+    source = (
+        "import threading\n"
+        "t = threading.Thread(target=probe)\n"
+        "t.start(); t.join()\n"
+    )
+    seen = _as_main(monkeypatch, tmp_path, source)
+    assert seen["line"] == (str(tmp_path / "main_script.py"), 3) and seen["method"] == "fork"
+
+
 def test_detection_sees_the_guard_around_a_call(monkeypatch, tmp_path):
     source = "def main():\n    probe()\n\n" + GUARD + "\n    x = 1\n    main()\n"
     seen = _as_main(monkeypatch, tmp_path, source)

@@ -13,6 +13,7 @@ import ast
 import functools
 import os
 import sys
+import threading
 from types import FrameType, ModuleType
 
 
@@ -35,16 +36,20 @@ def _reimported_by_children(main: ModuleType) -> str | None:
 
 
 def _module_frame(main: ModuleType, path: str) -> FrameType | None:
-    """The frame running the top level of ``main`` on this thread's stack, if any."""
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None:
-        if (
-            frame.f_globals is main.__dict__
-            and frame.f_code.co_name == "<module>"
-            and os.path.abspath(frame.f_code.co_filename) == path
-        ):
-            return frame
-        frame = frame.f_back
+    """The frame running the top level of ``main``, on this thread's stack or, for a flow made
+    in another thread, on the main thread's; None once the main script's top level is done."""
+    stacks: list[FrameType | None] = [sys._getframe(1)]
+    if threading.current_thread() is not threading.main_thread():
+        stacks.append(sys._current_frames().get(threading.main_thread().ident or 0))
+    for frame in stacks:
+        while frame is not None:
+            if (
+                frame.f_globals is main.__dict__
+                and frame.f_code.co_name == "<module>"
+                and os.path.abspath(frame.f_code.co_filename) == path
+            ):
+                return frame
+            frame = frame.f_back
     return None
 
 
