@@ -388,6 +388,19 @@ def test_task_module_nodes_allocate_through_the_module(tmp_path):
     assert out.read_text().split() == [f"{i}:True" for i in range(12)]
 
 
+def test_task_module_keeps_item_selectors_and_repeated_parents():
+    producer = IntProducer(0, 3)
+    both = JoinerProcessor(name="both")(producer, producer)
+    first = IdentityProcessor(name="first")(both[0])
+    pair = JoinerProcessor(name="pair")(first, both[1])
+    printer = VoidConsumer()(pair[1])
+    module = TaskModuleNode(both, pair)
+    assert producer.children == [module, module] and module.parents == [producer, producer]
+    assert printer.parents == [module] and printer.parent_items == (1,)
+    assert module.children == [printer]
+    assert module.process(7, 7) == (7, 7)
+
+
 def test_task_module_wiring_rules():
     producer = IntProducer(0, 3)
     a = IdentityProcessor(name="a")(producer)

@@ -16,13 +16,17 @@ from typing import Any, ClassVar
 import numpy as np
 
 from videoflow.core.constants import CPU, DEVICE_TYPES, GPU
+from videoflow.core.join import Join, check_join
 from videoflow.engine.base import NodeContext
 
 _ids = itertools.count(1)
 
 # What Node.__init__ sets up; reading one of them fails only when it was never called.
 _NODE_ATTRIBUTES = frozenset(
-    ("_id", "_name", "_parents", "_children", "_nb_tasks", "_device_type", "_vf_context")
+    (
+        "_id", "_name", "_parents", "_children", "_nb_tasks", "_device_type", "_vf_context",
+        "_join", "_items",
+    )
 )
 
 
@@ -60,6 +64,8 @@ class Node:
         self._nb_tasks = 1
         self._device_type = CPU
         self._vf_context: NodeContext = LocalContext()
+        self._join: Join | None = None
+        self._items: tuple[int | None, ...] = ()
         self._vf_module: TaskModuleNode | None = None  # the module that runs this node, if any
 
     def __getattr__(self, name: str) -> Any:
@@ -72,41 +78,68 @@ class Node:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- wiring ------------------------------------------------------------------------------
-    def __call__(self, *parents: Node) -> Node:
-        """Connect this node to its parents; returns the node so that calls chain."""
+    def __call__(self, *parents: Node | OutputItem) -> Node:
+        """Connect this node to its parents; returns the node so that calls chain.
+
+        A parent given as ``node[i]`` hands this node item ``i`` of that node's output."""
         if self._parents is not None:
             raise RuntimeError(f"node {self._name!r} was already called: a node is wired only once")
         if not parents:
             raise ValueError(f"node {self._name!r} must be called with at least one parent")
         for parent in parents:
-            if not isinstance(parent, Node):
+            if not isinstance(parent, (Node, OutputItem)):
                 raise TypeError(
                     f"parents of {self._name!r} must be nodes, got {type(parent).__name__}"
                 )
-        for node in (self, *parents):
+        nodes = [p.node if isinstance(p, OutputItem) else p for p in parents]
+        for node in (self, *nodes):
             module = getattr(node, "_vf_module", None)
             if module is not None:
                 raise RuntimeError(
                     f"node {node.name!r} runs inside {module.name!r}: wire the "
                     "TaskModuleNode instead of the nodes it wraps"
                 )
-        self._parents = list(parents)
-        for parent in parents:
-            parent.add_child(self)
+        self._items = tuple(p.index if isinstance(p, OutputItem) else None for p in parents)
+        self._parents = nodes
+        for parent in nodes:
+            parent._children.append(self)  # once per edge: a parent given twice is listed twice
         return self
 
     def add_child(self, child: Node) -> None:
-        """Record ``child`` as depending on this node (``__call__`` does it for you)."""
+        """Record ``child`` as depending on this node, once (``__call__`` does it for you)."""
         if not any(c is child for c in self._children):
             self._children.append(child)
 
     def remove_child(self, child: Node) -> None:
-        """Forget ``child``; ValueError if it is not a child of this node."""
-        for i, c in enumerate(self._children):
-            if c is child:
-                del self._children[i]
-                return
-        raise ValueError(f"{child!r} is not a child of {self!r}")
+        """Forget ``child`` (every edge to it); ValueError if it is not a child of this node."""
+        kept = [c for c in self._children if c is not child]
+        if len(kept) == len(self._children):
+            raise ValueError(f"{child!r} is not a child of {self!r}")
+        self._children = kept
+
+    def __getitem__(self, index: int) -> OutputItem:
+        """``node[i]``: item ``i`` of this node's output (a tuple or list), as a parent.
+
+        ``Tracker()(cam1, det[0])`` gives the tracker the first item of what ``det`` returns:
+        the way a batched result goes back to the branch of each camera. It is resolved when
+        the flow is planned: no task, no copy."""
+        if isinstance(self, ConsumerNode):
+            raise TypeError(f"consumer {self._name!r} has no output to take item {index!r} of")
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(
+                f"{self._name}[{index!r}]: an item of a node's output is chosen by an integer "
+                "index (slices are not supported)"
+            )
+        if index < 0:
+            raise ValueError(
+                f"{self._name}[{index}]: the index must be >= 0 (the engine checks it against "
+                "the length of each output)"
+            )
+        return OutputItem(self, index)
+
+    def __iter__(self) -> Any:
+        # With __getitem__ alone, Python would iterate a node as an endless sequence.
+        raise TypeError(f"node {self._name!r} is not iterable; take one item with node[i]")
 
     @property
     def id(self) -> int:
@@ -124,6 +157,16 @@ class Node:
     @property
     def children(self) -> list[Node]:
         return list(self._children)
+
+    @property
+    def parent_items(self) -> tuple[int | None, ...]:
+        """For each parent, the item of its output this node reads (None: the whole output)."""
+        return self._items or tuple(None for _ in self.parents)
+
+    @property
+    def join_policy(self) -> Join | None:
+        """The ``join=`` this node was given (None: the flow type's default where needed)."""
+        return self._join
 
     @property
     def nb_tasks(self) -> int:
@@ -190,7 +233,7 @@ class ProducerNode(Node):
 
     kind = "producer"
 
-    def __call__(self, *parents: Node) -> Node:
+    def __call__(self, *parents: Node | OutputItem) -> Node:
         raise RuntimeError(f"producer {self._name!r} takes no parents")
 
     def next(self) -> Any:
@@ -209,14 +252,22 @@ class ProcessorNode(Node):
     nb_tasks:    number of worker processes; messages are spread over them and put back in
                  order before the next node.
     device_type: CPU or GPU; with GPU each worker gets its own GPU when there are enough.
+    join:        how to pair the messages of different producers, on the node where their
+                 streams first meet (see ``Join``); the flow type's default when None.
     """
 
     kind = "processor"
 
     def __init__(
-        self, nb_tasks: int = 1, device_type: str = CPU, name: str | None = None, **kwargs: Any
+        self,
+        nb_tasks: int = 1,
+        device_type: str = CPU,
+        name: str | None = None,
+        join: Join | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
+        self._join = check_join(join, repr(self))
         limit = max_tasks()
         valid = isinstance(nb_tasks, int) and not isinstance(nb_tasks, bool)
         if not valid or not 1 <= nb_tasks <= limit:
@@ -245,9 +296,10 @@ class OneTaskProcessorNode(ProcessorNode):
         *,
         nb_tasks: int = 1,
         name: str | None = None,
+        join: Join | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(nb_tasks=1, device_type=device_type, name=name, **kwargs)
+        super().__init__(nb_tasks=1, device_type=device_type, name=name, join=join, **kwargs)
 
 
 class FunctionProcessorNode(ProcessorNode):
@@ -258,6 +310,7 @@ class FunctionProcessorNode(ProcessorNode):
     nb_proc, device:    the original videoflow's names for ``nb_tasks`` and ``device_type``;
                         either spelling works (keywords ``nb_tasks=``/``device_type=`` too).
     name:               defaults to the function's name.
+    join:               as for every processor (see ``Join``).
     """
 
     def __init__(
@@ -269,6 +322,7 @@ class FunctionProcessorNode(ProcessorNode):
         nb_tasks: int | None = None,
         device_type: str | None = None,
         name: str | None = None,
+        join: Join | None = None,
         **kwargs: Any,
     ) -> None:
         if not callable(processor_function):
@@ -280,6 +334,7 @@ class FunctionProcessorNode(ProcessorNode):
             nb_tasks=_one_of("nb_proc", nb_proc, 1, "nb_tasks", nb_tasks),
             device_type=_one_of("device", device, CPU, "device_type", device_type),
             name=name if name is not None else getattr(processor_function, "__name__", None),
+            join=join,
             **kwargs,
         )
         self._fn = processor_function
@@ -308,12 +363,21 @@ class ConsumerNode(Leaf):
               the values: one dict per parent (a copy of ``self.meta``: ``index``, plus what
               earlier nodes set, such as ``timestamp_ms``). Direct calls to an unbound node
               are not changed.
+    join:     how to pair the messages of different producers when the consumer is where
+              their streams first meet (see ``Join``); the flow type's default when None.
     """
 
     kind = "consumer"
 
-    def __init__(self, metadata: bool = False, name: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        metadata: bool = False,
+        name: str | None = None,
+        join: Join | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name=name, **kwargs)
+        self._join = check_join(join, repr(self))
         self._metadata = bool(metadata)
 
     @property
@@ -340,6 +404,22 @@ class ConsumerNode(Leaf):
         self.__dict__.pop("consume", None)
         if context is not None and self._metadata:
             self.consume = self._consume_metadata  # type: ignore[method-assign]
+
+
+class OutputItem:
+    """``node[i]``: item ``i`` of ``node``'s output, given as a parent to another node.
+
+    A graph-level selector: it is no node, runs no task and copies nothing; the child reads
+    the item out of the parent's output where it lies."""
+
+    __slots__ = ("index", "node")
+
+    def __init__(self, node: Node, index: int) -> None:
+        self.node = node
+        self.index = index
+
+    def __repr__(self) -> str:
+        return f"{self.node.name}[{self.index}]"
 
 
 def _subgraph(entry: Node, exit: Node, what: str) -> list[Node]:
@@ -431,21 +511,29 @@ class TaskModuleNode(ProcessorNode):
         self._entry_node = entry_node
         self._exit_node = exit_node
         self._tsort: list[ProcessorNode] = order  # type: ignore[assignment]
-        # Where each wrapped node (after the entry) reads its inputs: indexes into _tsort.
-        self._reads = [tuple(ids[p.id] for p in node.parents) for node in order[1:]]
+        # Where each wrapped node (after the entry) reads its inputs: (index into _tsort,
+        # item of that node's output or None for all of it), one per parent.
+        self._reads = [
+            tuple(
+                (ids[p.id], item)
+                for p, item in zip(node.parents, node.parent_items, strict=True)
+            )
+            for node in order[1:]
+        ]
 
         # Take the entry's place under its parents and the exit's place above its children.
         if entry_node._parents is not None:
             self._parents = entry_node._parents
-            entry_node._parents = None
-            for parent in self._parents:
-                parent.remove_child(entry_node)
-                parent.add_child(self)
-        for child in exit_node.children:
-            self.add_child(child)
+            self._items = entry_node._items
+            entry_node._parents, entry_node._items = None, ()
+            for parent in set(self._parents):
+                parent._children = [self if c is entry_node else c for c in parent._children]
+        self._children, exit_node._children = exit_node._children, []
+        for child in set(self._children):
             assert child._parents is not None
             child._parents = [self if p is exit_node else p for p in child._parents]
-        exit_node._children = []
+        if self._join is None:
+            self._join = entry_node._join  # where streams meet, the entry's rule is the module's
         for node in order:
             node._vf_module = self
 
@@ -478,7 +566,8 @@ class TaskModuleNode(ProcessorNode):
         nodes = self._tsort
         results = [nodes[0].process(*inputs)]
         for node, reads in zip(nodes[1:], self._reads, strict=True):
-            results.append(node.process(*(results[i] for i in reads)))
+            args = (results[i] if item is None else results[i][item] for i, item in reads)
+            results.append(node.process(*args))
         return results[-1]
 
 
@@ -506,7 +595,7 @@ class ModuleNode(Node):
         self._tsort = nodes
         super().__init__(*args, **kwargs)
 
-    def __call__(self, *parents: Node) -> Node:
+    def __call__(self, *parents: Node | OutputItem) -> Node:
         raise TypeError(
             f"ModuleNode {self.name!r} cannot be wired into a flow: call its entry node, or "
             "wrap the sub-graph in TaskModuleNode(entry, exit) to run it in one task"
