@@ -2,6 +2,7 @@
 
 from videoflow.consumers.basic import CommandlineConsumer, VoidConsumer
 from videoflow.consumers.files import FileAppenderConsumer
+from videoflow.consumers.mjpeg import MjpegServer
 from videoflow.consumers.video import (
     ImageFolderWriter,
     JsonLinesWriter,
@@ -15,6 +16,7 @@ __all__ = [
     "FileAppenderConsumer",
     "ImageFolderWriter",
     "JsonLinesWriter",
+    "MjpegServer",
     "VideoDisplay",
     "VideofileWriter",
     "VoidConsumer",
