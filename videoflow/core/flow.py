@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from videoflow.config import FlowConfig
 from videoflow.core.constants import BATCH, FLOW_TYPES, REALTIME
-from videoflow.core.graph import sorted_nodes
+from videoflow.core.graph import engine_unsupported, resolve_joins, sorted_nodes
 from videoflow.core.node import Node, OneTaskProcessorNode, ProducerNode
 from videoflow.engine import progress
 from videoflow.engine.base import Engine
@@ -17,6 +17,9 @@ from videoflow.engine.engines import make_engine
 from videoflow.engine.plan import StageSpec
 from videoflow.engine.report import Report
 from videoflow.engine.stats import FlowStats
+
+if TYPE_CHECKING:
+    from videoflow.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class Flow:
                 "the engine is given twice (engine= and flow_options['engine']): give it once"
             )
         self._nodes = sorted_nodes(list(producers), list(consumers))
+        self._joins = resolve_joins(self._nodes, flow_type)  # join point id -> its policy
         self._flow_type = flow_type
         self._config = FlowConfig.from_options(flow_options)
         self._chosen: Engine = make_engine(engine, self._config)
@@ -97,6 +101,9 @@ class Flow:
         """Start the flow and return at once; ``join()`` waits for its end."""
         if self._engine is not None:
             raise RuntimeError("this flow was already started: a Flow runs once")
+        unsupported = engine_unsupported(self._nodes)
+        if unsupported is not None:
+            raise NotImplementedError(unsupported)
         engine = self._engine = self._chosen
         engine.start(self._specs(), self._flow_type == REALTIME, self._config)
         options = progress.current_run_options()
@@ -173,6 +180,15 @@ class Flow:
         wait, drops) and a verdict naming the node that holds the flow back and what to do.
         Works while running and after ``join()``."""
         return Report.from_stats(self.stats())
+
+    def serve_metrics(self, port: int = 9100, host: str = "127.0.0.1") -> MetricsServer:
+        """Serve this flow's counters (``stats()``) to Prometheus at
+        ``http://host:port/metrics`` until ``close()`` on the returned server (or the process
+        ends). Callable before or after ``run()``. Needs the ``prometheus_client`` package:
+        ``pip install "videoflow-shm[metrics]"``. See videoflow/metrics.py for the series."""
+        from videoflow.metrics import MetricsServer
+
+        return MetricsServer(lambda: [self], port, host)
 
     def __enter__(self) -> Flow:
         self.run()
