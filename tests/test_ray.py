@@ -141,7 +141,7 @@ def ints(path: str) -> list[int]:
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_batch_delivers_every_message_once_in_order(output_file, engine, k):
-    a = IntProducer(0, 150)
+    a = IntProducer(0, 149)
     b = JitterProcessor(0.004, nb_tasks=k)(a)
     c = JitterProcessor(0.002, nb_tasks=1)(b)
     d = RecordingConsumer(output_file)(c)
@@ -166,7 +166,7 @@ def test_frames_and_metadata_travel_intact(output_file, engine):
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_several_parents_arrive_in_call_order(output_file, engine):
-    a = IntProducer(0, 30)
+    a = IntProducer(0, 29)
     b = nodes.AddProcessor(100, nb_tasks=2)(a)
     c = nodes.PairProcessor()(b, a)
     d = RecordingConsumer(output_file)(c)
@@ -423,7 +423,7 @@ def test_a_killed_worker_ends_the_flow_with_an_error(tmp_path, engine):
 
 
 def test_with_restarts_a_killed_actor_loses_nothing(tmp_path, output_file):
-    a = IntProducer(0, 300)
+    a = IntProducer(0, 299)
     b = KillOnce(str(tmp_path), nb_tasks=2, name="victim")(a)
     c = RecordingConsumer(output_file)(b)
     flow = run(a, c, RayEngine(max_restarts=1))
@@ -440,7 +440,7 @@ def test_with_restarts_a_killed_actor_loses_nothing(tmp_path, output_file):
 
 def test_gpu_nodes_ask_ray_for_a_gpu_while_there_are_any(tmp_path, output_file):
     # The session's instance declares one GPU: one task gets it, the other runs on the CPU.
-    a = IntProducer(0, 20)
+    a = IntProducer(0, 19)
     b = LifecycleProcessor(str(tmp_path), nb_tasks=2, device_type=GPU)(a)
     c = RecordingConsumer(output_file)(b)
     run(a, c, "ray")
