@@ -60,6 +60,8 @@ class Report:
 
     bottleneck: the name of the node that holds the flow back (None: nothing flowed, or no node
                 is busy enough to blame). advice: what to do about it, one sentence.
+    notes:      ``"node: note"`` lines from ``FlowStats.notes`` (a writer's encoder), printed
+                between the table and the verdict.
     """
 
     rows: tuple[ReportRow, ...]
@@ -74,6 +76,7 @@ class Report:
     running: bool
     cores_busy: float = 0.0
     cpus: int = 1
+    notes: tuple[str, ...] = ()
 
     @classmethod
     def from_stats(cls, stats: FlowStats, cpus: int | None = None) -> Report:
@@ -101,6 +104,7 @@ class Report:
             running=stats.running,
             cores_busy=stats.cores_busy,
             cpus=cpus,
+            notes=tuple(f"{node}: {note}" for node, note in stats.notes.items()),
         )
 
     def table(self) -> str:
@@ -127,7 +131,7 @@ class Report:
         return "\n".join(lines)
 
     def __str__(self) -> str:
-        return f"{self.table()}\n{self.verdict}"
+        return "\n".join((self.table(), *self.notes, self.verdict))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
