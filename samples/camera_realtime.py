@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from videoflow.consumers import VideoDisplay, VideofileWriter, VoidConsumer
+from videoflow.consumers import VideoDisplay, VideoWriter, VoidConsumer
 from videoflow.core import REALTIME, Flow
 from videoflow.errors import FlowError
 from videoflow.processors import GaussianBlur, TextAnnotator
@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="stop after this long")
     parser.add_argument("--frames", type=int, default=-1, help="stop after this many frames")
     parser.add_argument("--read-timeout", type=float, default=5.0)
-    parser.add_argument("--output", help="also write the frames to this video (.avi: MJPG)")
+    parser.add_argument(
+        "--output", help="also write the frames to this video (.mp4: H.264, .avi: MJPEG)"
+    )
     parser.add_argument("--display", action="store_true", help="show the frames (needs a GUI)")
     args = parser.parse_args(argv)
 
@@ -43,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.display:
         sink = VideoDisplay(name="display")(label)
     elif args.output:
-        fourcc = "MJPG" if args.output.lower().endswith(".avi") else "mp4v"
-        sink = VideofileWriter(args.output, fourcc=fourcc, name="writer")(label)
+        sink = VideoWriter(args.output, name="writer")(label)
     else:
         sink = VoidConsumer(name="sink")(label)
 

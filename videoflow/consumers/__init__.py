@@ -6,6 +6,7 @@ from videoflow.consumers.video import (
     JsonLinesWriter,
     VideoDisplay,
     VideofileWriter,
+    VideoWriter,
 )
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "ImageFolderWriter",
     "JsonLinesWriter",
     "VideoDisplay",
+    "VideoWriter",
     "VideofileWriter",
     "VoidConsumer",
 ]
