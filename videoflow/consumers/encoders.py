@@ -143,6 +143,25 @@ def nvenc_problem(encoder: str = "h264_nvenc") -> str | None:
     return None
 
 
+def _check_build_has(codec: Codec) -> None:
+    """ImportError/RuntimeError now, in the flow's owner, when PyAV or its encoder is missing
+    (NVENC is checked by ``nvenc_problem``)."""
+    if codec.backend != "pyav" or codec.gpu:
+        return
+    try:
+        import av
+    except ImportError:
+        raise ImportError(
+            f"{codec.label} is written through PyAV, which is not installed: pip install av "
+            "(or use codec='mp4v', written by OpenCV)"
+        ) from None
+    if codec.encoder not in av.codecs_available:
+        raise RuntimeError(
+            f"this PyAV build ({av.__version__}) has no {codec.encoder} encoder for "
+            f"codec={codec.name!r}: pip install -U av"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class EncoderChoice:
     """A resolved ``codec=``: the codec to write and why it was chosen (for the report)."""
@@ -170,6 +189,7 @@ def choose_codec(codec: str | None, path: str, fourcc: str | None = None) -> Enc
         return EncoderChoice(opencv, f"fourcc={fourcc!r}")
     if codec is None:
         name = codec_for_extension(path)
+        _check_build_has(CODECS[name])
         return EncoderChoice(CODECS[name], name, f"the default for {os.path.splitext(path)[1]}")
     if not isinstance(codec, str):
         raise TypeError(f"codec must be a string such as 'h264', got {type(codec).__name__}")
@@ -178,6 +198,7 @@ def choose_codec(codec: str | None, path: str, fourcc: str | None = None) -> Enc
         problem = nvenc_problem("h264_nvenc")
         if problem is None:
             return EncoderChoice(CODECS["h264_nvenc"], "auto", "an NVIDIA encoder is available")
+        _check_build_has(CODECS["h264"])
         return EncoderChoice(CODECS["h264"], "auto", f"NVENC not available: {problem}")
     if name not in CODECS:
         hint = (
@@ -186,6 +207,7 @@ def choose_codec(codec: str | None, path: str, fourcc: str | None = None) -> Enc
         )
         raise ValueError(f"unknown codec {codec!r}: use one of {', '.join(CODEC_NAMES)}{hint}")
     chosen = CODECS[name]
+    _check_build_has(chosen)
     if chosen.gpu:
         problem = nvenc_problem(chosen.encoder)
         if problem is not None:
@@ -216,7 +238,7 @@ class EncoderSettings:
         if self.bitrate is not None:
             parts.append(f"{self.bitrate / 1e6:g} Mbit/s")
         if self.threads:
-            parts.append(f"{self.threads} threads")
+            parts.append(f"{self.threads} thread{'s' if self.threads > 1 else ''}")
         return ", ".join(parts)
 
 
@@ -448,13 +470,7 @@ def open_encoder(
     codec = choice.codec
     if codec.backend == "opencv":
         return OpenCVEncoder(path, codec.encoder, fps, width, height, rgb)
-    try:
-        import av  # noqa: F401
-    except ImportError:
-        raise ImportError(
-            f"{codec.label} is written through PyAV, which is not installed: pip install av "
-            "(or use codec='mp4v', written by OpenCV)"
-        ) from None
+    _check_build_has(codec)
     return PyAVEncoder(path, codec, settings, fps, width, height, rgb)
 
 
