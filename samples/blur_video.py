@@ -12,7 +12,7 @@ import os
 from videoflow.consumers import VideoWriter
 from videoflow.core import BATCH, Flow
 from videoflow.processors import GaussianBlur
-from videoflow.producers import VideofileReader
+from videoflow.producers import VideoReader
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    reader = VideofileReader(args.input, name="reader")
+    reader = VideoReader(args.input, name="reader")
     blur = GaussianBlur(args.ksize, nb_tasks=args.nb_tasks, name="blur")(reader)
     writer = VideoWriter(
         args.output, fps=args.fps, codec=args.codec, name="writer",

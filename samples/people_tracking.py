@@ -15,9 +15,9 @@ import os
 
 from videoflow.consumers import JsonLinesWriter, VideoWriter
 from videoflow.core import BATCH, Flow
-from videoflow.processors import BoundingBoxAnnotator, HogPeopleDetector, KalmanTracker
+from videoflow.processors import BoxAnnotator, HogPeopleDetector, KalmanTracker
 from videoflow.processors.vision import MotionDetector, hog_available
-from videoflow.producers import VideofileReader
+from videoflow.producers import VideoReader
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,13 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.detector is None and detector_kind == "motion":
         print("note: no HOG detector in this OpenCV build, detecting motion instead")
 
-    reader = VideofileReader(args.input, name="reader")
+    reader = VideoReader(args.input, name="reader")
     if detector_kind == "hog":
         detector = HogPeopleDetector(nb_tasks=args.nb_tasks, name="detector")(reader)
     else:
         detector = MotionDetector(name="detector")(reader)
     tracker = KalmanTracker(name="tracker")(detector)
-    annotated = BoundingBoxAnnotator(name="annotator")(reader, tracker)
+    annotated = BoxAnnotator(name="annotator")(reader, tracker)
     writer = VideoWriter(args.output, codec=args.codec, name="writer")(annotated)
     results = JsonLinesWriter(jsonl, keys=("detections", "tracks"), name="results")(
         detector, tracker

@@ -1,6 +1,6 @@
 """The ``file`` section: decode -> GaussianBlur -> encode on a generated clip.
 
-videoflow's own video nodes (VideofileReader, GaussianBlur with nb_tasks = K, VideoWriter)
+videoflow's own video nodes (VideoReader, GaussianBlur with nb_tasks = K, VideoWriter)
 against one process doing the same in a loop (OpenCV decodes and blurs; the frames are written
 with the same encoder as the flow's writer), once per writer codec in ``CODECS``: OpenCV's mp4v
 and PyAV's H.264 (libx264, frame-threaded). Both are timed end to end, start-up
@@ -123,14 +123,14 @@ def run_loop(
 def run_videoflow(
     src: str, dst: str, nb_tasks: int, ksize: int = KSIZE, codec: str = FOURCC
 ) -> FileRun:
-    """videoflow's own nodes: VideofileReader -> GaussianBlur(nb_tasks) -> VideoWriter(codec)."""
+    """videoflow's own nodes: VideoReader -> GaussianBlur(nb_tasks) -> VideoWriter(codec)."""
     from videoflow.consumers import VideoWriter
     from videoflow.core import BATCH, Flow
     from videoflow.processors import GaussianBlur
-    from videoflow.producers import VideofileReader
+    from videoflow.producers import VideoReader
 
     t0 = time.perf_counter()
-    reader = VideofileReader(src)
+    reader = VideoReader(src)
     blur = GaussianBlur(ksize, nb_tasks=nb_tasks)(reader)
     writer = VideoWriter(dst, fps=CLIP_FPS, codec=codec)(blur)
     flow = Flow([reader], [writer], flow_type=BATCH, flow_options={"progress": False})
@@ -156,7 +156,7 @@ def file_section(opts: Options, say: Progress) -> tuple[list[Row], str | None]:
         from videoflow.consumers import VideoWriter  # noqa: F401
         from videoflow.processors import GaussianBlur  # noqa: F401
         from videoflow.producers import (
-            VideofileReader,  # noqa: F401
+            VideoReader,  # noqa: F401
             write_test_clip,
         )
     except ImportError as exc:

@@ -25,6 +25,27 @@ def _check_folder_of(path: str) -> None:
         raise FileNotFoundError(f"cannot write {path!r}: folder {parent!r} does not exist")
 
 
+def _colour_or_grey(frame: Any, who: str) -> np.ndarray:
+    """``frame`` as (H, W, 3) colour or (H, W) grey uint8 (an (H, W, 1) frame loses its last
+    axis); TypeError or ValueError naming ``who`` otherwise."""
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
+        got = type(frame).__name__
+        if isinstance(frame, np.ndarray):
+            got = f"an array of {frame.dtype}"
+        raise TypeError(f"{who} needs uint8 frames, got {got}")
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        frame = frame[:, :, 0]
+    if frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 3):
+        return frame
+    raise ValueError(f"{who} needs (H, W, 3) BGR or (H, W) grey frames, got shape {frame.shape}")
+
+
+def _as_bgr(frame: Any, who: str) -> np.ndarray:
+    """``frame`` as (H, W, 3) BGR: grey frames are converted (a copy), colour ones returned."""
+    frame = _colour_or_grey(frame, who)
+    return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR) if frame.ndim == 2 else frame
+
+
 class VideoWriter(ConsumerNode):
     """Encodes the (H, W, 3) BGR or (H, W) grey frames it receives into a video file.
 
@@ -123,17 +144,8 @@ class VideoWriter(ConsumerNode):
             self._target = f"{root}.videoflow-{os.getpid()}{ext}"
 
     def _frame(self, frame: Any) -> np.ndarray:
-        """The frame as this writer encodes it (checked; converted only where it must be)."""
-        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
-            raise TypeError(f"{type(self).__name__} needs uint8 frames, got {_describe(frame)}")
-        if frame.ndim == 3 and frame.shape[2] == 1:
-            frame = frame[:, :, 0]
-        if frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 3):
-            return frame
-        raise ValueError(
-            f"{type(self).__name__} needs (H, W, 3) colour or (H, W) grey frames, "
-            f"got shape {frame.shape}"
-        )
+        """The frame as this writer encodes it: (H, W, 3) colour or (H, W) grey, checked."""
+        return _colour_or_grey(frame, type(self).__name__)
 
     def consume(self, frame: Any) -> None:
         frame = self._frame(frame)
@@ -190,12 +202,6 @@ class VideofileWriter(VideoWriter):
         if self._size is not None and (frame.shape[1], frame.shape[0]) != self._size:
             frame = cv2.resize(frame, self._size, interpolation=cv2.INTER_AREA)
         return frame
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, np.ndarray):
-        return f"an array of {value.dtype}"
-    return type(value).__name__
 
 
 class ImageFolderWriter(ConsumerNode):
