@@ -23,7 +23,7 @@ from videoflow.core import BATCH, Flow
 from videoflow.demo import run_demo
 from videoflow.errors import FlowError
 from videoflow.processors import GaussianBlur
-from videoflow.producers import MovingShapesProducer, VideofileReader
+from videoflow.producers import MovingShapesProducer, VideoReader
 
 W, H = 320, 240
 
@@ -304,7 +304,7 @@ def audio_packets(path: str) -> tuple[list[bytes], float]:
 def test_copy_audio_from_keeps_the_sound_without_re_encoding(tmp_path):
     src = write_clip_with_audio(str(tmp_path / "src.mp4"), nb_frames=50)
     out = str(tmp_path / "processed.mp4")
-    reader = VideofileReader(src, nb_frames=30)  # keep 1.2 s of the 2 s clip
+    reader = VideoReader(src, nb_frames=30)  # keep 1.2 s of the 2 s clip
     blur = GaussianBlur(ksize=5, nb_tasks=2)(reader)
     writer = VideoWriter(out, copy_audio_from=src, name="writer")(blur)
     stats = run_flow(reader, [writer])
