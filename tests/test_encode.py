@@ -28,6 +28,18 @@ from videoflow.producers import MovingShapesProducer, VideoReader
 W, H = 320, 240
 
 
+@pytest.fixture(autouse=True, scope="module")
+def opencv_without_a_thread_pool():
+    """These tests encode in the test process itself, and the writer converts colours with
+    OpenCV: with its thread pool started here, a later flow started with ``fork`` hangs in its
+    tasks' cv2.setNumThreads (the pool's threads do not exist in the child). One thread: no
+    pool."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    yield
+    cv2.setNumThreads(before)
+
+
 def read_back(path: str) -> dict:
     """What PyAV finds in ``path``: video codec, size, pix_fmt, frames (BGR), audio codec."""
     with av.open(path) as container:
