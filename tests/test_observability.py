@@ -219,7 +219,7 @@ def test_report_of_stats_with_no_time():
         for name, kind in (("src", "producer"), ("sink", "consumer"))
     )
     stats = FlowStats(nodes, produced=0, delivered=0, dropped=0, running=False)
-    report = stats.report()
+    report = Report.from_stats(stats)
     assert report.bottleneck is None
     text = str(report)
     assert "src" in text and "sink" in text and "nothing flowed" in text

@@ -39,6 +39,7 @@ def _info(_: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from videoflow.core import Report
     from videoflow.demo import run_demo
     from videoflow.engine.progress import run_options
 
@@ -46,7 +47,7 @@ def _demo(args: argparse.Namespace) -> int:
     with run_options(progress=False if args.no_progress else None):
         stats = run_demo(output, nb_frames=args.frames, nb_tasks=args.nb_tasks)
     print(f"wrote {output}")
-    print(stats.report())
+    print(Report.from_stats(stats))
     return 0
 
 

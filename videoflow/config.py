@@ -47,6 +47,9 @@ class FlowConfig:
                        task, the default), "ray" (needs the ray extra) or a registered name
                        (videoflow.engine.engines.register_engine). ``Flow(..., engine=...)``
                        also takes an engine object.
+    profile:           a directory: every task runs under cProfile and writes
+                       ``<node>.<worker>.prof`` there when it ends (videoflow.engine.profiling;
+                       ``videoflow bench --profile`` reads them). "" (default): no profiling.
     """
 
     queue_depth: int = 4
@@ -62,6 +65,7 @@ class FlowConfig:
     progress: bool = True
     opencv_threads: int = 0
     engine: str = "process"
+    profile: str = ""
 
     def __post_init__(self) -> None:
         for name, (kind, low, high) in _RANGES.items():
@@ -82,6 +86,11 @@ class FlowConfig:
                 f"got {self.start_method!r}"
             )
         check_engine_name(self.engine)
+        if not isinstance(self.profile, str):
+            raise ValueError(
+                f"flow option profile must be a directory (a str), or \"\" for none, "
+                f"got {self.profile!r}"
+            )
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None = None) -> FlowConfig:
@@ -128,6 +137,16 @@ class FlowConfig:
         if mode == "share":
             return max(1, cpus // max(1, nb_tasks))
         return None
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, else every CPU of the machine): what
+    the tasks share OpenCV's threads over, what ``report()`` judges CPU use against, and what
+    ``videoflow bench`` scales up to."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def choose_start_method(requested: str | None) -> str:

@@ -1,4 +1,9 @@
-"""The graph API: nodes and Flow (no processes are started by this layer on import)."""
+"""The public API: nodes, Flow, and what a run reports (no processes start on import).
+
+``Flow.stats()`` returns a :class:`FlowStats` (one :class:`NodeStats` per node, one
+:class:`TaskStats` per task) and ``Flow.report()`` a :class:`Report`; they are importable from
+here, the one public path to them (their modules under ``videoflow.engine`` are internal).
+"""
 
 from videoflow.core.constants import BATCH, CPU, GPU, REALTIME
 from videoflow.core.flow import Flow
@@ -11,6 +16,8 @@ from videoflow.core.node import (
     ProcessorNode,
     ProducerNode,
 )
+from videoflow.engine.report import Report, ReportRow
+from videoflow.engine.stats import FlowStats, NodeStats, TaskStats
 
 __all__ = [
     "BATCH",
@@ -19,10 +26,15 @@ __all__ = [
     "REALTIME",
     "ConsumerNode",
     "Flow",
+    "FlowStats",
     "FunctionProcessorNode",
     "Join",
     "Node",
+    "NodeStats",
     "OneTaskProcessorNode",
     "ProcessorNode",
     "ProducerNode",
+    "Report",
+    "ReportRow",
+    "TaskStats",
 ]

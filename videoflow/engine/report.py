@@ -12,21 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any
 
+from videoflow.config import available_cpus
 from videoflow.engine.stats import FlowStats, NodeStats
 
 SATURATED = 0.5  # below this busy fraction, no node is said to hold the flow back
 CPUS_SATURATED = 0.9  # from this share of the CPUs kept busy, the machine is the limit
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from videoflow.config import FlowConfig
+from videoflow.config import FlowConfig, available_cpus
 from videoflow.engine.logs import handle_forwarded, level_snapshot
 from videoflow.engine.plan import (
     MERGE,
@@ -34,7 +34,6 @@ from videoflow.engine.plan import (
     build_plan,
     visible_gpus,
 )
-from videoflow.engine.report import available_cpus
 from videoflow.engine.stats import (
     ABORT,
     FLAGS,
@@ -50,9 +49,10 @@ from videoflow.engine.task import TaskSpec, release_queued, task_main
 from videoflow.errors import FlowError
 from videoflow.transport.names import (
     claim_prefix,
-    list_entries,
+    flow_pools,
     new_flow_prefix,
     owned_entries,
+    queue_name,
     release_prefix,
     sweep_dead_owners,
 )
@@ -161,7 +161,7 @@ class ProcessEngine:
         try:
             self._queues = [
                 ControlQueue(
-                    f"{self.prefix}.q{link.index}", create=True,
+                    queue_name(self.prefix, link.index), create=True,
                     depth=cfg.queue_depth, message_size=cfg.message_size,
                 )
                 for link in plan.links
@@ -379,19 +379,22 @@ class ProcessEngine:
     # -- statistics ------------------------------------------------------------------------
     def _reclaim_pools(self) -> int:
         reclaimed = 0
-        for name in list_entries(self.prefix):
+        for pool in flow_pools(self.prefix):
             with contextlib.suppress(Exception):
-                reclaimed += SlotPool.attach(name).reclaim()
+                reclaimed += SlotPool.attach(pool.entry).reclaim()
         return reclaimed
 
-    def _pool_occupancy(self) -> dict[str, int]:
-        """Slots in use now, per pool of this flow (pools are read by name, never kept open)."""
-        in_use: dict[str, int] = {}
-        for name in list_entries(self.prefix):
+    def _pool_occupancy(self) -> dict[tuple[int, int], int]:
+        """Slots in use now, per task (stage index, worker) that has pools (pools are read by
+        name, never kept open)."""
+        in_use: dict[tuple[int, int], int] = {}
+        for pool in flow_pools(self.prefix):
             try:
-                in_use[name] = SlotPool.attach(name).occupancy()
+                used = SlotPool.attach(pool.entry).occupancy()
             except Exception:
                 continue
+            task = (pool.stage or 0, pool.worker or 0)
+            in_use[task] = in_use.get(task, 0) + used
         return in_use
 
     def _queued(self, index: int) -> int | None:
@@ -411,12 +414,7 @@ class ProcessEngine:
         now = time.monotonic()
         started, ended = self.started_at, self.ended_at
         elapsed = 0.0 if started is None else max(0.0, (ended or now) - started)
-        slots: dict[str, int] = {}
-        pools = self._pool_occupancy() if running else {}
-        cut = len(self.prefix) + 1
-        for name, used in pools.items():
-            owner = name[cut:].split(".", 1)[0]  # "<stage>-<worker>"
-            slots[owner] = slots.get(owner, 0) + used
+        slots = self._pool_occupancy() if running else {}
         failed: dict[tuple[str, int], int] = {}
         for err in list(self.errors):
             failed[(err.node, err.task)] = failed.get((err.node, err.task), 0) + 1
@@ -431,7 +429,7 @@ class ProcessEngine:
                     task_stats(
                         spec.name, worker, rows[at : at + ROW],
                         errors=failed.get((spec.name, worker), 0),
-                        slots_in_use=slots.get(f"{stage.index}-{worker}") if running else None,
+                        slots_in_use=slots.get((stage.index, worker)) if running else None,
                         elapsed_s=elapsed,
                     )
                 )

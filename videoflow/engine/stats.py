@@ -10,10 +10,7 @@ snapshot is taken, and costs the tasks nothing.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from videoflow.engine.report import Report
+from typing import Any
 
 # Flags at the start of the control block.
 STOP, ABORT, GO = 0, 1, 2
@@ -225,12 +222,6 @@ class FlowStats:
             if stats.name == name:
                 return stats
         raise KeyError(f"no node named {name!r} in this flow")
-
-    def report(self) -> Report:
-        """The bottleneck report of this snapshot (``str()`` of it is the table and verdict)."""
-        from videoflow.engine.report import Report
-
-        return Report.from_stats(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Fields and derived rates, JSON-ready (``json.dumps(stats.to_dict())`` works)."""

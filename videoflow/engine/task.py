@@ -25,6 +25,7 @@ import numpy as np
 from videoflow.config import FlowConfig
 from videoflow.engine.logs import EventSender, forward_to_owner
 from videoflow.engine.plan import CONSUMER, MERGE, PRODUCER, Link, Stage
+from videoflow.engine.profiling import run_profiled
 from videoflow.engine.stats import (
     ABORT,
     BLOCKED_NS,
@@ -42,7 +43,7 @@ from videoflow.engine.stats import (
 from videoflow.errors import StaleSlotError
 from videoflow.transport import message
 from videoflow.transport.codec import Codec, value_refs
-from videoflow.transport.names import sweep_prefix
+from videoflow.transport.names import pool_family, sweep_prefix
 from videoflow.transport.queue import ControlQueue
 from videoflow.transport.shm import PoolRegistry, SlotAllocator, SlotRef
 
@@ -349,7 +350,7 @@ class Task:
         if self.stage.keep_output or self.stage.outbox is not None:
             self.allocator = SlotAllocator(
                 self.registry,
-                f"{spec.pool_prefix}.{self.stage.index}-{spec.worker}",
+                pool_family(spec.pool_prefix, self.stage.index, spec.worker),
                 self.stage.nslots,
                 on_wait=self.life.check,
             )
@@ -601,4 +602,8 @@ def task_main(spec: TaskSpec, conn: Connection, control: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sender = EventSender(conn)
     forward_to_owner(sender, spec.stage.spec.name, spec.worker, spec.log_levels)
-    Task(spec, sender, control).run()
+    task = Task(spec, sender, control)
+    if spec.config.profile:  # the ``profile`` flow option
+        run_profiled(spec.config.profile, spec.stage.spec.name, spec.worker, task.run)
+    else:
+        task.run()
