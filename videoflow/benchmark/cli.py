@@ -8,7 +8,8 @@ import json
 import sys
 from collections.abc import Callable, Iterable
 
-from videoflow.benchmark.matrix import BASELINES, SECTIONS, SIZES, Options, parse_size, run_matrix
+from videoflow.benchmark.matrix import run_matrix
+from videoflow.benchmark.options import BASELINES, SECTIONS, SIZES, Options, parse_size
 from videoflow.benchmark.result import SCHEMA, BenchResult, Row, compare
 from videoflow.benchmark.userflow import bench_flow
 
