@@ -99,14 +99,15 @@ def expect_failure(tmp_path, flow: Flow, node: str, *words: str, lost: int = 0) 
 
 # -- a node raising -------------------------------------------------------------------------
 
-PHASES = [  # (where, fault, what the error says)
-    ("processor", "open", "in open()"),
-    ("producer", "call", "in next()"),
-    ("processor", "call", "in process()"),
-    ("consumer", "call", "in consume()"),
-    ("processor", "close", "in close()"),
-    ("producer", "close", "in close()"),
-    ("consumer", "open", "in open()"),
+PHASES = [  # (where, fault, the method that raised, the exception it raised)
+    ("producer", "open", "open", "RuntimeError"),
+    ("processor", "open", "open", "RuntimeError"),
+    ("consumer", "open", "open", "RuntimeError"),
+    ("producer", "call", "next", "ValueError"),
+    ("processor", "call", "process", "ValueError"),
+    ("consumer", "call", "consume", "KeyError"),
+    ("processor", "close", "close", "RuntimeError"),
+    ("producer", "close", "close", "RuntimeError"),
 ]
 NAMES = {"producer": "source", "processor": "middle", "consumer": "sink"}
 
@@ -114,12 +115,15 @@ NAMES = {"producer": "source", "processor": "middle", "consumer": "sink"}
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("flow_type", TYPES)
 @pytest.mark.parametrize("k", KS)
-@pytest.mark.parametrize(("where", "fault", "says"), PHASES)
-def test_exception(tmp_path, where, fault, says, k, flow_type):
+@pytest.mark.parametrize(("where", "fault", "method", "raised"), PHASES)
+def test_exception(tmp_path, where, fault, method, raised, k, flow_type):
     count = 60 if fault == "close" else None  # close() runs at the end of the run
     flow, _ = build(tmp_path, where, fault, k, flow_type, count=count)
-    err = expect_failure(tmp_path, flow, NAMES[where], says, "(injected)")
-    assert "Traceback" in err.remote_traceback
+    err = expect_failure(tmp_path, flow, NAMES[where], f"in {method}()", raised, "(injected)")
+    # the child's own traceback, down to the node's method that raised
+    assert "Traceback" in err.remote_traceback and f"in {method}" in err.remote_traceback
+    assert raised in err.remote_traceback
+    assert 0 <= err.task < (k if where == "processor" else 1)
 
 
 # -- a worker dying -------------------------------------------------------------------------
