@@ -217,6 +217,10 @@ def test_profile_option_writes_the_statistics_of_each_task(tmp_path):
     assert any(func == "next" for (_file, _line, func) in table)
     with pytest.raises(ValueError, match="flow option profile must be a directory"):
         Flow([a], [c], flow_options={"profile": 1})
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError):  # in run(), before any task starts
+        Flow([a], [c], flow_options={"profile": str(tmp_path / "file" / "prof")}).run()
+    assert_clean()
 
 
 @pytest.mark.timeout(60)

@@ -96,5 +96,5 @@ def test_segment_names_are_built_in_one_module():
         if module == "videoflow.transport.names":
             continue
         text = path.read_text()
-        for pattern in ('.q{', '}.q', '.split(".")', "pool_prefix}."):
+        for pattern in ('f"vf.', "f'vf.", ".q{", "pool_prefix}.", "prefix) + 1"):
             assert pattern not in text, f"{module} builds or parses a name itself: {pattern}"

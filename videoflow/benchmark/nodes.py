@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from videoflow.core import ConsumerNode, ProcessorNode
-from videoflow.producers.basic import SyntheticFrameProducer
+from videoflow.producers import SyntheticFrameProducer
 
 _now = time.perf_counter_ns
 

@@ -157,6 +157,8 @@ class ProcessEngine:
         environ = dict(os.environ)
         workers = sum(1 for stage, _ in plan.tasks if stage.spec.node is not None)
         opencv_threads = cfg.opencv_threads_per_task(workers, available_cpus())
+        if cfg.profile:  # every task writes its profile there: a bad path fails here, at run()
+            os.makedirs(cfg.profile, exist_ok=True)
         claim_prefix(self.prefix)
         try:
             self._queues = [
