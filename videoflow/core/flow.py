@@ -10,7 +10,7 @@ from typing import Any
 
 from videoflow.config import FlowConfig
 from videoflow.core.constants import BATCH, FLOW_TYPES, REALTIME
-from videoflow.core.graph import sorted_nodes
+from videoflow.core.graph import engine_unsupported, resolve_joins, sorted_nodes
 from videoflow.core.node import Node, OneTaskProcessorNode, ProducerNode
 from videoflow.engine import progress
 from videoflow.engine.base import Engine
@@ -55,6 +55,7 @@ class Flow:
                 "the engine is given twice (engine= and flow_options['engine']): give it once"
             )
         self._nodes = sorted_nodes(list(producers), list(consumers))
+        self._joins = resolve_joins(self._nodes, flow_type)  # join point id -> its policy
         self._flow_type = flow_type
         self._config = FlowConfig.from_options(flow_options)
         self._chosen: Engine = make_engine(engine, self._config)
@@ -98,6 +99,9 @@ class Flow:
         """Start the flow and return at once; ``join()`` waits for its end."""
         if self._engine is not None:
             raise RuntimeError("this flow was already started: a Flow runs once")
+        unsupported = engine_unsupported(self._nodes)
+        if unsupported is not None:
+            raise NotImplementedError(unsupported)
         engine = self._engine = self._chosen
         engine.start(self._specs(), self._flow_type == REALTIME, self._config)
         options = progress.current_run_options()

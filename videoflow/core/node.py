@@ -15,13 +15,17 @@ from typing import Any, ClassVar
 import numpy as np
 
 from videoflow.core.constants import CPU, DEVICE_TYPES
+from videoflow.core.join import Join, check_join
 from videoflow.engine.base import NodeContext
 
 _ids = itertools.count(1)
 
 # What Node.__init__ sets up; reading one of them fails only when it was never called.
 _NODE_ATTRIBUTES = frozenset(
-    ("_id", "_name", "_parents", "_children", "_nb_tasks", "_device_type", "_vf_context")
+    (
+        "_id", "_name", "_parents", "_children", "_nb_tasks", "_device_type", "_vf_context",
+        "_join", "_items",
+    )
 )
 
 
@@ -59,6 +63,8 @@ class Node:
         self._nb_tasks = 1
         self._device_type = CPU
         self._vf_context: NodeContext = LocalContext()
+        self._join: Join | None = None
+        self._items: tuple[int | None, ...] = ()
 
     def __getattr__(self, name: str) -> Any:
         # Reached only when normal lookup fails: a subclass whose __init__ skipped Node's.
@@ -70,21 +76,49 @@ class Node:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- wiring ------------------------------------------------------------------------------
-    def __call__(self, *parents: Node) -> Node:
-        """Connect this node to its parents; returns the node so that calls chain."""
+    def __call__(self, *parents: Node | OutputItem) -> Node:
+        """Connect this node to its parents; returns the node so that calls chain.
+
+        A parent given as ``node[i]`` hands this node item ``i`` of that node's output."""
         if self._parents is not None:
             raise RuntimeError(f"node {self._name!r} was already called: a node is wired only once")
         if not parents:
             raise ValueError(f"node {self._name!r} must be called with at least one parent")
         for parent in parents:
-            if not isinstance(parent, Node):
+            if not isinstance(parent, (Node, OutputItem)):
                 raise TypeError(
                     f"parents of {self._name!r} must be nodes, got {type(parent).__name__}"
                 )
-        self._parents = list(parents)
-        for parent in parents:
+        nodes = [p.node if isinstance(p, OutputItem) else p for p in parents]
+        self._items = tuple(p.index if isinstance(p, OutputItem) else None for p in parents)
+        self._parents = nodes
+        for parent in nodes:
             parent._children.append(self)
         return self
+
+    def __getitem__(self, index: int) -> OutputItem:
+        """``node[i]``: item ``i`` of this node's output (a tuple or list), as a parent.
+
+        ``Tracker()(cam1, det[0])`` gives the tracker the first item of what ``det`` returns:
+        the way a batched result goes back to the branch of each camera. It is resolved when
+        the flow is planned: no task, no copy."""
+        if isinstance(self, ConsumerNode):
+            raise TypeError(f"consumer {self._name!r} has no output to take item {index!r} of")
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(
+                f"{self._name}[{index!r}]: an item of a node's output is chosen by an integer "
+                "index (slices are not supported)"
+            )
+        if index < 0:
+            raise ValueError(
+                f"{self._name}[{index}]: the index must be >= 0 (the engine checks it against "
+                "the length of each output)"
+            )
+        return OutputItem(self, index)
+
+    def __iter__(self) -> Any:
+        # With __getitem__ alone, Python would iterate a node as an endless sequence.
+        raise TypeError(f"node {self._name!r} is not iterable; take one item with node[i]")
 
     @property
     def id(self) -> int:
@@ -102,6 +136,16 @@ class Node:
     @property
     def children(self) -> list[Node]:
         return list(self._children)
+
+    @property
+    def parent_items(self) -> tuple[int | None, ...]:
+        """For each parent, the item of its output this node reads (None: the whole output)."""
+        return self._items or tuple(None for _ in self.parents)
+
+    @property
+    def join_policy(self) -> Join | None:
+        """The ``join=`` this node was given (None: the flow type's default where needed)."""
+        return self._join
 
     @property
     def nb_tasks(self) -> int:
@@ -168,7 +212,7 @@ class ProducerNode(Node):
 
     kind = "producer"
 
-    def __call__(self, *parents: Node) -> Node:
+    def __call__(self, *parents: Node | OutputItem) -> Node:
         raise RuntimeError(f"producer {self._name!r} takes no parents")
 
     def next(self) -> Any:
@@ -187,14 +231,22 @@ class ProcessorNode(Node):
     nb_tasks:    number of worker processes; messages are spread over them and put back in
                  order before the next node.
     device_type: CPU or GPU; with GPU each worker gets its own GPU when there are enough.
+    join:        how to pair the messages of different producers, on the node where their
+                 streams first meet (see ``Join``); the flow type's default when None.
     """
 
     kind = "processor"
 
     def __init__(
-        self, nb_tasks: int = 1, device_type: str = CPU, name: str | None = None, **kwargs: Any
+        self,
+        nb_tasks: int = 1,
+        device_type: str = CPU,
+        name: str | None = None,
+        join: Join | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
+        self._join = check_join(join, repr(self))
         limit = max_tasks()
         valid = isinstance(nb_tasks, int) and not isinstance(nb_tasks, bool)
         if not valid or not 1 <= nb_tasks <= limit:
@@ -215,9 +267,14 @@ class OneTaskProcessorNode(ProcessorNode):
     """A stateful processor: always one task, whatever nb_tasks says."""
 
     def __init__(
-        self, nb_tasks: int = 1, device_type: str = CPU, name: str | None = None, **kwargs: Any
+        self,
+        nb_tasks: int = 1,
+        device_type: str = CPU,
+        name: str | None = None,
+        join: Join | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(nb_tasks=1, device_type=device_type, name=name, **kwargs)
+        super().__init__(nb_tasks=1, device_type=device_type, name=name, join=join, **kwargs)
 
 
 class FunctionProcessorNode(ProcessorNode):
@@ -233,6 +290,7 @@ class FunctionProcessorNode(ProcessorNode):
         nb_tasks: int = 1,
         device_type: str = CPU,
         name: str | None = None,
+        join: Join | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"FunctionProcessorNode needs a callable, got {type(fn).__name__}")
@@ -240,6 +298,7 @@ class FunctionProcessorNode(ProcessorNode):
             nb_tasks=nb_tasks,
             device_type=device_type,
             name=name if name is not None else getattr(fn, "__name__", None),
+            join=join,
         )
         self._fn = fn
 
@@ -248,10 +307,33 @@ class FunctionProcessorNode(ProcessorNode):
 
 
 class ConsumerNode(Node):
-    """Ends a branch of the flow: ``consume(*inputs)`` returns nothing."""
+    """Ends a branch of the flow: ``consume(*inputs)`` returns nothing.
+
+    join: how to pair the messages of different producers when the consumer is where their
+          streams first meet (see ``Join``); the flow type's default when None.
+    """
 
     kind = "consumer"
+
+    def __init__(self, name: str | None = None, join: Join | None = None, **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self._join = check_join(join, repr(self))
 
     def consume(self, *inputs: Any) -> None:
         raise NotImplementedError
 
+
+class OutputItem:
+    """``node[i]``: item ``i`` of ``node``'s output, given as a parent to another node.
+
+    A graph-level selector: it is no node, runs no task and copies nothing; the child reads
+    the item out of the parent's output where it lies."""
+
+    __slots__ = ("index", "node")
+
+    def __init__(self, node: Node, index: int) -> None:
+        self.node = node
+        self.index = index
+
+    def __repr__(self) -> str:
+        return f"{self.node.name}[{self.index}]"
