@@ -512,9 +512,10 @@ class Ints(ProducerNode):
 
 
 class Stuck(ProcessorNode):
-    """Passes values on; at message ``at`` gets stuck in process(): "sigstop" (its process
-    stops itself, as a debugger or a ``kill -STOP`` would), "deadlock" (takes a lock it holds).
-    Every task notes its pid in ``folder`` at open()."""
+    """Passes values on; one task (the first to see message ``at`` or a later one: realtime
+    may drop ``at``) gets stuck in process(): "sigstop" (its process stops itself, as a
+    debugger or a ``kill -STOP`` would), "deadlock" (takes a lock it holds). Every task notes
+    its pid in ``folder`` at open()."""
 
     def __init__(self, how: str, at: int | None, folder: str, **kw: Any) -> None:
         super().__init__(**kw)
@@ -523,8 +524,16 @@ class Stuck(ProcessorNode):
     def open(self) -> None:
         note(self.folder, "pid")
 
+    def _first(self) -> bool:
+        """True in the one task that gets there first (of all the node's tasks)."""
+        try:
+            os.close(os.open(os.path.join(self.folder, "stuck"), os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return False
+        return True
+
     def process(self, value: Any) -> Any:
-        if self.meta["index"] == self.at:
+        if self.at is not None and self.meta["index"] >= self.at and self._first():
             note(self.folder, "stuck")
             if self.how == "sigstop":
                 os.kill(os.getpid(), signal.SIGSTOP)

@@ -35,11 +35,11 @@ class FlowConfig:
                        the stop becomes an abort (and stop_grace later, a kill), the task is
                        killed, and ``join()`` raises a FlowError naming the tasks that had not
                        finished and what they were doing.
-    stall_timeout:     0 (default: off), or seconds after which a flow whose messages have not
-                       moved (no task took, sent or dropped one, none changed phase) fails with
-                       a FlowError naming the stalled task (stuck in its node's code, or its
-                       process stopped). Note that a live source that sends nothing for this
-                       long stalls the flow too.
+    stall_timeout:     0 (default: off), or seconds after which a stalled flow fails with a
+                       FlowError naming the stalled task: a task that has been in one call of
+                       its node's code (or whose process has been stopped) that long, or a flow
+                       in which nothing moved that long. Set it above the longest call a node
+                       may make; a live source that sends nothing for that long stalls too.
     start_timeout:     seconds tasks have to open their node and report ready.
     start_method:      multiprocessing start method (forkserver, spawn or fork).
     debug:             check slot generations on every read and of every message after each
