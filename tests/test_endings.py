@@ -21,6 +21,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import weakref
 
 import pytest
 from conftest import read_lines, wait_clean
@@ -340,7 +341,7 @@ def test_finished_and_failed_flows_hold_no_descriptor(tmp_path):
         first.join()
         before = _open_fds()
         for i in range(10):
-            flow = _small_flow(fail=bool(i % 2))
+            flow = _small_flow(fail=i % 2 == 1)  # the last one fails
             flow.run()
             try:
                 flow.join()
@@ -348,6 +349,12 @@ def test_finished_and_failed_flows_hold_no_descriptor(tmp_path):
                 kept.append(exc)  # its traceback holds join()'s frame, and so the flow
             kept.append(flow)
         assert _open_fds() == before, os.listdir("/proc/self/fd")
+        # No cycle through the raised error: dropped, a failed flow goes at once, gc or not.
+        failed = weakref.ref(kept[-1])
+        assert isinstance(kept[-2], FlowError)
+        kept.clear()
+        del flow
+        assert failed() is None, gc.get_referrers(failed())
     finally:
         gc.enable()
 
