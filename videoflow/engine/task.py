@@ -34,6 +34,7 @@ from videoflow.engine.stats import (
     DROPPED,
     GO,
     IN,
+    OFFLINE_NS,
     OUT,
     P_BETWEEN,
     P_CLOSE,
@@ -46,6 +47,7 @@ from videoflow.engine.stats import (
     P_PROCESS,
     P_READY,
     PHASE_SPAN,
+    RECONNECTS,
     STATE,
     STOP,
     WAIT_NS,
@@ -85,13 +87,28 @@ def _heap_array(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
 class TaskContext:
     """What a node sees of its task (``Node.bind``): ``allocate`` takes a slot of the task's
     pool (a task that sends nothing on allocates on the heap); ``meta`` is the metadata of the
-    message in hand, which the task sets before each call (one attribute store per message)."""
+    message in hand, which the task sets before each call (one attribute store per message).
 
-    __slots__ = ("allocate", "meta")
+    Beyond the NodeContext protocol, for live sources (the stream and camera readers, which
+    use them when their context has them): ``stopping()`` says whether the flow is ending, so
+    that a wait for a lost source gives way to a stop; ``reconnected(offline_s)`` counts a
+    reconnect in the task's counter row. Called from the task's main thread only (the row has
+    a single writer)."""
 
-    def __init__(self, allocator: SlotAllocator | None) -> None:
+    __slots__ = ("allocate", "control", "meta", "row")
+
+    def __init__(self, allocator: SlotAllocator | None, control: Any = None, row: int = 0) -> None:
         self.allocate = allocator.array if allocator is not None else _heap_array
         self.meta: dict[str, Any] = {}
+        self.control, self.row = control, row
+
+    def stopping(self) -> bool:
+        return self.control is not None and bool(self.control[STOP] or self.control[ABORT])
+
+    def reconnected(self, offline_s: float) -> None:
+        if self.control is not None:
+            self.control[self.row + RECONNECTS] += 1
+            self.control[self.row + OFFLINE_NS] += int(offline_s * 1e9)
 
 
 class NodeParcel:
@@ -383,7 +400,7 @@ class Task:
             self.registry, self.allocator, spec.config.inline_max, spec.config.oob_min
         )
         self.node: Any = None
-        self.context = TaskContext(self.allocator)
+        self.context = TaskContext(self.allocator, control, spec.row)
         self.inbox: Inbox | None = None
         self.outbox: Outbox | None = None
         self.phase = "start"
