@@ -136,23 +136,32 @@ def test_stop_ends_a_flow_with_a_stuck_worker_and_report_names_it(tmp_path, how,
 
 
 @pytest.mark.timeout(90)
-def test_stop_ends_a_flow_whose_idle_worker_is_frozen(tmp_path):
+@pytest.mark.parametrize("ending", ["stop", "stall_timeout"])
+def test_a_flow_whose_idle_worker_is_frozen_ends(tmp_path, ending):
     # One of three workers is stopped before any message reaches it: the other two take every
-    # message, but the stop message meant for the frozen one never gets through.
+    # message, but the stop message meant for the frozen one never gets through. stop() ends
+    # the flow; so does the stall watchdog, on its own, once the worker has been stopped that
+    # long (messages may still be moving around it).
     out = str(tmp_path / "out.txt")
     a = Ints(40, delay=0.002, name="source")
     b = Stuck("none", None, str(tmp_path), nb_tasks=3, name="middle")(a)
     c = RecordingConsumer(out, name="sink")(b)
-    flow = Flow([a], [c], flow_type=BATCH, flow_options=FAST)
+    options = {**FAST, "stall_timeout": 1.0} if ending == "stall_timeout" else FAST
+    flow = Flow([a], [c], flow_type=BATCH, flow_options=options)
     flow.run()
     wait_for(lambda: len(noted(tmp_path, "pid")) == 3, what="three workers")
-    os.kill(noted(tmp_path, "pid")[0], signal.SIGSTOP)
-    wait_for(lambda: len(read_lines(out)) == 40, what="every message")
-    assert not flow.join(timeout=1), "the flow ended with a frozen worker"
-    flow.stop()
+    frozen = noted(tmp_path, "pid")[0]
+    os.kill(frozen, signal.SIGSTOP)
+    if ending == "stop":
+        wait_for(lambda: len(read_lines(out)) == 40, what="every message")
+        assert not flow.join(timeout=1), "the flow ended with a frozen worker"
+        flow.stop()
     err = join_error(flow)
     assert err.node == "middle" and "its process is stopped" in str(err), str(err)
-    assert read_lines(out) == [str(i) for i in range(40)]
+    if ending == "stop":
+        assert read_lines(out) == [str(i) for i in range(40)]
+    else:
+        assert "(stall_timeout): 'middle' (task " in str(err) and " is stalled, " in str(err)
     assert flow.stats().pool_slots_in_use == 0
 
 

@@ -148,6 +148,7 @@ class _TaskHandle:
         self.state: int | None = None  # the STATE counter last seen, since when
         self.since = 0.0
         self.stopped = False  # its process was last seen stopped (SIGSTOP, a debugger)
+        self.stopped_since = 0.0  # ... since then
         self.ending_since: float | None = None  # first seen past its last message
         self.signaled: int | None = None  # STATE when STOP_SIGNAL was sent to it
 
@@ -366,12 +367,16 @@ class ProcessEngine:
                 self._moved_at += gap
                 for task in self._tasks:
                     task.since += gap
+                    task.stopped_since += gap
             for task in self._tasks:
                 state = self.control[task.row + STATE]
                 if state != task.state:
                     task.state, task.since = state, now
                 if not task.exited and task.pid is not None:
-                    task.stopped = process_state(task.pid) in ("T", "t")
+                    stopped = process_state(task.pid) in ("T", "t")
+                    if stopped and not task.stopped:
+                        task.stopped_since = now
+                    task.stopped = stopped
 
     def _in_node_code(self, task: _TaskHandle) -> bool:
         phase = state_phase(self.control[task.row + STATE])[0]
@@ -627,6 +632,15 @@ class ProcessEngine:
             )
             self._kill(task)
 
+    def _stuck(self, task: _TaskHandle, now: float, timeout: float) -> bool:
+        """Its process has been stopped, or it has been in one call of its node's code, for
+        ``timeout`` seconds at least."""
+        if task.exited or task.state is None:
+            return False
+        if task.stopped and now - task.stopped_since >= timeout:
+            return True
+        return self._in_node_code(task) and now - task.since >= timeout
+
     def _check_stall(self, now: float) -> None:
         """With stall_timeout: fail the flow when a task has been stuck that long (in its
         node's code, or its process stopped), or when nothing at all moved that long."""
@@ -639,18 +653,14 @@ class ProcessEngine:
         )
         if signature != self._signature:
             self._signature, self._moved_at = signature, now
-        stuck = [
-            t for t in self._tasks
-            if not t.exited and (t.stopped or self._in_node_code(t)) and t.state is not None
-            and now - t.since >= timeout
-        ]
+        stuck = [t for t in self._tasks if self._stuck(t, now, timeout)]
         if not stuck and now - self._moved_at < timeout:
             return
         left = self._unfinished()
         if not left:
             return
         if stuck:  # (a realtime flow drops around a stuck task: its counters still move)
-            first = min(stuck, key=lambda t: t.since)
+            first = min(stuck, key=lambda t: t.stopped_since if t.stopped else t.since)
             left.remove(first)
             left.insert(0, first)
             what = f"{first.label} is stalled, {self._doing(first, now)}"
