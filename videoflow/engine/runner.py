@@ -86,6 +86,8 @@ STALL_RATIO = 10  # ... and this many times the task's mean time per call
 GAP = 2.0  # seconds without a look at the tasks that mean the owner itself was not running
 SERVER_LOST = 255  # the exit code multiprocessing gives a forkserver task it lost track of
 _running: weakref.WeakSet[ProcessEngine] = weakref.WeakSet()
+# A forked child has no monitor thread: the flows it inherited are not its to finish at exit.
+os.register_at_fork(after_in_child=_running.clear)
 
 
 def _context(method: str) -> Any:
