@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from videoflow.transport.codec import Codec, value_refs
+from videoflow.transport.codec import Codec
+from videoflow.transport.message import value_refs
 from videoflow.transport.shm import PoolRegistry, SlotAllocator, SlotPool, size_class
 
 

@@ -39,12 +39,12 @@ from videoflow.engine.stats import (
 )
 from videoflow.errors import StaleSlotError
 from videoflow.transport import message
-from videoflow.transport.codec import Codec, value_refs
+from videoflow.transport.codec import Codec
+from videoflow.transport.message import DATA, STOP_FLOW, Message, message_refs, value_refs
 from videoflow.transport.names import sweep_prefix
 from videoflow.transport.queue import ControlQueue
 from videoflow.transport.shm import PoolRegistry, SlotAllocator, SlotRef
 
-DATA, STOP_FLOW, BLOB = 0, 1, 2
 _now = time.perf_counter_ns
 CPU_EVERY_NS = 50_000_000  # how often a task publishes its CPU time (a syscall, ~0.6 us)
 
@@ -146,19 +146,12 @@ class Lifeline:
         return False
 
 
-def message_refs(values: dict[int, Any]) -> set[SlotRef]:
-    refs: set[SlotRef] = set()
-    for enc in values.values():
-        refs.update(value_refs(enc))
-    return refs
-
-
-def read_message(raw: bytes, registry: PoolRegistry) -> tuple[Any, ...]:
+def read_message(raw: bytes, registry: PoolRegistry) -> Message:
     """Decode a control message; one that outgrew its queue comes out of its blob slot,
     which is then given back."""
     msg = message.loads(raw)
-    if msg[0] == BLOB:
-        ref, nbytes = msg[1], msg[2]
+    if message.kind(msg) == message.BLOB:
+        ref, nbytes = message.blob_fields(msg)
         msg = message.loads(registry.view(ref, 0, nbytes))
         registry.release(ref)
     return msg
@@ -173,8 +166,8 @@ def release_queued(queue: ControlQueue, registry: PoolRegistry) -> int:
     count = 0
     while (raw := queue.get(0)) is not None:
         msg = read_message(raw, registry)
-        if msg[0] == DATA:
-            for ref in message_refs(msg[3]):
+        if message.kind(msg) == DATA:
+            for ref in message_refs(message.data_fields(msg)[2]):
                 registry.release(ref)
         count += 1
     return count
@@ -194,18 +187,18 @@ class Inbox:
         self.life = life
         self.registry = registry
         self.poll = spec.config.poll_interval
-        self.pending: dict[int, tuple[Any, ...]] = {}
+        self.pending: dict[int, Message] = {}
         self.next_seq = 0
         self.stops = 0
 
-    def _receive(self) -> tuple[Any, ...]:
+    def _receive(self) -> Message:
         while True:
             raw = self.queue.get(self.poll)
             if raw is not None:
                 return read_message(raw, self.registry)
             self.life.check()
 
-    def get(self) -> tuple[Any, ...]:
+    def get(self) -> Message:
         if self.senders == 1:
             return self._receive()
         while True:
@@ -217,12 +210,12 @@ class Inbox:
             if self.stops == self.senders:
                 if self.pending:
                     raise RuntimeError(f"merge ended with sequence gaps before {min(self.pending)}")
-                return (STOP_FLOW, 0, None, None)
+                return message.STOP
             msg = self._receive()
-            if msg[0] == STOP_FLOW:
+            if message.kind(msg) == STOP_FLOW:
                 self.stops += 1
             else:
-                self.pending[msg[1]] = msg
+                self.pending[message.seq(msg)] = msg
 
 
 class Outbox:
@@ -273,7 +266,7 @@ class Outbox:
         self.control[self.blocked_at] += _now() - t0
         return True
 
-    def _pack(self, msg: tuple[Any, ...]) -> tuple[bytes, SlotRef | None]:
+    def _pack(self, msg: Message) -> tuple[bytes, SlotRef | None]:
         data = message.dumps(msg)
         if len(data) <= self.max_size:
             return data, None
@@ -281,7 +274,7 @@ class Outbox:
             raise RuntimeError("a message outgrew the control queue and this task has no pool")
         ref, nbytes = self.allocator.write(data)
         self.allocator.fresh.clear()
-        return message.dumps((BLOB, ref, nbytes)), ref
+        return message.dumps(message.blob(ref, nbytes)), ref
 
     def _unsent(self, blob: SlotRef | None) -> None:
         """Give back the blob slot of a message that did not leave this task."""
@@ -296,7 +289,7 @@ class Outbox:
             seq = self.next_seq
         elif not self.keep_seq:
             seq = 0
-        data, blob = self._pack((DATA, seq, meta, values))
+        data, blob = self._pack(message.data(seq, meta, values))
         if self.realtime:
             if not self.queue.put(data, 0):
                 self._unsent(blob)
@@ -312,7 +305,7 @@ class Outbox:
         return True
 
     def send_stop(self) -> None:
-        data = message.dumps((STOP_FLOW, 0, None, None))
+        data = message.dumps(message.STOP)
         for _ in range(self.link.receivers):
             self._put_blocking(data)
 
@@ -353,13 +346,13 @@ class Task:
         opened = False
         try:
             self._open_queues()
-            self.conn.send(("attached",))
+            self.conn.send(message.event(message.ATTACHED))
             self._load_node()
             if self.node is not None:
                 self.phase = "open"
                 self.node.open()
             opened = True
-            self.conn.send(("ready",))
+            self.conn.send(message.event(message.READY))
             self._wait_go()
             self.cpu0 = time.process_time_ns()
             if self.stage.spec.kind == PRODUCER:
@@ -374,7 +367,7 @@ class Task:
             if self.node is not None:
                 self.node.close()
             self._count_cpu()
-            self.conn.send(("done",))
+            self.conn.send(message.event(message.DONE))
         except Aborted:
             pass
         except BaseException as exc:
@@ -404,7 +397,7 @@ class Task:
             self.holding = None
         if self.inbox is not None:
             for msg in self.inbox.pending.values():
-                refs |= message_refs(msg[3])
+                refs |= message_refs(message.data_fields(msg)[2])
             self.inbox.pending.clear()
         if self.allocator is not None:
             refs.update(self.allocator.fresh)
@@ -416,7 +409,9 @@ class Task:
     def _report(self, exc: BaseException) -> None:
         with contextlib.suppress(OSError):
             self.conn.send(
-                ("error", self.phase, type(exc).__name__, str(exc), traceback.format_exc())
+                message.error_event(
+                    self.phase, type(exc).__name__, str(exc), traceback.format_exc()
+                )
             )
 
     def _open_queues(self) -> None:
@@ -534,10 +529,10 @@ class Task:
             t0 = _now()
             msg = inbox.get()
             control[row + WAIT_NS] += _now() - t0
-            if msg[0] == STOP_FLOW:
+            if message.kind(msg) == STOP_FLOW:
                 return
             control[row + IN] += 1
-            _, seq, meta, values = msg
+            seq, meta, values = message.data_fields(msg)
             self.holding = values
             if not is_merge:
                 inputs = [codec.decode(values[nid]) for nid in reads]

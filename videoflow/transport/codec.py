@@ -1,16 +1,13 @@
 """Turning node outputs into small, picklable descriptions and back.
 
-An encoded value is a tuple whose first item says its form:
+An encoded value is one of the forms transport/message.py lists (INLINE, ARRAY, PICKLED,
+PICKLED_IN_SLOT): small scalars and strings ride inline; an ndarray is a handle onto a slot (no
+pickle at all); anything else is pickled with protocol 5, its large buffers out of band in
+slots, and the pickle bytes themselves in a slot when they are too large to ride inline.
 
-    ("o", obj)                                 a small scalar or string, carried as is
-    ("a", ref, offset, shape, strides, dtype)  an ndarray living in a slot (no pickle at all)
-    ("p", data, bufs)                          pickle protocol 5 bytes, small enough to ride inline,
-                                               with out-of-band buffers ``bufs`` in slots
-    ("b", ref, nbytes, bufs)                   the same, but the pickle bytes are in a slot too
-
-``bufs`` is a list of ``(ref, offset, nbytes)``. An array (or buffer) that already lives in a
-slot held by the message being processed is referenced where it is: a pass-through node or a
-crop costs no copy. Anything else costs exactly one copy into a slot of the encoding task.
+An array (or buffer) that already lives in a slot held by the message being processed is
+referenced where it is: a pass-through node or a crop costs no copy. Anything else costs exactly
+one copy into a slot of the encoding task.
 """
 
 from __future__ import annotations
@@ -22,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from videoflow.transport import message
+from videoflow.transport.message import ARRAY, INLINE, Encoded
 from videoflow.transport.shm import PoolRegistry, SlotAllocator, SlotRef
 
-Encoded = tuple[Any, ...]
 _SCALARS = (int, float, bool, type(None), complex)
 
 
@@ -48,19 +46,6 @@ def _extent(arr: np.ndarray) -> tuple[int, int, int]:
         else:
             high += stride * (n - 1)
     return address, low, high - low + arr.itemsize
-
-
-def value_refs(enc: Encoded) -> list[SlotRef]:
-    """The slots an encoded value keeps alive."""
-    form = enc[0]
-    if form == "o":
-        return []
-    if form == "a":
-        return [enc[1]]
-    refs = [b[0] for b in enc[-1]]
-    if form == "b":
-        refs.append(enc[1])
-    return refs
 
 
 class Codec:
@@ -99,7 +84,7 @@ class Codec:
         if isinstance(value, _SCALARS) or (
             isinstance(value, (str, bytes)) and len(value) <= self.inline_max
         ):
-            return ("o", value)
+            return message.inline(value)
         if type(value) is np.ndarray and value.nbytes and _plain_dtype(value.dtype):
             return self._encode_array(value, held)
         return self._encode_pickle(value, held)
@@ -109,10 +94,10 @@ class Codec:
         placed = self._place(address + low, span, held)
         if placed is not None:
             ref, offset = placed
-            return ("a", ref, offset - low, arr.shape, arr.strides, arr.dtype.str)
+            return message.array(ref, offset - low, arr.shape, arr.strides, arr.dtype.str)
         out = self._allocator().array(arr.shape, arr.dtype)
         np.copyto(out, arr, casting="no")
-        return ("a", self._allocator().fresh[-1], 0, out.shape, out.strides, out.dtype.str)
+        return message.array(self._allocator().fresh[-1], 0, out.shape, out.strides, out.dtype.str)
 
     def _encode_pickle(self, value: Any, held: set[SlotRef]) -> Encoded:
         bufs: list[tuple[SlotRef, int, int]] = []
@@ -132,28 +117,31 @@ class Codec:
 
         data = pickle.dumps(value, protocol=5, buffer_callback=out_of_band)
         if len(data) <= self.inline_max:
-            return ("p", data, bufs)
+            return message.pickled(data, bufs)
         ref, nbytes = self._allocator().write(data)
-        return ("b", ref, nbytes, bufs)
+        return message.pickled_in_slot(ref, nbytes, bufs)
 
     # -- decode ----------------------------------------------------------------------------
     def decode(self, enc: Encoded) -> Any:
         """The value described by ``enc``; arrays are read-only views onto their slots."""
-        form = enc[0]
-        if form == "o":
-            return enc[1]
-        if form == "a":
-            arr = self.registry.array(enc[1], enc[2], enc[3], enc[4], enc[5])
+        form = message.form(enc)
+        if form == INLINE:
+            return message.inline_value(enc)
+        if form == ARRAY:
+            ref, offset, shape, strides, dtype = message.array_fields(enc)
+            arr = self.registry.array(ref, offset, shape, strides, dtype)
             if self.registry.debug:
-                self.handed_out.append((weakref.ref(arr), enc[1]))
+                self.handed_out.append((weakref.ref(arr), ref))
             return arr
+        data, bufs = message.pickle_fields(enc)
         view = self.registry.view
-        buffers: list[Any] = [view(ref, offset, nbytes) for ref, offset, nbytes in enc[-1]]
+        buffers: list[Any] = [view(r, offset, n) for r, offset, n in bufs]
         if self.registry.debug:  # ndarrays, unlike memoryviews, can be watched by weakref
             buffers = [np.frombuffer(b, dtype=np.uint8) for b in buffers]
-            refs = [r[0] for r in enc[-1]]
+            refs = [b[0] for b in bufs]
             self.handed_out += [(weakref.ref(b), r) for b, r in zip(buffers, refs, strict=True)]
-        data = enc[1] if form == "p" else view(enc[1], 0, enc[2])
+        if isinstance(data, tuple):  # the pickle bytes are in a slot too
+            return pickle.loads(view(data[0], 0, data[1]), buffers=buffers)
         return pickle.loads(data, buffers=buffers)
 
     def still_referenced(self) -> list[SlotRef]:
