@@ -453,7 +453,8 @@ class MixConsumer(ConsumerNode):
 
 
 class KeepsInput(ProcessorNode):
-    """A bug on purpose: keeps a view of an input frame (or of part of it) to read it later."""
+    """Keeps a view of its input frame (or of part of it) without copying it, and checks in
+    the next call that the kept frame still holds what it held: raises if it changed."""
 
     def __init__(self, part: bool = False, **kw: Any) -> None:
         super().__init__(**kw)
@@ -461,10 +462,16 @@ class KeepsInput(ProcessorNode):
 
     def open(self) -> None:
         self.previous: Any = None
+        self.previous_index = -1
 
     def process(self, frame: Any) -> Any:
         if isinstance(frame, dict):
             frame = frame["frame"]
         seen = -1 if self.previous is None else int(self.previous.reshape(-1)[-1])
+        if self.previous is not None and seen != self.previous_index % 251:
+            raise AssertionError(
+                f"the frame kept at index {self.previous_index} changed: reads {seen}"
+            )
         self.previous = frame[1:] if self.part else frame
+        self.previous_index = self.meta["index"]
         return seen

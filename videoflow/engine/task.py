@@ -25,6 +25,7 @@ import numpy as np
 from videoflow.config import FlowConfig
 from videoflow.engine.logs import EventSender, forward_to_owner
 from videoflow.engine.plan import CONSUMER, MERGE, PRODUCER, Link, Stage
+from videoflow.engine.slots import MessageSlots
 from videoflow.engine.stats import (
     ABORT,
     BLOCKED_NS,
@@ -37,10 +38,9 @@ from videoflow.engine.stats import (
     STOP,
     WAIT_NS,
 )
-from videoflow.errors import StaleSlotError
 from videoflow.transport import message
 from videoflow.transport.codec import Codec
-from videoflow.transport.message import DATA, STOP_FLOW, Message, message_refs, value_refs
+from videoflow.transport.message import DATA, STOP_FLOW, Message, message_refs
 from videoflow.transport.names import sweep_prefix
 from videoflow.transport.queue import ControlQueue
 from videoflow.transport.shm import PoolRegistry, SlotAllocator, SlotRef
@@ -59,13 +59,14 @@ def _heap_array(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
 
 class TaskContext:
     """What a node sees of its task (``Node.bind``): ``allocate`` takes a slot of the task's
-    pool (a task that sends nothing on allocates on the heap); ``meta`` is the metadata of the
-    message in hand, which the task sets before each call (one attribute store per message)."""
+    pool, owned by the task's MessageSlots (a task that sends nothing on allocates on the
+    heap); ``meta`` is the metadata of the message in hand, which the task sets before each
+    call (one attribute store per message)."""
 
     __slots__ = ("allocate", "meta")
 
-    def __init__(self, allocator: SlotAllocator | None) -> None:
-        self.allocate = allocator.array if allocator is not None else _heap_array
+    def __init__(self, slots: MessageSlots) -> None:
+        self.allocate = slots.allocate if slots.allocator is not None else _heap_array
         self.meta: dict[str, Any] = {}
 
 
@@ -272,8 +273,7 @@ class Outbox:
             return data, None
         if self.allocator is None:
             raise RuntimeError("a message outgrew the control queue and this task has no pool")
-        ref, nbytes = self.allocator.write(data)
-        self.allocator.fresh.clear()
+        ref, nbytes = self.allocator.write(data)  # the message's; the receiver frees it
         return message.dumps(message.blob(ref, nbytes)), ref
 
     def _unsent(self, blob: SlotRef | None) -> None:
@@ -329,15 +329,15 @@ class Task:
                 self.stage.nslots,
                 on_wait=self.life.check,
             )
-        self.codec = Codec(
-            self.registry, self.allocator, spec.config.inline_max, spec.config.oob_min
+        codec = Codec(self.registry, self.allocator, spec.config.inline_max, spec.config.oob_min)
+        self.slots = MessageSlots(
+            self.stage, self.registry, self.allocator, codec, debug=spec.config.debug
         )
         self.node: Any = None
-        self.context = TaskContext(self.allocator)
+        self.context = TaskContext(self.slots)
         self.inbox: Inbox | None = None
         self.outbox: Outbox | None = None
         self.phase = "start"
-        self.holding: dict[int, Any] | None = None  # values of the message in hand
         self.cpu0: int | None = None  # process CPU ns at GO
         self.cpu_due = 0  # perf_counter ns of the next CPU publication
 
@@ -388,23 +388,16 @@ class Task:
                 sweep_prefix(self.spec.pool_prefix)  # the rest, once the owner's lock is free
 
     def _let_go(self) -> None:
-        """After an error or an abort, give back the slots this task still holds: the message
-        in hand, those a merge holds back for ordering, those taken by the failed call.
-        (Messages left in queues are given back by the owner once every task has ended.)"""
-        refs: set[SlotRef] = set()
-        if self.holding is not None:
-            refs |= message_refs(self.holding)
-            self.holding = None
+        """When the task ends: give back the slots it still holds. After an error or an abort
+        that is the message in hand, those a merge holds back for ordering and those taken by
+        the failed call; always, once the node is closed, the frames it kept. (Messages left
+        in queues are given back by the owner once every task has ended.)"""
+        pending = []
         if self.inbox is not None:
-            for msg in self.inbox.pending.values():
-                refs |= message_refs(message.data_fields(msg)[2])
+            pending = [message.data_fields(msg)[2] for msg in self.inbox.pending.values()]
             self.inbox.pending.clear()
-        if self.allocator is not None:
-            refs.update(self.allocator.fresh)
-            self.allocator.fresh.clear()
-        for ref in refs:
-            with contextlib.suppress(Exception):
-                self.registry.release(ref)
+        self.slots.abandon(pending)
+        self.slots.release_kept()
 
     def _report(self, exc: BaseException) -> None:
         with contextlib.suppress(OSError):
@@ -451,79 +444,58 @@ class Task:
             time.sleep(0.002)
 
     # -- per message -----------------------------------------------------------------------
-    def _release(self, refs: set[SlotRef] | list[SlotRef]) -> None:
-        for ref in refs:
-            self.registry.release(ref)
-
     def _count_cpu(self) -> None:
         """Publish the CPU time this process (every thread of it) has used since GO."""
         if self.cpu0 is not None:
             self.control[self.row + CPU_NS] = time.process_time_ns() - self.cpu0
 
-    def _forward(self, seq: int, meta: dict[str, Any], values: dict[int, Any]) -> None:
-        control, row = self.control, self.row
+    def _forward(self, seq: int, meta: dict[str, Any]) -> None:
+        control, row, slots = self.control, self.row, self.slots
         now = _now()
         if now >= self.cpu_due:
             self.cpu_due = now + CPU_EVERY_NS
             self._count_cpu()
         if self.outbox is None:
-            self._release(message_refs(values))
-        elif self.outbox.send(seq, meta, values):
+            return  # settle gave everything back: this task was the last reader
+        if self.outbox.send(seq, meta, slots.values):
             control[row + OUT] += 1
+            slots.sent()
         else:
             control[row + DROPPED] += 1
-            self._release(message_refs(values))
-
-    def _check_views(self, values: dict[int, Any]) -> None:
-        """Debug mode, after a call: the message's slots are still the ones it was sent with,
-        and the node kept no view of its inputs (it would read them after their release)."""
-        for ref in message_refs(values):
-            self.registry.get(ref.pool).check(ref.slot, ref.gen)
-        kept = self.codec.still_referenced()
-        if kept:
-            raise StaleSlotError(
-                f"node {self.stage.spec.name!r} kept a view of its input after "
-                f"{self.phase}() returned (slot {kept[0].slot} of pool {kept[0].pool!r}); "
-                "inputs are valid only during the call and their slots are then reused: "
-                "keep a copy (frame.copy()) instead"
-            )
+            slots.drop()
 
     def _produce(self) -> None:
         node, control, row, life = self.node, self.control, self.row, self.life
-        allocator, context = self.allocator, self.context
-        assert allocator is not None
-        node_id = self.stage.spec.node_id
+        slots, context = self.slots, self.context
         index = 0
         while True:
             life.check()
             if control[STOP]:
                 break
             context.meta = meta = {"index": index}
+            slots.hold({})
             t0 = _now()
             try:
                 value = node.next()
             except StopIteration:
-                allocator.end_call(set())
+                slots.settle()
                 break
             control[row + BUSY_NS] += _now() - t0
-            enc = self.codec.encode(value, set(allocator.fresh))
-            allocator.end_call(set(value_refs(enc)))
+            slots.output(value)
+            del value
+            slots.settle()
             control[row + IN] += 1
-            self.holding = values = {node_id: enc}
-            self._forward(0, meta, values)
-            self.holding = None
+            self._forward(0, meta)
             index += 1
 
     def _loop(self) -> None:
+        """receive -> decode -> call -> encode -> drop -> forward, until STOP."""
         assert self.inbox is not None
-        inbox, control, row = self.inbox, self.control, self.row
-        stage = self.stage
-        spec = stage.spec
-        node, codec, allocator, context = self.node, self.codec, self.allocator, self.context
+        inbox, control, row, slots = self.inbox, self.control, self.row, self.slots
+        spec = self.stage.spec
+        node, context = self.node, self.context
         is_consumer = spec.kind == CONSUMER
         is_merge = spec.kind == MERGE
-        reads, drop_after, node_id = spec.reads, stage.drop_after, spec.node_id
-        debug = self.spec.config.debug
         self.phase = "consume" if is_consumer else "process"
         while True:
             t0 = _now()
@@ -533,9 +505,9 @@ class Task:
                 return
             control[row + IN] += 1
             seq, meta, values = message.data_fields(msg)
-            self.holding = values
+            slots.hold(values)
             if not is_merge:
-                inputs = [codec.decode(values[nid]) for nid in reads]
+                inputs = slots.inputs()
                 context.meta = meta
                 t0 = _now()
                 if is_consumer:
@@ -545,33 +517,10 @@ class Task:
                     output = node.process(*inputs)
                 control[row + BUSY_NS] += _now() - t0
                 del inputs
-                refs = {nid: value_refs(enc) for nid, enc in values.items()}
-                if allocator is not None:
-                    if stage.keep_output:
-                        held = set(allocator.fresh)
-                        for some in refs.values():
-                            held.update(some)
-                        enc = codec.encode(output, held)
-                        values[node_id] = enc
-                        refs[node_id] = value_refs(enc)
-                        allocator.end_call(set(refs[node_id]))
-                    else:
-                        allocator.end_call(set())
+                slots.output(output)
                 del output
-                if debug:
-                    self._check_views(values)
-                if drop_after:
-                    freed: set[SlotRef] = set()
-                    for nid in drop_after:
-                        if nid in values:
-                            del values[nid]
-                            freed.update(refs.pop(nid))
-                    if freed:
-                        for kept in refs.values():
-                            freed.difference_update(kept)
-                        self._release(freed)
-            self._forward(seq, meta, values)
-            self.holding = None
+                slots.settle()
+            self._forward(seq, meta)
 
 
 def task_main(spec: TaskSpec, conn: Connection, control: Any) -> None:

@@ -184,6 +184,20 @@ def moved(enc: Encoded, old: SlotRef, new: SlotRef) -> Encoded:
     return (PICKLED_IN_SLOT, new if enc[1] == old else enc[1], enc[2], bufs)
 
 
+def span(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tuple[int, int]:
+    """``(low, end)``: the bytes an array of this layout touches, from element 0's offset
+    (``low`` <= 0 with negative strides); ``(0, 0)`` for an empty array."""
+    if not all(shape):
+        return 0, 0
+    low = high = 0
+    for n, stride in zip(shape, strides, strict=True):
+        if stride < 0:
+            low += stride * (n - 1)
+        else:
+            high += stride * (n - 1)
+    return low, high + itemsize
+
+
 def extent(enc: Encoded, ref: SlotRef) -> int:
     """How many bytes from the start of slot ``ref`` the value ``enc`` may read (0: none)."""
     f = enc[0]
@@ -191,8 +205,7 @@ def extent(enc: Encoded, ref: SlotRef) -> int:
     if f == ARRAY:
         if enc[1] == ref:
             _, _, offset, shape, strides, dtype = enc
-            high = sum(s * (n - 1) for n, s in zip(shape, strides, strict=True) if s > 0)
-            end = offset + high + np.dtype(dtype).itemsize if all(shape) else 0
+            end = offset + span(shape, strides, np.dtype(dtype).itemsize)[1]
     elif f in (PICKLED, PICKLED_IN_SLOT):
         for r, o, n in enc[-1]:
             if r == ref:
