@@ -24,10 +24,13 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, ClassVar
 
 from videoflow.config import FlowConfig
+from videoflow.engine.join_task import JoinTask, JoinWiring
 from videoflow.engine.logs import handle_forwarded, level_snapshot
 from videoflow.engine.plan import (
+    JOIN,
     MERGE,
     PROCESSOR,
+    PRODUCER,
     Plan,
     StageSpec,
     assign_gpus,
@@ -71,7 +74,8 @@ def _context(method: str) -> Any:
         # Imported once in the server, inherited by every task: cv2 alone costs a task ~0.2 s
         # of CPU, the node packages ~30 ms more. The forkserver skips a module that is missing.
         ctx.set_forkserver_preload(
-            ["videoflow.engine.task", "numpy", "cv2", *NODE_PACKAGES]
+            ["videoflow.engine.task", "videoflow.engine.join_task", "numpy", "cv2",
+             *NODE_PACKAGES]
         )
     return ctx
 
@@ -115,6 +119,7 @@ class ProcessEngine:
         self.plan: Plan
         self.prefix: str
         self._rows_at: int
+        self._joins: JoinWiring
         self._ctx: Any
 
     def _prepare(self, stages: Sequence[StageSpec], realtime: bool, config: FlowConfig) -> None:
@@ -123,10 +128,10 @@ class ProcessEngine:
         self.plan = build_plan(stages, config)
         self.prefix = new_flow_prefix()
         ntasks = len(self.plan.tasks)
-        counters = sum(1 for link in self.plan.links if link.window)
-        self._rows_at = FLAGS + counters
+        self._rows_at = FLAGS + self.plan.window_counters
+        self._joins = JoinWiring(self.plan, self._rows_at + ROW * ntasks)  # blocks after rows
         self._ctx = _context(config.start_method)
-        self.control = self._ctx.RawArray("q", self._rows_at + ROW * ntasks)
+        self.control = self._ctx.RawArray("q", self._rows_at + ROW * ntasks + self._joins.size)
 
     # -- start -----------------------------------------------------------------------------
     def _node_bytes(self, spec: StageSpec) -> bytes | None:
@@ -167,12 +172,14 @@ class ProcessEngine:
                 )
                 for link in plan.links
             ]
+            queue_names = [queue.name for queue in self._queues]
+            self._joins.open(self._ctx)
             row = self._rows_at
             for stage, worker in plan.tasks:
                 inbox, outbox = stage.inbox, stage.outbox
                 merge_counter = window_counter = -1
                 if inbox is not None and inbox.senders > 1:
-                    merge_counter = FLAGS + plan.links[inbox.index - 1].counter
+                    merge_counter = FLAGS + inbox.counter
                 if outbox is not None and outbox.window:
                     window_counter = FLAGS + outbox.counter
                 gpu = gpus.get((stage.index, worker))
@@ -194,12 +201,14 @@ class ProcessEngine:
                     environ=environ,
                     opencv_threads=opencv_threads,
                     owner_pid=os.getpid(),
+                    **self._joins.task_fields(stage, queue_names),
                 )
                 row += ROW
                 reader, writer = self._ctx.Pipe(duplex=False)
+                cls = JoinTask if stage.spec.kind == JOIN else None
                 process = self._ctx.Process(
                     target=task_main,
-                    args=(spec, writer, self.control),
+                    args=(spec, writer, self.control, cls),
                     name=f"videoflow:{stage.spec.name}[{worker}]",
                     daemon=True,
                 )
@@ -393,6 +402,7 @@ class ProcessEngine:
             self.slots_reclaimed = self._reclaim_pools()
         self.pool_slots_in_use = sum(self._pool_occupancy().values())
         release_prefix(self.prefix)
+        self._joins.close()
         for task in self._tasks:
             if task.conn is not None:
                 task.conn.close()
@@ -458,7 +468,7 @@ class ProcessEngine:
                 )
                 at += ROW
             dropped += sum(t.dropped for t in tasks)
-            if spec.kind != MERGE:
+            if spec.kind not in (MERGE, JOIN):
                 nodes.append(
                     node_stats(
                         spec.name, spec.kind, tasks,
@@ -469,7 +479,7 @@ class ProcessEngine:
                 )
         return FlowStats(
             nodes=tuple(nodes),
-            produced=nodes[0].messages_in,
+            produced=sum(n.messages_in for n in nodes if n.kind == PRODUCER),
             delivered=nodes[-1].messages_in,
             dropped=dropped,
             running=running,
@@ -477,6 +487,7 @@ class ProcessEngine:
             slots_reclaimed=self.slots_reclaimed,
             errors=sum(failed.values()),
             elapsed_s=elapsed,
+            joins=self._joins.stats(rows, self._rows_at),
         )
 
 
