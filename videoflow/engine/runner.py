@@ -50,7 +50,7 @@ from videoflow.engine.stats import (
     task_stats,
 )
 from videoflow.engine.task import TaskSpec, release_queued, task_main
-from videoflow.errors import FlowError
+from videoflow.errors import FlowError, read_only_write
 from videoflow.transport import message
 from videoflow.transport.names import (
     claim_prefix,
@@ -283,9 +283,13 @@ class ProcessEngine:
     ) -> None:
         task.failed = True
         where = f" in {phase}()" if phase not in ("start", "load") else f" at {phase}"
+        what = f"raised {type_name}{where}: {text}"
+        hint = read_only_write(text)
+        if hint is not None:
+            what = f"wrote into a read-only array{where}: {hint}"
         self._fail(
             FlowError(
-                f"node {task.name!r} (task {task.worker}) raised {type_name}{where}: {text}",
+                f"node {task.name!r} (task {task.worker}) {what}",
                 node=task.name, task=task.worker, remote_traceback=tb,
             )
         )

@@ -163,6 +163,7 @@ class MessageSlots:
         self.forwards = stage.outbox is not None  # the message goes on after this task
         # With no one to send to, this task is the last reader of everything it holds.
         self.drop_after = frozenset(stage.drop_after) if self.forwards else None
+        self.drops = stage.drop_after
         self.last_reads = [nid in stage.drop_after for nid in spec.reads]
         self.values: dict[int, Encoded] = {}
         self.handed: list[Handed] = []  # objects given to the node, with their slot
@@ -214,43 +215,52 @@ class MessageSlots:
         the node kept, drop the outputs this task is the last reader of, give back the slots
         nothing in the message references any more."""
         values, taken = self.values, self.taken
-        kept = _held_elsewhere(self.handed, _ALONE) if self.handed else None
-        self.handed.clear()
-        drop = self.drop_after
-        freed: set[SlotRef] = set(taken)
-        if drop is None:
+        kept: set[SlotRef] | None = None
+        if self.handed:
+            holding = _held_elsewhere(self.handed, _ALONE)
+            self.handed.clear()
+            if holding:  # before anything leaves the message: abandon() still sees it all
+                kept = self._keep(holding)
+        freed = set(taken)
+        if self.drop_after is None:
             for enc in values.values():
                 freed.update(value_refs(enc))
             values.clear()
         else:
-            for nid in drop.intersection(values):
-                freed.update(value_refs(values.pop(nid)))
-        if kept:
-            self._keep(kept, freed)
+            for nid in self.drops:
+                if nid in values:
+                    freed.update(value_refs(values.pop(nid)))
+        taken.clear()
         if freed:
             if values:
                 freed.difference_update(message_refs(values))
+            if kept:
+                freed.difference_update(kept)
             release = self.registry.release
             for ref in freed:
                 release(ref)
-        taken.clear()
         if self.debug:
             for ref in message_refs(values):
                 self.registry.get(ref.pool).check(ref.slot, ref.gen)
             self.kept.check()
 
-    def _keep(self, kept: list[Handed], freed: set[SlotRef]) -> None:
-        """The node kept ``kept`` past its call: their slots become the node's; where the
-        message still needs one, the message gets a copy of it."""
-        values = self.values
-        self.kept.check_room([ref for _, ref in kept])
-        needed = message_refs(values) if values else set()
-        for obj, ref in kept:
+    def _keep(self, holding: list[Handed]) -> set[SlotRef]:
+        """The node still holds ``holding`` after its call: their slots become the node's;
+        where the message still needs one after this task, the message gets a copy of it.
+        Returns the slots kept."""
+        self.kept.check_room([ref for _, ref in holding])
+        values, drop = self.values, self.drop_after
+        needed: set[SlotRef] = set()
+        if drop is not None:
+            for nid, enc in values.items():
+                if nid not in drop:
+                    needed.update(value_refs(enc))
+        for obj, ref in holding:
             if ref in needed:
                 self._copy_for_message(ref)
                 needed.discard(ref)
-            freed.discard(ref)
             self.kept.keep(obj, ref)
+        return {ref for _, ref in holding}
 
     def _copy_for_message(self, ref: SlotRef) -> None:
         values = self.values
