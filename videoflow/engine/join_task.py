@@ -90,11 +90,11 @@ class JoinTask(Task):
             try:
                 aligner.discard_all()  # an abort: what waits in the JOIN goes back
             finally:
-                self._publish()
+                self._publish_counts()
         super()._let_go()
 
     # -- counters --------------------------------------------------------------------------
-    def _publish(self) -> None:
+    def _publish_counts(self) -> None:
         """Write the aligner's counts into this JOIN's block of the control block."""
         aligner, control = self.aligner, self.control
         if aligner is None:
@@ -182,14 +182,14 @@ class JoinTask(Task):
             now = _now()
             if now >= self.publish_due:
                 self.publish_due = now + PUBLISH_EVERY_NS
-                self._publish()
+                self._publish_counts()
             if got or groups:
                 continue
             deadline = aligner.deadline()
             timeout = poll if deadline is None else min(poll, max(0.0, deadline - clock()))
             bell.wait(seen, timeout)
             control[row + WAIT_NS] += _now() - now
-        self._publish()
+        self._publish_counts()
 
 
 class JoinWiring:

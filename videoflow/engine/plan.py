@@ -253,6 +253,15 @@ def build_plan(specs: Sequence[StageSpec], config: FlowConfig) -> Plan:
         seg_stages.append(mine)
     segment_of = {i: k for k, mine in enumerate(seg_stages) for i in mine}
     parents = [parent_of[g] for g in order]
+    # A JOIN's inputs come in the order of its first join point's parents: det(cam1, cam2)
+    # has cam1's stream first. Each parent's producer set lies within exactly one input.
+    sets = producer_sets(specs)
+
+    def rank(k: int) -> int:
+        point = groups[order[parents[k]]][0]
+        return min(j for j, r in enumerate(point.reads) if sets[r] <= order[k])
+
+    feeders = sorted((k for k in range(len(order)) if parents[k] >= 0), key=rank)
 
     # The path of a message from each stage to the end of its root segment.
     def path(i: int) -> list[int]:
@@ -281,7 +290,7 @@ def build_plan(specs: Sequence[StageSpec], config: FlowConfig) -> Plan:
     outbox: dict[int, Link] = {}
     inboxes: dict[int, list[Link]] = {}
     counters = 0
-    for k, mine in enumerate(seg_stages):
+    for mine in seg_stages:
         for a, b in itertools.pairwise(mine):
             receivers = chain[b].nb_tasks
             if receivers > 1:
@@ -293,12 +302,12 @@ def build_plan(specs: Sequence[StageSpec], config: FlowConfig) -> Plan:
             link = Link(len(links), chain[a].nb_tasks, receivers, window, counter)
             links.append(link)
             outbox[a] = inbox[b] = link
-        if parents[k] >= 0:
-            join = seg_stages[parents[k]][0]
-            link = Link(len(links), 1, 1, 0, -1, join=join)
-            links.append(link)
-            outbox[mine[-1]] = link
-            inboxes.setdefault(join, []).append(link)
+    for k in feeders:
+        join = seg_stages[parents[k]][0]
+        link = Link(len(links), 1, 1, 0, -1, join=join)
+        links.append(link)
+        outbox[seg_stages[k][-1]] = link
+        inboxes.setdefault(join, []).append(link)
 
     # The inputs of every JOIN, in inbox order (children segments in flow order).
     def subtree(k: int) -> list[int]:
@@ -309,9 +318,8 @@ def build_plan(specs: Sequence[StageSpec], config: FlowConfig) -> Plan:
         return out
 
     join_inputs: dict[int, list[JoinInput]] = {}
-    for k, group in enumerate(order):
-        if parents[k] < 0:
-            continue
+    for k in feeders:
+        group = order[k]
         inside = set(subtree(k))
         carries = tuple(
             nid for nid, last in last_reader.items()
