@@ -44,7 +44,7 @@ def test_views_of_a_held_slot_are_referenced_not_copied(codec, view):
     handed: list = []
     out = codec.decode(enc, handed)
     assert np.array_equal(out, value) and out.strides == value.strides
-    assert not out.flags.writeable and handed == [(out, ref)]
+    assert not out.flags.writeable and handed == [(out, ref, enc)]
     assert codec.decode(enc, [], writable=True).flags.writeable
 
 
@@ -70,7 +70,7 @@ def test_objects_with_buffers_go_out_of_band_and_big_pickles_to_a_blob(codec):
     handed: list = []
     out = codec.decode(enc, handed)
     assert out["names"] == value["names"] and np.array_equal(out["frame"], value["frame"])
-    assert [ref for _, ref in handed] == [enc[-1][0][0]]  # the buffer, not the pickle bytes
+    assert [h[1] for h in handed] == [enc[-1][0][0]]  # the buffer, not the pickle bytes
     assert codec.encode(7, set(), []) == ("o", 7)
     small = codec.encode({"a": 1}, set(), [])
     assert small[0] == "p" and codec.decode(small, []) == {"a": 1}

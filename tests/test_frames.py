@@ -301,3 +301,26 @@ def test_a_kept_allocated_array_is_kept_and_abandon_gives_back_the_rest(unit):
     slots.release_kept()  # the task ends
     assert set(states(registry)) == {FREE}
     assert scratch.shape == (4, 4)
+
+
+def test_an_input_passed_on_as_it_is_keeps_its_encoding_unless_its_layout_changed(unit):
+    slots, source, _ = unit((2,))
+    values = frame_message(source)
+    first = values[1]
+    slots.hold(values)
+    (frame,) = slots.inputs()
+    slots.output(frame)  # the very object decoded from ``first``: its encoding, no work
+    del frame
+    slots.settle()
+    assert values[2] is first
+    slots.drop()
+    values = frame_message(source)
+    second = values[1]
+    slots.hold(values)
+    (frame,) = slots.inputs()
+    frame.shape = (48 * 64, 3)  # the same object, described anew
+    slots.output(frame)
+    del frame
+    slots.settle()
+    assert values[2][3] == (48 * 64, 3) and value_refs(values[2]) == value_refs(second)
+    slots.drop()

@@ -6,7 +6,7 @@ import copy
 import logging
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from videoflow.config import FlowConfig
 from videoflow.core.constants import BATCH, FLOW_TYPES, REALTIME
@@ -18,6 +18,9 @@ from videoflow.engine.engines import make_engine
 from videoflow.engine.plan import StageSpec, build_plan
 from videoflow.engine.report import Report
 from videoflow.engine.stats import FlowStats
+
+if TYPE_CHECKING:
+    from videoflow.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +193,15 @@ class Flow:
         wait, drops) and a verdict naming the node that holds the flow back and what to do.
         Works while running and after ``join()``."""
         return Report.from_stats(self.stats())
+
+    def serve_metrics(self, port: int = 9100, host: str = "127.0.0.1") -> MetricsServer:
+        """Serve this flow's counters (``stats()``) to Prometheus at
+        ``http://host:port/metrics`` until ``close()`` on the returned server (or the process
+        ends). Callable before or after ``run()``. Needs the ``prometheus_client`` package:
+        ``pip install "videoflow-shm[metrics]"``. See videoflow/metrics.py for the series."""
+        from videoflow.metrics import MetricsServer
+
+        return MetricsServer(lambda: [self], port, host)
 
     def __enter__(self) -> Flow:
         self.run()

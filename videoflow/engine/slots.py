@@ -21,6 +21,7 @@ slot must never change, and no other process may ever write into it.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import weakref
@@ -31,23 +32,27 @@ import numpy as np
 from videoflow.engine.plan import Stage
 from videoflow.errors import PoolExhaustedError
 from videoflow.transport import message
-from videoflow.transport.codec import Codec
+from videoflow.transport.codec import Codec, Handed, plain_dtype
 from videoflow.transport.message import Encoded, message_refs, value_refs
 from videoflow.transport.shm import KEPT, MAX_POOLS, PoolRegistry, SlotAllocator, SlotRef
 
-Handed = tuple[Any, SlotRef]  # an object given to the node that holds a slot's memory
 
-
-def _held_elsewhere(handed: list[Handed], alone: int) -> list[Handed]:
-    """The handed objects that something besides ``handed`` still references."""
+def _held_elsewhere(handed: list[Handed], alone: int) -> list[Handed] | None:
+    """The handed objects that something besides ``handed`` still references, if any."""
     getrefcount = sys.getrefcount
-    return [h for h in handed if getrefcount(h[0]) > alone]
+    held = None
+    for h in handed:
+        if getrefcount(h[0]) > alone:
+            if held is None:
+                held = []
+            held.append(h)
+    return held
 
 
 def _calibrate() -> int:
     """The reference count ``_held_elsewhere`` sees for an object nothing else holds (it
     depends on the interpreter: measured here rather than assumed)."""
-    probe = [(object(), SlotRef("", 0, 0))]
+    probe: list[Handed] = [(object(), SlotRef("", 0, 0), None)]
     alone = 0
     while _held_elsewhere(probe, alone):
         alone += 1
@@ -59,6 +64,7 @@ def _calibrate() -> int:
 
 
 _ALONE = _calibrate()
+log = logging.getLogger(__name__)
 
 
 def writer_of(pool: str) -> str:
@@ -88,12 +94,13 @@ class KeptSlots:
 
     def check_room(self, refs: list[SlotRef]) -> None:
         """Raise PoolExhaustedError if keeping ``refs`` too leaves a writer short of slots."""
+        with self.lock:  # a node's thread may let go of a kept frame meanwhile
+            holding = list(self.holders)
         new: dict[str, int] = {}
-        for ref in refs:
-            if ref not in self.holders:
-                new[writer_of(ref.pool)] = new.get(writer_of(ref.pool), 0) + 1
+        for ref in set(refs).difference(holding):
+            new[writer_of(ref.pool)] = new.get(writer_of(ref.pool), 0) + 1
         for writer, more in new.items():
-            held = sum(1 for r in self.holders if writer_of(r.pool) == writer) + more
+            held = sum(1 for r in holding if writer_of(r.pool) == writer) + more
             pool = self.registry.get(next(r.pool for r in refs if writer_of(r.pool) == writer))
             limit = (MAX_POOLS - 1) * pool.nslots
             if held > limit:
@@ -164,11 +171,13 @@ class MessageSlots:
         # With no one to send to, this task is the last reader of everything it holds.
         self.drop_after = frozenset(stage.drop_after) if self.forwards else None
         self.drops = stage.drop_after
-        self.last_reads = [nid in stage.drop_after for nid in spec.reads]
+        self.read_last = [(nid, nid in stage.drop_after) for nid in spec.reads]
+        self.any_last = any(last for _, last in self.read_last)
         self.values: dict[int, Encoded] = {}
         self.handed: list[Handed] = []  # objects given to the node, with their slot
         self.taken: list[SlotRef] = []  # slots taken since the last settle
         self.kept = KeptSlots(registry, spec.name)
+        self.copied = False  # a kept frame was copied for the message (logged once)
 
     # -- one message -------------------------------------------------------------------------
     def hold(self, values: dict[int, Encoded]) -> None:
@@ -181,15 +190,19 @@ class MessageSlots:
         drop = self.drop_after
         if drop is None:
             return [decode(values[nid], handed, True) for nid in self.reads]
-        if not any(self.last_reads):
+        if not self.any_last:
             return [decode(values[nid], handed) for nid in self.reads]
-        surviving: set[SlotRef] = set()
+        surviving: set[SlotRef] | None = None  # slots of the values a later node reads
         for nid, enc in values.items():
             if nid not in drop:
+                if surviving is None:
+                    surviving = set()
                 surviving.update(value_refs(enc))
+        if surviving is None:  # every value ends here: each last read is writable
+            return [decode(values[nid], handed, last) for nid, last in self.read_last]
         return [
             decode(values[nid], handed, last and surviving.isdisjoint(value_refs(values[nid])))
-            for nid, last in zip(self.reads, self.last_reads, strict=True)
+            for nid, last in self.read_last
         ]
 
     def allocate(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -197,7 +210,10 @@ class MessageSlots:
         assert self.allocator is not None
         arr, ref = self.allocator.array(shape, dtype)
         self.taken.append(ref)
-        self.handed.append((arr, ref))
+        enc = None
+        if plain_dtype(arr.dtype):
+            enc = message.array(ref, 0, arr.shape, arr.strides, arr.dtype.str)
+        self.handed.append((arr, ref, enc))
         return arr
 
     def output(self, value: Any) -> None:
@@ -205,6 +221,11 @@ class MessageSlots:
         if not self.keep_output:
             return
         values = self.values
+        if type(value) is np.ndarray:  # an input or an allocated array, as it is: no encoding
+            for obj, _, enc in self.handed:
+                if obj is value and enc is not None and message.describes(enc, value):
+                    values[self.node_id] = enc
+                    return
         held = set(self.taken)
         for enc in values.values():
             held.update(value_refs(enc))
@@ -248,21 +269,27 @@ class MessageSlots:
         """The node still holds ``holding`` after its call: their slots become the node's;
         where the message still needs one after this task, the message gets a copy of it.
         Returns the slots kept."""
-        self.kept.check_room([ref for _, ref in holding])
+        self.kept.check_room([h[1] for h in holding])
         values, drop = self.values, self.drop_after
         needed: set[SlotRef] = set()
         if drop is not None:
             for nid, enc in values.items():
                 if nid not in drop:
                     needed.update(value_refs(enc))
-        for obj, ref in holding:
+        for obj, ref, _ in holding:
             if ref in needed:
                 self._copy_for_message(ref)
                 needed.discard(ref)
             self.kept.keep(obj, ref)
-        return {ref for _, ref in holding}
+        return {h[1] for h in holding}
 
     def _copy_for_message(self, ref: SlotRef) -> None:
+        if not self.copied:
+            self.copied = True
+            log.debug(
+                "node %r keeps a frame that a later node reads too: the message goes on with "
+                "a copy of it (one copy per frame kept this way)", self.kept.node,
+            )
         values = self.values
         nbytes = max(message.extent(enc, ref) for enc in values.values())
         if self.allocator is None:  # only a task that sends on gets here, and it has a pool

@@ -35,6 +35,7 @@ from videoflow.engine.stats import (
     DROPPED,
     GO,
     IN,
+    OFFLINE_NS,
     OUT,
     P_BETWEEN,
     P_CLOSE,
@@ -47,6 +48,7 @@ from videoflow.engine.stats import (
     P_PROCESS,
     P_READY,
     PHASE_SPAN,
+    RECONNECTS,
     STATE,
     STOP,
     WAIT_NS,
@@ -61,6 +63,7 @@ from videoflow.transport.queue import ControlQueue
 from videoflow.transport.shm import PoolRegistry, SlotAllocator, SlotRef
 
 _now = time.perf_counter_ns
+_ENDED = object()  # what _produce makes of a producer's StopIteration
 CPU_EVERY_NS = 50_000_000  # how often a task publishes its CPU time (a syscall, ~0.6 us)
 
 
@@ -87,13 +90,28 @@ class TaskContext:
     """What a node sees of its task (``Node.bind``): ``allocate`` takes a slot of the task's
     pool, owned by the task's MessageSlots (a task that sends nothing on allocates on the
     heap); ``meta`` is the metadata of the message in hand, which the task sets before each
-    call (one attribute store per message)."""
+    call (one attribute store per message).
 
-    __slots__ = ("allocate", "meta")
+    Beyond the NodeContext protocol, for live sources (the stream and camera readers, which
+    use them when their context has them): ``stopping()`` says whether the flow is ending, so
+    that a wait for a lost source gives way to a stop; ``reconnected(offline_s)`` counts a
+    reconnect in the task's counter row. Called from the task's main thread only (the row has
+    a single writer)."""
 
-    def __init__(self, slots: MessageSlots) -> None:
+    __slots__ = ("allocate", "control", "meta", "row")
+
+    def __init__(self, slots: MessageSlots, control: Any = None, row: int = 0) -> None:
         self.allocate = slots.allocate if slots.allocator is not None else _heap_array
         self.meta: dict[str, Any] = {}
+        self.control, self.row = control, row
+
+    def stopping(self) -> bool:
+        return self.control is not None and bool(self.control[STOP] or self.control[ABORT])
+
+    def reconnected(self, offline_s: float) -> None:
+        if self.control is not None:
+            self.control[self.row + RECONNECTS] += 1
+            self.control[self.row + OFFLINE_NS] += int(offline_s * 1e9)
 
 
 class NodeParcel:
@@ -383,7 +401,7 @@ class Task:
             self.stage, self.registry, self.allocator, codec, debug=spec.config.debug
         )
         self.node: Any = None
-        self.context = TaskContext(self.slots)
+        self.context = TaskContext(self.slots, control, spec.row)
         self.inbox: Inbox | None = None
         self.outbox: Outbox | None = None
         self.phase = "start"
@@ -559,6 +577,8 @@ class Task:
                 value = node.next()
                 control[state_at] = index * PHASE_SPAN + P_BETWEEN
             except (StopIteration, StopRequested):
+                value = _ENDED  # settled below, once the exception (and its frames) is gone
+            if value is _ENDED:
                 slots.settle()
                 break
             control[row + BUSY_NS] += _now() - t0

@@ -22,9 +22,12 @@ from videoflow.transport.message import ARRAY, INLINE, Encoded
 from videoflow.transport.shm import PoolRegistry, SlotAllocator, SlotRef
 
 _SCALARS = (int, float, bool, type(None), complex)
+# An object handed to a node that holds a slot's memory: (object, slot, the encoding when the
+# object is a whole array that the encoding describes, else None).
+Handed = tuple[Any, SlotRef, Encoded | None]
 
 
-def _plain_dtype(dtype: np.dtype) -> bool:
+def plain_dtype(dtype: np.dtype) -> bool:
     """True when ``dtype.str`` rebuilds the dtype exactly (no fields, sub-arrays or objects)."""
     return dtype.fields is None and dtype.subdtype is None and not dtype.hasobject
 
@@ -46,7 +49,8 @@ class Codec:
 
     It owns no slot: every slot an encode takes is appended to the caller's ``taken`` list
     before anything else can fail, and every object a decode hands out that lives in a slot is
-    appended to the caller's ``handed`` list with that slot (engine/slots.py uses both).
+    appended to the caller's ``handed`` list as ``(object, slot, encoding)`` (the encoding
+    when the object is the whole decoded array, else None; engine/slots.py uses both).
     """
 
     def __init__(
@@ -83,7 +87,7 @@ class Codec:
             isinstance(value, (str, bytes)) and len(value) <= self.inline_max
         ):
             return message.inline(value)
-        if type(value) is np.ndarray and value.nbytes and _plain_dtype(value.dtype):
+        if type(value) is np.ndarray and value.nbytes and plain_dtype(value.dtype):
             return self._encode_array(value, held, taken)
         return self._encode_pickle(value, held, taken)
 
@@ -127,7 +131,7 @@ class Codec:
 
     # -- decode ----------------------------------------------------------------------------
     def decode(
-        self, enc: Encoded, handed: list[tuple[Any, SlotRef]], writable: bool = False
+        self, enc: Encoded, handed: list[Handed], writable: bool = False
     ) -> Any:
         """The value described by ``enc``. Arrays are views onto their slots, read-only unless
         ``writable``; each object that holds a slot's memory (an array, or a buffer that a
@@ -139,13 +143,13 @@ class Codec:
         if form == ARRAY:
             ref, offset, shape, strides, dtype = message.array_fields(enc)
             arr = registry.array(ref, offset, shape, strides, dtype, writable)
-            handed.append((arr, ref))
+            handed.append((arr, ref, enc))
             return arr
         data, bufs = message.pickle_fields(enc)
         buffers: list[np.ndarray] = []
         for ref, offset, nbytes in bufs:  # ndarrays: what keeps them alive can be counted
             buf = registry.array(ref, offset, (nbytes,), (1,), np.uint8, writable)
-            handed.append((buf, ref))
+            handed.append((buf, ref, None))
             buffers.append(buf)
         if isinstance(data, tuple):  # the pickle bytes are in a slot too
             return pickle.loads(registry.view(data[0], 0, data[1]), buffers=buffers)

@@ -143,6 +143,14 @@ def array_fields(
     return enc[1], enc[2], enc[3], enc[4], enc[5]
 
 
+def describes(enc: Encoded, arr: Any) -> bool:
+    """True when the ARRAY ``enc`` still describes ``arr``, the array decoded from it (its
+    shape, strides or dtype may have been set since)."""
+    return (
+        enc[3] == arr.shape and enc[4] == arr.strides and enc[5] == arr.dtype.str
+    )
+
+
 def pickle_fields(enc: Encoded) -> tuple[bytes | tuple[SlotRef, int], list[Buffer]]:
     """``(data, bufs)`` of a PICKLED value; for PICKLED_IN_SLOT ``data`` is ``(ref, nbytes)``
     of the slot that holds the pickle bytes."""
