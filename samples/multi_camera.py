@@ -1,13 +1,16 @@
 """Several cameras, one batched model: the frames of four synthetic cameras are joined
 (``Join.latest``), run through one model call per set, and each result goes back to its own
-camera's branch (``det[i]``), which draws it and writes that camera's video.
+camera's branch (``model[k]``), which draws it and writes that camera's video.
 
     python samples/multi_camera.py OUTDIR [--cameras 4] [--frames 100] [--size 640x360]
-                                          [--fps 25] [--timeout-ms 40] [--measure]
+                                          [--fps 25] [--timeout-ms 40] [--batch] [--measure]
 
-Writes OUTDIR/cam0.avi ... (MJPG) and prints, per camera, the frames its writer got, then
-the JOIN's counters. ``--measure`` also times the model alone, on batches of 1 and of 4
-frames: its cost per frame falls with the batch, which is why the cameras share one call.
+Writes OUTDIR/cam0.avi ... (MJPG) and prints, per camera, how many of its frames joined a
+set, then the JOIN's counters. REALTIME by default: when the model falls behind, sets are
+dropped; ``--batch`` keeps every set (only frames replaced by a newer one before their set
+went out are lost, as ``Join.latest`` does). ``--measure`` also times the model alone, on
+batches of 1 and of 4 frames: its cost per frame falls with the batch, which is why the
+cameras share one call.
 
 The cameras render the project's moving-shapes clip (videoflow.producers.shapes), each with a
 border of its own colour and its frame number drawn as a barcode, so that what each writer got
@@ -21,11 +24,16 @@ import os
 import time
 from typing import Any
 
+# One BLAS thread per process, set before numpy loads OpenBLAS (tasks inherit it): a dozen
+# processes on a few cores each running a pool of BLAS threads would fight for the same cores,
+# and idle BLAS threads spin, which also blurs the CPU times --measure reports.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import cv2
 import numpy as np
 
 from videoflow.consumers import VideofileWriter
-from videoflow.core import REALTIME, Flow, Join, ProcessorNode
+from videoflow.core import BATCH, REALTIME, Flow, Join, ProcessorNode
 from videoflow.processors import BoundingBoxAnnotator
 from videoflow.producers import MovingShapesProducer
 
@@ -34,6 +42,7 @@ BORDER = 6  # pixels of the camera's colour around its frames
 BIT = 16  # the barcode: BITS squares of BIT x BIT pixels, white for 1, black for 0
 BITS = 12
 BAR_Y = 3 * BORDER
+THUMB = 128  # the model's input: a THUMB x THUMB grey thumbnail of each frame
 
 
 def draw_barcode(frame: np.ndarray, value: int) -> None:
@@ -82,25 +91,27 @@ class Camera(MovingShapesProducer):
 class BatchedModel(ProcessorNode):
     """A stand-in for a detector network, run once per set on every camera's frame at once.
 
-    Each frame is reduced to a 64x64 grey thumbnail; the batch of thumbnails goes through two
-    fully connected layers with fixed weights (4096 -> 1024 -> 64, 17 MB of float32). The 64
-    outputs score the cells of an 8x8 grid; the best cell is the frame's one "detection"
+    Each frame is reduced to a 128x128 grey thumbnail; the batch of thumbnails goes through
+    two fully connected layers with fixed weights (16384 -> 1024 -> 64, 67 MB of float32). The
+    64 outputs score the cells of an 8x8 grid; the best cell is the frame's one "detection"
     (x1, y1, x2, y2, score, class). Like a real network it reads all its weights once per
-    call whatever the batch, so one call on 4 frames costs less than 4 calls on 1. Returns a
+    call whatever the batch, and they do not fit in a cache: one call on 4 frames costs much
+    less than 4 calls on 1. Returns a
     tuple with one result per camera, None for a camera the set came without.
     """
 
     def open(self) -> None:
         rng = np.random.default_rng(2024)
-        self.w1 = (rng.standard_normal((4096, 1024), dtype=np.float32) / 64).astype(np.float32)
+        self.w1 = (rng.standard_normal((THUMB * THUMB, 1024), dtype=np.float32) / THUMB)
         self.w2 = (rng.standard_normal((1024, 64), dtype=np.float32) / 32).astype(np.float32)
 
     def infer(self, frames: list[np.ndarray]) -> list[np.ndarray]:
         """The detections of ``frames`` (one model call for all of them)."""
         thumbs = np.stack([
-            cv2.resize(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY), (64, 64), interpolation=cv2.INTER_AREA)
+            cv2.resize(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY), (THUMB, THUMB),
+                       interpolation=cv2.INTER_AREA)
             for f in frames
-        ]).reshape(len(frames), 4096).astype(np.float32) / 255.0
+        ]).reshape(len(frames), THUMB * THUMB).astype(np.float32) / 255.0
         scores = np.maximum(thumbs @ self.w1, 0.0) @ self.w2  # (batch, 64)
         out = []
         for frame, row in zip(frames, scores, strict=True):
@@ -145,22 +156,20 @@ def measure_batching(
     model = BatchedModel()
     model.open()
     frames = [np.full((height, width, 3), 40 * k, np.uint8) for k in range(max(batches))]
-    cost: dict[int, float] = {}
-    for batch in batches:
-        calls = max(4, 32 // batch)
-        best = float("inf")
-        for _ in range(5):
+    cost = {batch: float("inf") for batch in batches}
+    for _ in range(7):  # the batch sizes take turns, so that a burst of load hits them alike
+        for batch in batches:
+            calls = max(2, 16 // batch)
             t0 = time.process_time()
             for _ in range(calls):
                 model.infer(frames[:batch])
-            best = min(best, (time.process_time() - t0) / (calls * batch))
-        cost[batch] = 1e3 * best
+            cost[batch] = min(cost[batch], 1e3 * (time.process_time() - t0) / (calls * batch))
     return cost
 
 
 def build(
     outdir: str, cameras: int, frames: int, width: int, height: int, fps: float,
-    timeout_ms: float,
+    timeout_ms: float, flow_type: str = REALTIME,
 ) -> Flow:
     """cameras -> Join.latest -> BatchedModel -> det[i] -> boxes -> writer, per camera."""
     cams = [
@@ -173,7 +182,7 @@ def build(
         boxes = CameraBoxes(name=f"boxes{k}")(cam, model[k])
         path = os.path.join(outdir, f"cam{k}.avi")
         writers.append(CameraWriter(path, fps=fps, fourcc="MJPG", name=f"writer{k}")(boxes))
-    return Flow(cams, writers, flow_type=REALTIME)
+    return Flow(cams, writers, flow_type=flow_type)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=25.0, help="each camera's frame rate")
     parser.add_argument("--timeout-ms", type=float, default=40.0,
                         help="how long a set waits for the cameras it lacks")
+    parser.add_argument("--batch", action="store_true",
+                        help="BATCH flow: no set is dropped when the model falls behind")
     parser.add_argument("--measure", action="store_true",
                         help="also time the model alone on batches of 1 and 4 frames")
     args = parser.parse_args(argv)
@@ -195,17 +206,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--size is too small for the barcode: use at least 240x60")
     os.makedirs(args.outdir, exist_ok=True)
 
-    flow = build(args.outdir, args.cameras, args.frames, width, height, args.fps, args.timeout_ms)
+    flow = build(args.outdir, args.cameras, args.frames, width, height, args.fps,
+                 args.timeout_ms, BATCH if args.batch else REALTIME)
     flow.run()
     flow.join()
     stats = flow.stats()
     join = stats.join()
-    for k in range(args.cameras):
-        print(f"cam{k}: {stats.node(f'writer{k}').messages_in} sets, "
-              f"{join.inputs[k].used} frames written to cam{k}.avi")
-    batch = sum(i.used for i in join.inputs) / join.sets if join.sets else 0.0
-    print(f"model: {join.sets} calls, {batch:.2f} frames per call on average "
-          f"({join.partial} calls lacked a camera)")
+    for k, inp in enumerate(join.inputs):
+        print(f"cam{k}: {inp.used} of {inp.produced} frames joined a set ({inp.stale} "
+              f"replaced by a newer one, {inp.dropped} dropped before the join); "
+              f"writer{k} got {stats.node(f'writer{k}').messages_in} sets")
+    made = join.sets + join.dropped
+    per_set = sum(i.used for i in join.inputs) / made if made else 0.0
+    print(f"model: {join.sets} calls; the JOIN made {made} sets of {per_set:.2f} frames on "
+          f"average ({join.partial} lacked a camera, {join.dropped} dropped: the model was busy)")
     print(flow.report().join_table())
     if args.measure:
         cost = measure_batching(width, height)

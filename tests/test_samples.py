@@ -138,13 +138,13 @@ def test_multi_camera_sends_each_cameras_result_to_its_own_writer_in_order(tmp_p
     out = str(tmp_path / "cams")
     result = run_sample(
         "multi_camera.py", out, "--cameras", "4", "--frames", "30", "--size", "320x180",
-        "--measure", timeout=110,
+        "--batch", "--measure", timeout=110,
     )
     assert result.returncode == 0, result.stdout
-    written = {}
+    written = {}  # BATCH: every frame that joined a set reaches its writer
     for line in result.stdout.splitlines():
-        if line.startswith("cam") and "frames written" in line:
-            written[int(line[3])] = int(line.split(", ")[1].split()[0])
+        if line.startswith("cam") and "joined a set" in line:
+            written[int(line[3])] = int(line.split(": ")[1].split()[0])
     assert sorted(written) == [0, 1, 2, 3], result.stdout
     for k in range(4):
         cap = cv2.VideoCapture(os.path.join(out, f"cam{k}.avi"))
