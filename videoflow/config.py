@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from videoflow import mainguard
 from videoflow.engine.engines import check_engine_name
 
 START_METHODS = ("forkserver", "spawn", "fork")
@@ -38,13 +39,15 @@ class FlowConfig:
                        the stop becomes an abort (and stop_grace later, a kill), the task is
                        killed, and ``join()`` raises a FlowError naming the tasks that had not
                        finished and what they were doing.
-    stall_timeout:     0 (default: off), or seconds after which a flow whose messages have not
-                       moved (no task took, sent or dropped one, none changed phase) fails with
-                       a FlowError naming the stalled task (stuck in its node's code, or its
-                       process stopped). Note that a live source that sends nothing for this
-                       long stalls the flow too.
+    stall_timeout:     0 (default: off), or seconds after which a stalled flow fails with a
+                       FlowError naming the stalled task: a task that has been in one call of
+                       its node's code (or whose process has been stopped) that long, or a flow
+                       in which nothing moved that long. Set it above the longest call a node
+                       may make; a live source that sends nothing for that long stalls too.
     start_timeout:     seconds tasks have to open their node and report ready.
-    start_method:      multiprocessing start method (forkserver, spawn or fork).
+    start_method:      multiprocessing start method (forkserver, spawn or fork). Left unset,
+                       ``Flow`` picks forkserver, or fork for a script that starts its flow
+                       at import without a main guard (see ``choose_start_method``).
     debug:             check slot generations on every read, of every message after each call
                        and of every frame a node keeps, and fill released slots with 0xDB (a
                        view read after its slot went back shows 0xDB); costs time per message.
@@ -112,6 +115,7 @@ class FlowConfig:
                     f"unknown flow option {name!r}; known options: {', '.join(sorted(fields))}"
                 )
             values[name] = value
+        values["start_method"] = choose_start_method(values.get("start_method"))
         return cls(**values)
 
     def _opencv_mode(self) -> str:
@@ -141,6 +145,29 @@ class FlowConfig:
         if mode == "share":
             return max(1, cpus // max(1, nb_tasks))
         return None
+
+
+def choose_start_method(requested: str | None) -> str:
+    """The start method for a flow being created now, ``requested`` being the one the user set
+    (flow_options or VIDEOFLOW_START_METHOD), or None.
+
+    forkserver by default. A main script that creates the flow while it is being imported,
+    outside ``if __name__ == "__main__":`` (the original videoflow's examples do), would be run
+    again by every forkserver or spawn task and start the flow once more there; it gets fork,
+    the original's method. Asking for forkserver or spawn in such a script is a ValueError
+    that names the guard, raised before any process starts.
+    """
+    unguarded = mainguard.unguarded_main_line()
+    if requested is None:
+        return "forkserver" if unguarded is None else "fork"
+    if unguarded is not None and requested in ("forkserver", "spawn"):
+        path, line = unguarded
+        raise ValueError(
+            f"{path} starts a flow at line {line} when it is imported, so start_method="
+            f"{requested!r} would start it again in every task: put that code under "
+            "`if __name__ == \"__main__\":`, or leave start_method unset to use fork"
+        )
+    return requested
 
 
 # Accepted ranges, inclusive: (type, lowest, highest). Floats must also be finite.

@@ -44,14 +44,16 @@ class FlowError(VideoflowError):
     def __reduce__(self):  # keep attributes across pickling and copy.copy
         return (
             _rebuild_flow_error,
-            (self.args[0], self.node, self.task, self.exitcode, self.remote_traceback),
+            (self.args[0], self.node, self.task, self.exitcode, self.remote_traceback,
+             type(self)),
         )
 
 
 def _rebuild_flow_error(
-    text: str, node: str, task: int, exitcode: int | None, remote_traceback: str = ""
+    text: str, node: str, task: int, exitcode: int | None, remote_traceback: str = "",
+    cls: type[FlowError] | None = None,
 ) -> FlowError:
-    err = FlowError.__new__(FlowError)
+    err = (cls or FlowError).__new__(cls or FlowError)
     VideoflowError.__init__(err, text)
     err.node, err.task, err.exitcode = node, task, exitcode
     err.remote_traceback = remote_traceback

@@ -87,8 +87,11 @@ NODE_PACKAGES = ("videoflow.producers", "videoflow.processors", "videoflow.consu
 TICK = 0.2  # seconds between the monitor's looks at the tasks' phases (it wakes on events too)
 STALL_AFTER = 2.0  # seconds in a node's code that make a task "stalled" when stall_timeout is 0
 STALL_RATIO = 10  # ... and this many times the task's mean time per call
+GAP = 2.0  # seconds without a look at the tasks that mean the owner itself was not running
 SERVER_LOST = 255  # the exit code multiprocessing gives a forkserver task it lost track of
 _running: weakref.WeakSet[ProcessEngine] = weakref.WeakSet()
+# A forked child has no monitor thread: the flows it inherited are not its to finish at exit.
+os.register_at_fork(after_in_child=_running.clear)
 
 
 def _context(method: str) -> Any:
@@ -152,6 +155,7 @@ class _TaskHandle:
         self.state: int | None = None  # the STATE counter last seen, since when
         self.since = 0.0
         self.stopped = False  # its process was last seen stopped (SIGSTOP, a debugger)
+        self.stopped_since = 0.0  # ... since then
         self.ending_since: float | None = None  # first seen past its last message
         self.signaled: int | None = None  # STATE when STOP_SIGNAL was sent to it
 
@@ -183,6 +187,7 @@ class ProcessEngine:
         self._stop_deadline: float | None = None  # stop() + stop_timeout
         self._moved_at = 0.0  # when a message last moved (stall watchdog)
         self._signature: tuple[Any, ...] = ()
+        self._looked_at = time.monotonic()  # the last _observe()
         self._server_pid: int | None = None  # the forkserver the tasks were forked from
         self._server_died = False
         self.control: Any = None  # the control block, made by start() for the plan's tasks
@@ -363,14 +368,27 @@ class ProcessEngine:
         return self.control[task.row : task.row + ROW]
 
     def _observe(self, now: float) -> None:
-        """Note every change of a task's published phase, and whether its process is stopped."""
+        """Note every change of a task's published phase, and whether its process is stopped.
+
+        A long gap since the last look means this process was not running (Ctrl-Z, a debugger):
+        nothing could be seen meanwhile, so that time does not count towards a stall."""
         with self._lock:
+            gap = now - self._looked_at
+            self._looked_at = now
+            if gap > GAP:
+                self._moved_at += gap
+                for task in self._tasks:
+                    task.since += gap
+                    task.stopped_since += gap
             for task in self._tasks:
                 state = self.control[task.row + STATE]
                 if state != task.state:
                     task.state, task.since = state, now
                 if not task.exited and task.pid is not None:
-                    task.stopped = process_state(task.pid) in ("T", "t")
+                    stopped = process_state(task.pid) in ("T", "t")
+                    if stopped and not task.stopped:
+                        task.stopped_since = now
+                    task.stopped = stopped
 
     def _in_node_code(self, task: _TaskHandle) -> bool:
         phase = state_phase(self.control[task.row + STATE])[0]
@@ -454,6 +472,7 @@ class ProcessEngine:
         message.ATTACHED: _on_attached,
         message.READY: _on_ready,
         message.DONE: _on_done,
+        message.THREADS: _on_threads,
         message.ERROR: _on_error,
         message.THREADS: _on_threads,
     }
@@ -652,8 +671,18 @@ class ProcessEngine:
             )
             self._kill(task)
 
+    def _stuck(self, task: _TaskHandle, now: float, timeout: float) -> bool:
+        """Its process has been stopped, or it has been in one call of its node's code, for
+        ``timeout`` seconds at least."""
+        if task.exited or task.state is None:
+            return False
+        if task.stopped and now - task.stopped_since >= timeout:
+            return True
+        return self._in_node_code(task) and now - task.since >= timeout
+
     def _check_stall(self, now: float) -> None:
-        """With stall_timeout: fail a flow whose messages have not moved for that long."""
+        """With stall_timeout: fail the flow when a task has been stuck that long (in its
+        node's code, or its process stopped), or when nothing at all moved that long."""
         timeout = self.config.stall_timeout
         if not timeout or not self.control[GO]:
             return
@@ -663,16 +692,19 @@ class ProcessEngine:
         )
         if signature != self._signature:
             self._signature, self._moved_at = signature, now
-            return
-        if now - self._moved_at < timeout:
+        stuck = [t for t in self._tasks if self._stuck(t, now, timeout)]
+        if not stuck and now - self._moved_at < timeout:
             return
         left = self._unfinished()
         if not left:
             return
-        first = left[0]
-        if first.stopped or self._in_node_code(first):
-            what = f"{first.label} is stalled, {self._doing(first, now)}; the others wait for it"
+        if stuck:  # (a realtime flow drops around a stuck task: its counters still move)
+            first = min(stuck, key=lambda t: t.stopped_since if t.stopped else t.since)
+            left.remove(first)
+            left.insert(0, first)
+            what = f"{first.label} is stalled, {self._doing(first, now)}"
         else:
+            first = left[0]
             what = "no task is in its node's code"
         self._fail(
             FlowError(

@@ -22,10 +22,10 @@ FLAGS = 3
 # Per-task counter row.
 FIELDS = (
     "messages_in", "messages_out", "dropped", "busy_ns", "wait_ns", "blocked_ns", "cpu_ns",
-    "state", "reconnects", "offline_ns",
+    "reconnects", "offline_ns", "state",
 )  # fmt: skip
 (
-    IN, OUT, DROPPED, BUSY_NS, WAIT_NS, BLOCKED_NS, CPU_NS, STATE, RECONNECTS, OFFLINE_NS,
+    IN, OUT, DROPPED, BUSY_NS, WAIT_NS, BLOCKED_NS, CPU_NS, RECONNECTS, OFFLINE_NS, STATE,
 ) = range(len(FIELDS))
 ROW = len(FIELDS)
 
@@ -170,11 +170,11 @@ class TaskStats(_Rates):
     slots_in_use: int | None = None
     cpu_s: float = 0.0
     elapsed_s: float = 0.0
+    reconnects: int = 0
+    offline_s: float = 0.0
     doing: str = ""
     doing_s: float = 0.0
     stalled: bool = False
-    reconnects: int = 0
-    offline_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Fields and derived rates, JSON-ready."""
@@ -391,8 +391,8 @@ def task_stats(
         node, task, row[IN], row[OUT], row[DROPPED],
         row[BUSY_NS] / 1e9, row[WAIT_NS] / 1e9, row[BLOCKED_NS] / 1e9,
         errors=errors, slots_in_use=slots_in_use, cpu_s=row[CPU_NS] / 1e9, elapsed_s=elapsed_s,
-        doing=doing, doing_s=doing_s, stalled=stalled,
         reconnects=row[RECONNECTS], offline_s=row[OFFLINE_NS] / 1e9,
+        doing=doing, doing_s=doing_s, stalled=stalled,
     )
 
 

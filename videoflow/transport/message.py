@@ -37,8 +37,8 @@ Event pipe, task -> flow owner (a multiprocessing Connection; ``event(kind, *fie
     DONE       ("done",)                               the task ended normally
     ERROR      ("error", phase, type_name, text, tb)   the node (or the task) raised in ``phase``
     LOG        ("log", record)                         a log record (engine/logs.py)
-    THREADS    ("threads", names)                      after the node closed: threads that
-                                                       keep the process from exiting
+    THREADS    ("threads", names)                      the task ended, but these non-daemon
+                                                       threads keep its process alive
 
 The owner dispatches on ``event_kind`` through one table (``ProcessEngine._on_event``); a new
 kind is a constant and a constructor here and a handler there.
