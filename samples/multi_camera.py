@@ -34,7 +34,7 @@ import numpy as np
 
 from videoflow.consumers import VideofileWriter
 from videoflow.core import BATCH, REALTIME, Flow, Join, ProcessorNode
-from videoflow.processors import BoundingBoxAnnotator
+from videoflow.processors import BoxAnnotator
 from videoflow.producers import MovingShapesProducer
 
 COLOURS = ((255, 0, 0), (0, 200, 0), (0, 0, 255), (0, 220, 220), (220, 0, 220), (220, 220, 0))
@@ -131,7 +131,7 @@ class BatchedModel(ProcessorNode):
         return tuple(results)
 
 
-class CameraBoxes(BoundingBoxAnnotator):
+class CameraBoxes(BoxAnnotator):
     """Draws a camera's detections on its frame; a set without this camera gives None."""
 
     def process(self, frame: np.ndarray | None, boxes: Any) -> np.ndarray | None:
