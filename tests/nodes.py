@@ -453,7 +453,8 @@ class MixConsumer(ConsumerNode):
 
 
 class KeepsInput(ProcessorNode):
-    """A bug on purpose: keeps a view of an input frame (or of part of it) to read it later."""
+    """Keeps a view of its input frame (or of part of it) without copying it, and checks in
+    the next call that the kept frame still holds what it held: raises if it changed."""
 
     def __init__(self, part: bool = False, **kw: Any) -> None:
         super().__init__(**kw)
@@ -461,10 +462,149 @@ class KeepsInput(ProcessorNode):
 
     def open(self) -> None:
         self.previous: Any = None
+        self.previous_index = -1
 
     def process(self, frame: Any) -> Any:
         if isinstance(frame, dict):
             frame = frame["frame"]
         seen = -1 if self.previous is None else int(self.previous.reshape(-1)[-1])
+        if self.previous is not None and seen != self.previous_index % 251:
+            raise AssertionError(
+                f"the frame kept at index {self.previous_index} changed: reads {seen}"
+            )
         self.previous = frame[1:] if self.part else frame
+        self.previous_index = self.meta["index"]
         return seen
+
+
+# -- frames a node draws on or keeps (tests/test_frames.py) -----------------------------------
+MARK = 255  # what the drawing nodes write; frame_value never reaches it (index % 251)
+
+
+def draw_mark(frame: np.ndarray) -> None:
+    """Draw on ``frame`` in place: row 2 becomes MARK (with OpenCV when it is installed)."""
+    try:
+        import cv2
+    except ImportError:
+        frame[2] = MARK
+    else:
+        cv2.line(frame, (0, 2), (frame.shape[1] - 1, 2), (MARK,) * 3, 1)
+
+
+def check_marked(frame: np.ndarray, index: int) -> bool:
+    """``frame`` is synthetic frame ``index`` with row 2 drawn by ``draw_mark``."""
+    clean = frame.copy()
+    ok = bool((clean[2] == MARK).all())
+    clean[2] = synthetic_frame(frame.shape, index)[2]
+    return ok and check_frame(clean, index)
+
+
+class DrawInPlace(ProcessorNode):
+    """Draws on its input frame without asking (right only as the frame's last reader)."""
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        draw_mark(frame)
+        return frame
+
+
+class DrawWritable(ProcessorNode):
+    """Draws on ``make_writable(frame)``; raises unless that is the input itself exactly
+    when ``in_place`` (the node is the frame's last reader) and a copy otherwise."""
+
+    def __init__(self, in_place: bool, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.in_place = in_place
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        out = self.make_writable(frame)
+        if (out is frame) != self.in_place or out.flags.writeable is not True:
+            raise AssertionError(f"make_writable gave {'it' if out is frame else 'a copy'}")
+        draw_mark(out)
+        return out
+
+
+class CheckFrames(ConsumerNode):
+    """Checks each message's frames (``"clean"``: synthetic frame of the message's index;
+    ``"marked"``: the same drawn on by draw_mark); writes ``index ok|bad`` lines."""
+
+    def __init__(self, path: str, kinds: tuple[str, ...], **kw: Any) -> None:
+        super().__init__(**kw)
+        self.path, self.kinds = path, kinds
+
+    def open(self) -> None:
+        self._f = open(self.path, "w", buffering=1)  # noqa: SIM115 (closed in close())
+
+    def consume(self, *frames: np.ndarray) -> None:
+        index = self.meta["index"]
+        check = {"clean": check_frame, "marked": check_marked}
+        ok = all(check[k](f, index) for k, f in zip(self.kinds, frames, strict=True))
+        self._f.write(f"{index} {'ok' if ok else 'bad'}\n")
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class KeepsLast:
+    """Keeps the last ``n`` input frames without copying them (as they are, as slices, or in
+    dicts), checks every kept frame at every call and at close(), and raises on the first
+    that changed. Writes ``kept <count> checked <count>`` to ``path`` at close()."""
+
+    meta: dict[str, Any]
+
+    def __init__(self, path: str, n: int = 16, how: str = "frame", **kw: Any) -> None:
+        super().__init__(**kw)
+        self.path, self.n, self.how = path, n, how
+
+    def open(self) -> None:
+        self.kept: list[tuple[int, Any]] = []
+        self.checked = 0
+
+    def _check_all(self) -> None:
+        for index, held in self.kept:
+            frame = held["frame"] if self.how == "dict" else held
+            full = synthetic_frame((48, 64, 3), index)
+            expected = full[1:] if self.how == "slice" else full
+            if not np.array_equal(frame, expected):
+                raise AssertionError(f"kept frame {index} changed (held {len(self.kept)})")
+            self.checked += 1
+
+    def keep(self, frame: np.ndarray) -> None:
+        self._check_all()
+        held: Any = frame
+        if self.how == "dict":
+            held = {"frame": frame}
+        elif self.how == "slice":
+            held = frame[1:]
+        self.kept.append((self.meta["index"], held))
+        if len(self.kept) > self.n:
+            self.kept.pop(0)
+
+    def close(self) -> None:
+        self._check_all()
+        with open(self.path, "w") as f:
+            f.write(f"kept {len(self.kept)} checked {self.checked}\n")
+
+
+class KeepLast(KeepsLast, ProcessorNode):
+    """KeepsLast as a processor that passes its input on: a later node reads the frames too."""
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        self.keep(frame)
+        return frame
+
+
+class KeepLastConsumer(KeepsLast, ConsumerNode):
+    """KeepsLast as a consumer: the frames' last reader."""
+
+    def consume(self, frame: np.ndarray) -> None:
+        self.keep(frame)
+
+
+class Hoarder(ConsumerNode):
+    """Keeps every input frame, without copying: sooner or later too many."""
+
+    def open(self) -> None:
+        self.kept: list[np.ndarray] = []
+
+    def consume(self, frame: np.ndarray) -> None:
+        self.kept.append(frame)

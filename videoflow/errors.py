@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class VideoflowError(Exception):
     """Base class of every error videoflow raises on its own behalf."""
@@ -48,6 +50,24 @@ def _rebuild_flow_error(text: str, node: str, task: int, exitcode: int | None) -
     VideoflowError.__init__(err, text)
     err.node, err.task, err.remote_traceback, err.exitcode = node, task, "", exitcode
     return err
+
+
+_READ_ONLY = re.compile(r"\bread-only\b|marked as readonly")  # numpy's words; OpenCV's
+
+
+def read_only_write(message: str) -> str | None:
+    """When a node's error ``message`` says it wrote into a read-only array (numpy's
+    "assignment destination is read-only", OpenCV's "Bad argument ... marked as readonly"),
+    what the user needs to know instead; None otherwise. The one place that says what inputs
+    allow."""
+    if not _READ_ONLY.search(message):
+        return None
+    return (
+        "an input frame is read-only when a later node reads the same frame, so that nothing "
+        "this node writes changes what that node sees; draw on frame = "
+        "self.make_writable(frame) (one copy, or none when this node is the frame's last "
+        "reader) or fill an array from self.allocate(shape, dtype), and return it"
+    )
 
 
 class PoolExhaustedError(VideoflowError):

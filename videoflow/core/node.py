@@ -189,6 +189,30 @@ class Node:
         shape_t = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
         return self._vf_context.allocate(shape_t, dtype)
 
+    def make_writable(self, frame: np.ndarray) -> np.ndarray:
+        """``frame`` itself when this node may write into it, else a writable copy of it.
+
+        A node may draw on an input frame when it is that frame's last reader (no later node
+        reads the same frame): the engine then hands the frame over writable and this returns
+        it as it is, at no cost. When a later node reads the frame too, it arrives read-only,
+        so that nothing this node writes can change what that node sees: this makes one copy,
+        into shared memory (``allocate``), so that returning the copy costs nothing more.
+        (GStreamer's ``gst_buffer_make_writable``: the same memory when nothing else reads it,
+        one copy otherwise.) Outside a flow, a writable array is returned as it is too.
+        """
+        if not isinstance(frame, np.ndarray):
+            raise TypeError(
+                f"make_writable takes a numpy array, got {type(frame).__name__}; "
+                "copy other values yourself (copy.deepcopy)"
+            )
+        if frame.flags.writeable:
+            return frame
+        if frame.dtype.hasobject:  # objects cannot live in shared memory
+            return frame.copy()
+        out = self.allocate(frame.shape, frame.dtype)
+        np.copyto(out, frame, casting="no")
+        return out
+
     @property
     def meta(self) -> dict[str, Any]:
         """Metadata of the message being handled (``index``, plus what producers add, such as

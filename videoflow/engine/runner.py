@@ -19,9 +19,9 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, ClassVar
 
 from videoflow.config import FlowConfig
 from videoflow.engine.logs import handle_forwarded, level_snapshot
@@ -47,7 +47,8 @@ from videoflow.engine.stats import (
     task_stats,
 )
 from videoflow.engine.task import TaskSpec, release_queued, task_main
-from videoflow.errors import FlowError
+from videoflow.errors import FlowError, read_only_write
+from videoflow.transport import message
 from videoflow.transport.names import (
     claim_prefix,
     list_entries,
@@ -254,26 +255,50 @@ class ProcessEngine:
         self.errors.append(err)
         self.abort()
 
-    def _on_event(self, task: _TaskHandle, event: tuple[Any, ...]) -> None:
-        what = event[0]
-        if what == "log":
-            handle_forwarded(event[1])
-        elif what == "attached":
-            task.attached = True
-        elif what == "ready":
-            task.ready = True
-        elif what == "done":
-            task.done = True
-        elif what == "error":
-            _, phase, type_name, message, tb = event
-            task.failed = True
-            where = f" in {phase}()" if phase not in ("start", "load") else f" at {phase}"
-            self._fail(
-                FlowError(
-                    f"node {task.name!r} (task {task.worker}) raised {type_name}{where}: {message}",
-                    node=task.name, task=task.worker, remote_traceback=tb,
-                )
+    # One handler per event kind (transport/message.py lists the kinds and their fields);
+    # a new kind is one more method and one more row in _EVENTS.
+    def _on_log(self, task: _TaskHandle, record: dict[str, Any]) -> None:
+        handle_forwarded(record)
+
+    def _on_attached(self, task: _TaskHandle) -> None:
+        task.attached = True
+
+    def _on_ready(self, task: _TaskHandle) -> None:
+        task.ready = True
+
+    def _on_done(self, task: _TaskHandle) -> None:
+        task.done = True
+
+    def _on_error(
+        self, task: _TaskHandle, phase: str, type_name: str, text: str, tb: str
+    ) -> None:
+        task.failed = True
+        where = f" in {phase}()" if phase not in ("start", "load") else f" at {phase}"
+        what = f"raised {type_name}{where}: {text}"
+        hint = read_only_write(text)
+        if hint is not None:
+            what = f"wrote into a read-only array{where}: {hint}"
+        self._fail(
+            FlowError(
+                f"node {task.name!r} (task {task.worker}) {what}",
+                node=task.name, task=task.worker, remote_traceback=tb,
             )
+        )
+
+    _EVENTS: ClassVar[dict[str, Callable[..., None]]] = {
+        message.LOG: _on_log,
+        message.ATTACHED: _on_attached,
+        message.READY: _on_ready,
+        message.DONE: _on_done,
+        message.ERROR: _on_error,
+    }
+
+    def _on_event(self, task: _TaskHandle, event: message.Event) -> None:
+        handler = self._EVENTS.get(message.event_kind(event))
+        if handler is None:  # a task of another videoflow version: say so, do not stop
+            log.warning("task %s[%d] sent an unknown event %r", task.name, task.worker, event)
+            return
+        handler(self, task, *message.event_fields(event))
 
     def _on_exit(self, task: _TaskHandle) -> None:
         code = task.process.exitcode

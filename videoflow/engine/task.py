@@ -25,6 +25,7 @@ import numpy as np
 from videoflow.config import FlowConfig
 from videoflow.engine.logs import EventSender, forward_to_owner
 from videoflow.engine.plan import CONSUMER, MERGE, PRODUCER, Link, Stage
+from videoflow.engine.slots import MessageSlots
 from videoflow.engine.stats import (
     ABORT,
     BLOCKED_NS,
@@ -39,14 +40,13 @@ from videoflow.engine.stats import (
     STOP,
     WAIT_NS,
 )
-from videoflow.errors import StaleSlotError
 from videoflow.transport import message
-from videoflow.transport.codec import Codec, value_refs
+from videoflow.transport.codec import Codec
+from videoflow.transport.message import DATA, STOP_FLOW, Message, message_refs
 from videoflow.transport.names import sweep_prefix
 from videoflow.transport.queue import ControlQueue
 from videoflow.transport.shm import PoolRegistry, SlotAllocator, SlotRef
 
-DATA, STOP_FLOW, BLOB = 0, 1, 2
 _now = time.perf_counter_ns
 CPU_EVERY_NS = 50_000_000  # how often a task publishes its CPU time (a syscall, ~0.6 us)
 
@@ -61,8 +61,9 @@ def _heap_array(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
 
 class TaskContext:
     """What a node sees of its task (``Node.bind``): ``allocate`` takes a slot of the task's
-    pool (a task that sends nothing on allocates on the heap); ``meta`` is the metadata of the
-    message in hand, which the task sets before each call (one attribute store per message).
+    pool, owned by the task's MessageSlots (a task that sends nothing on allocates on the
+    heap); ``meta`` is the metadata of the message in hand, which the task sets before each
+    call (one attribute store per message).
 
     Beyond the NodeContext protocol, for live sources (the stream and camera readers, which
     use them when their context has them): ``stopping()`` says whether the flow is ending, so
@@ -72,8 +73,8 @@ class TaskContext:
 
     __slots__ = ("allocate", "control", "meta", "row")
 
-    def __init__(self, allocator: SlotAllocator | None, control: Any = None, row: int = 0) -> None:
-        self.allocate = allocator.array if allocator is not None else _heap_array
+    def __init__(self, slots: MessageSlots, control: Any = None, row: int = 0) -> None:
+        self.allocate = slots.allocate if slots.allocator is not None else _heap_array
         self.meta: dict[str, Any] = {}
         self.control, self.row = control, row
 
@@ -163,19 +164,12 @@ class Lifeline:
         return False
 
 
-def message_refs(values: dict[int, Any]) -> set[SlotRef]:
-    refs: set[SlotRef] = set()
-    for enc in values.values():
-        refs.update(value_refs(enc))
-    return refs
-
-
-def read_message(raw: bytes, registry: PoolRegistry) -> tuple[Any, ...]:
+def read_message(raw: bytes, registry: PoolRegistry) -> Message:
     """Decode a control message; one that outgrew its queue comes out of its blob slot,
     which is then given back."""
     msg = message.loads(raw)
-    if msg[0] == BLOB:
-        ref, nbytes = msg[1], msg[2]
+    if message.kind(msg) == message.BLOB:
+        ref, nbytes = message.blob_fields(msg)
         msg = message.loads(registry.view(ref, 0, nbytes))
         registry.release(ref)
     return msg
@@ -190,8 +184,8 @@ def release_queued(queue: ControlQueue, registry: PoolRegistry) -> int:
     count = 0
     while (raw := queue.get(0)) is not None:
         msg = read_message(raw, registry)
-        if msg[0] == DATA:
-            for ref in message_refs(msg[3]):
+        if message.kind(msg) == DATA:
+            for ref in message_refs(message.data_fields(msg)[2]):
                 registry.release(ref)
         count += 1
     return count
@@ -211,18 +205,18 @@ class Inbox:
         self.life = life
         self.registry = registry
         self.poll = spec.config.poll_interval
-        self.pending: dict[int, tuple[Any, ...]] = {}
+        self.pending: dict[int, Message] = {}
         self.next_seq = 0
         self.stops = 0
 
-    def _receive(self) -> tuple[Any, ...]:
+    def _receive(self) -> Message:
         while True:
             raw = self.queue.get(self.poll)
             if raw is not None:
                 return read_message(raw, self.registry)
             self.life.check()
 
-    def get(self) -> tuple[Any, ...]:
+    def get(self) -> Message:
         if self.senders == 1:
             return self._receive()
         while True:
@@ -234,12 +228,12 @@ class Inbox:
             if self.stops == self.senders:
                 if self.pending:
                     raise RuntimeError(f"merge ended with sequence gaps before {min(self.pending)}")
-                return (STOP_FLOW, 0, None, None)
+                return message.STOP
             msg = self._receive()
-            if msg[0] == STOP_FLOW:
+            if message.kind(msg) == STOP_FLOW:
                 self.stops += 1
             else:
-                self.pending[msg[1]] = msg
+                self.pending[message.seq(msg)] = msg
 
 
 class Outbox:
@@ -290,15 +284,14 @@ class Outbox:
         self.control[self.blocked_at] += _now() - t0
         return True
 
-    def _pack(self, msg: tuple[Any, ...]) -> tuple[bytes, SlotRef | None]:
+    def _pack(self, msg: Message) -> tuple[bytes, SlotRef | None]:
         data = message.dumps(msg)
         if len(data) <= self.max_size:
             return data, None
         if self.allocator is None:
             raise RuntimeError("a message outgrew the control queue and this task has no pool")
-        ref, nbytes = self.allocator.write(data)
-        self.allocator.fresh.clear()
-        return message.dumps((BLOB, ref, nbytes)), ref
+        ref, nbytes = self.allocator.write(data)  # the message's; the receiver frees it
+        return message.dumps(message.blob(ref, nbytes)), ref
 
     def _unsent(self, blob: SlotRef | None) -> None:
         """Give back the blob slot of a message that did not leave this task."""
@@ -313,7 +306,7 @@ class Outbox:
             seq = self.next_seq
         elif not self.keep_seq:
             seq = 0
-        data, blob = self._pack((DATA, seq, meta, values))
+        data, blob = self._pack(message.data(seq, meta, values))
         if self.realtime:
             if not self.queue.put(data, 0):
                 self._unsent(blob)
@@ -329,7 +322,7 @@ class Outbox:
         return True
 
     def send_stop(self) -> None:
-        data = message.dumps((STOP_FLOW, 0, None, None))
+        data = message.dumps(message.STOP)
         for _ in range(self.link.receivers):
             self._put_blocking(data)
 
@@ -353,15 +346,15 @@ class Task:
                 self.stage.nslots,
                 on_wait=self.life.check,
             )
-        self.codec = Codec(
-            self.registry, self.allocator, spec.config.inline_max, spec.config.oob_min
+        codec = Codec(self.registry, self.allocator, spec.config.inline_max, spec.config.oob_min)
+        self.slots = MessageSlots(
+            self.stage, self.registry, self.allocator, codec, debug=spec.config.debug
         )
         self.node: Any = None
-        self.context = TaskContext(self.allocator, control, spec.row)
+        self.context = TaskContext(self.slots, control, spec.row)
         self.inbox: Inbox | None = None
         self.outbox: Outbox | None = None
         self.phase = "start"
-        self.holding: dict[int, Any] | None = None  # values of the message in hand
         self.cpu0: int | None = None  # process CPU ns at GO
         self.cpu_due = 0  # perf_counter ns of the next CPU publication
 
@@ -370,13 +363,13 @@ class Task:
         opened = False
         try:
             self._open_queues()
-            self.conn.send(("attached",))
+            self.conn.send(message.event(message.ATTACHED))
             self._load_node()
             if self.node is not None:
                 self.phase = "open"
                 self.node.open()
             opened = True
-            self.conn.send(("ready",))
+            self.conn.send(message.event(message.READY))
             self._wait_go()
             self.cpu0 = time.process_time_ns()
             if self.stage.spec.kind == PRODUCER:
@@ -391,7 +384,7 @@ class Task:
             if self.node is not None:
                 self.node.close()
             self._count_cpu()
-            self.conn.send(("done",))
+            self.conn.send(message.event(message.DONE))
         except Aborted:
             pass
         except BaseException as exc:
@@ -412,28 +405,23 @@ class Task:
                 sweep_prefix(self.spec.pool_prefix)  # the rest, once the owner's lock is free
 
     def _let_go(self) -> None:
-        """After an error or an abort, give back the slots this task still holds: the message
-        in hand, those a merge holds back for ordering, those taken by the failed call.
-        (Messages left in queues are given back by the owner once every task has ended.)"""
-        refs: set[SlotRef] = set()
-        if self.holding is not None:
-            refs |= message_refs(self.holding)
-            self.holding = None
+        """When the task ends: give back the slots it still holds. After an error or an abort
+        that is the message in hand, those a merge holds back for ordering and those taken by
+        the failed call; always, once the node is closed, the frames it kept. (Messages left
+        in queues are given back by the owner once every task has ended.)"""
+        pending = []
         if self.inbox is not None:
-            for msg in self.inbox.pending.values():
-                refs |= message_refs(msg[3])
+            pending = [message.data_fields(msg)[2] for msg in self.inbox.pending.values()]
             self.inbox.pending.clear()
-        if self.allocator is not None:
-            refs.update(self.allocator.fresh)
-            self.allocator.fresh.clear()
-        for ref in refs:
-            with contextlib.suppress(Exception):
-                self.registry.release(ref)
+        self.slots.abandon(pending)
+        self.slots.release_kept()
 
     def _report(self, exc: BaseException) -> None:
         with contextlib.suppress(OSError):
             self.conn.send(
-                ("error", self.phase, type(exc).__name__, str(exc), traceback.format_exc())
+                message.error_event(
+                    self.phase, type(exc).__name__, str(exc), traceback.format_exc()
+                )
             )
 
     def _open_queues(self) -> None:
@@ -473,91 +461,70 @@ class Task:
             time.sleep(0.002)
 
     # -- per message -----------------------------------------------------------------------
-    def _release(self, refs: set[SlotRef] | list[SlotRef]) -> None:
-        for ref in refs:
-            self.registry.release(ref)
-
     def _count_cpu(self) -> None:
         """Publish the CPU time this process (every thread of it) has used since GO."""
         if self.cpu0 is not None:
             self.control[self.row + CPU_NS] = time.process_time_ns() - self.cpu0
 
-    def _forward(self, seq: int, meta: dict[str, Any], values: dict[int, Any]) -> None:
-        control, row = self.control, self.row
+    def _forward(self, seq: int, meta: dict[str, Any]) -> None:
+        control, row, slots = self.control, self.row, self.slots
         now = _now()
         if now >= self.cpu_due:
             self.cpu_due = now + CPU_EVERY_NS
             self._count_cpu()
         if self.outbox is None:
-            self._release(message_refs(values))
-        elif self.outbox.send(seq, meta, values):
+            return  # settle gave everything back: this task was the last reader
+        if self.outbox.send(seq, meta, slots.values):
             control[row + OUT] += 1
+            slots.sent()
         else:
             control[row + DROPPED] += 1
-            self._release(message_refs(values))
-
-    def _check_views(self, values: dict[int, Any]) -> None:
-        """Debug mode, after a call: the message's slots are still the ones it was sent with,
-        and the node kept no view of its inputs (it would read them after their release)."""
-        for ref in message_refs(values):
-            self.registry.get(ref.pool).check(ref.slot, ref.gen)
-        kept = self.codec.still_referenced()
-        if kept:
-            raise StaleSlotError(
-                f"node {self.stage.spec.name!r} kept a view of its input after "
-                f"{self.phase}() returned (slot {kept[0].slot} of pool {kept[0].pool!r}); "
-                "inputs are valid only during the call and their slots are then reused: "
-                "keep a copy (frame.copy()) instead"
-            )
+            slots.drop()
 
     def _produce(self) -> None:
         node, control, row, life = self.node, self.control, self.row, self.life
-        allocator, context = self.allocator, self.context
-        assert allocator is not None
-        node_id = self.stage.spec.node_id
+        slots, context = self.slots, self.context
         index = 0
         while True:
             life.check()
             if control[STOP]:
                 break
             context.meta = meta = {"index": index}
+            slots.hold({})
             t0 = _now()
             try:
                 value = node.next()
             except StopIteration:
-                allocator.end_call(set())
+                slots.settle()
                 break
             control[row + BUSY_NS] += _now() - t0
-            enc = self.codec.encode(value, set(allocator.fresh))
-            allocator.end_call(set(value_refs(enc)))
+            slots.output(value)
+            del value
+            slots.settle()
             control[row + IN] += 1
-            self.holding = values = {node_id: enc}
-            self._forward(0, meta, values)
-            self.holding = None
+            self._forward(0, meta)
             index += 1
 
     def _loop(self) -> None:
+        """receive -> decode -> call -> encode -> drop -> forward, until STOP."""
         assert self.inbox is not None
-        inbox, control, row = self.inbox, self.control, self.row
-        stage = self.stage
-        spec = stage.spec
-        node, codec, allocator, context = self.node, self.codec, self.allocator, self.context
+        inbox, control, row, slots = self.inbox, self.control, self.row, self.slots
+        spec = self.stage.spec
+        node, context = self.node, self.context
         is_consumer = spec.kind == CONSUMER
         is_merge = spec.kind == MERGE
-        reads, drop_after, node_id = spec.reads, stage.drop_after, spec.node_id
-        debug = self.spec.config.debug
         self.phase = "consume" if is_consumer else "process"
         while True:
             t0 = _now()
             msg = inbox.get()
             control[row + WAIT_NS] += _now() - t0
-            if msg[0] == STOP_FLOW:
+            if message.kind(msg) == STOP_FLOW:
                 return
             control[row + IN] += 1
-            _, seq, meta, values = msg
-            self.holding = values
+            seq, meta, values = message.data_fields(msg)
+            slots.hold(values)
             if not is_merge:
-                inputs = [codec.decode(values[nid]) for nid in reads]
+                inputs = slots.inputs()
                 context.meta = meta
                 t0 = _now()
                 if is_consumer:
@@ -567,33 +534,10 @@ class Task:
                     output = node.process(*inputs)
                 control[row + BUSY_NS] += _now() - t0
                 del inputs
-                refs = {nid: value_refs(enc) for nid, enc in values.items()}
-                if allocator is not None:
-                    if stage.keep_output:
-                        held = set(allocator.fresh)
-                        for some in refs.values():
-                            held.update(some)
-                        enc = codec.encode(output, held)
-                        values[node_id] = enc
-                        refs[node_id] = value_refs(enc)
-                        allocator.end_call(set(refs[node_id]))
-                    else:
-                        allocator.end_call(set())
+                slots.output(output)
                 del output
-                if debug:
-                    self._check_views(values)
-                if drop_after:
-                    freed: set[SlotRef] = set()
-                    for nid in drop_after:
-                        if nid in values:
-                            del values[nid]
-                            freed.update(refs.pop(nid))
-                    if freed:
-                        for kept in refs.values():
-                            freed.difference_update(kept)
-                        self._release(freed)
-            self._forward(seq, meta, values)
-            self.holding = None
+                slots.settle()
+            self._forward(seq, meta)
 
 
 def task_main(spec: TaskSpec, conn: Connection, control: Any) -> None:
