@@ -31,9 +31,9 @@ class FlowConfig:
     stop_grace:        seconds the parent waits for tasks to exit after an abort before killing.
     start_timeout:     seconds tasks have to open their node and report ready.
     start_method:      multiprocessing start method (forkserver, spawn or fork).
-    debug:             check slot generations on every read and of every message after each
-                       call, fill released slots with 0xDB, and fail a node that keeps a view
-                       of an input past its call (use after release); costs time per message.
+    debug:             check slot generations on every read, of every message after each call
+                       and of every frame a node keeps, and fill released slots with 0xDB (a
+                       view read after its slot went back shows 0xDB); costs time per message.
     progress:          draw a progress line on stderr while the flow runs (only on a terminal).
     opencv_threads:    threads OpenCV may use in each task (cv2.setNumThreads, and the FFmpeg
                        decoder of the file readers). 0 (default): the CPUs shared out over the

@@ -92,12 +92,13 @@ class KeptSlots:
 
     def check_room(self, refs: list[SlotRef]) -> None:
         """Raise PoolExhaustedError if keeping ``refs`` too leaves a writer short of slots."""
+        with self.lock:  # a node's thread may let go of a kept frame meanwhile
+            holding = list(self.holders)
         new: dict[str, int] = {}
-        for ref in refs:
-            if ref not in self.holders:
-                new[writer_of(ref.pool)] = new.get(writer_of(ref.pool), 0) + 1
+        for ref in set(refs).difference(holding):
+            new[writer_of(ref.pool)] = new.get(writer_of(ref.pool), 0) + 1
         for writer, more in new.items():
-            held = sum(1 for r in self.holders if writer_of(r.pool) == writer) + more
+            held = sum(1 for r in holding if writer_of(r.pool) == writer) + more
             pool = self.registry.get(next(r.pool for r in refs if writer_of(r.pool) == writer))
             limit = (MAX_POOLS - 1) * pool.nslots
             if held > limit:
