@@ -93,6 +93,9 @@ class Flow:
                 nb_tasks=node.nb_tasks,
                 device_type=node.device_type,
                 one_task=isinstance(node, OneTaskProcessorNode),
+                realtime_drop=node.realtime_drop,
+                every=node.every,
+                skip_when_busy=node.skip_when_busy and self._flow_type == REALTIME,
             )
             for node in self._nodes
         ]
