@@ -21,6 +21,7 @@ slot must never change, and no other process may ever write into it.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import weakref
@@ -63,6 +64,7 @@ def _calibrate() -> int:
 
 
 _ALONE = _calibrate()
+log = logging.getLogger(__name__)
 
 
 def writer_of(pool: str) -> str:
@@ -175,6 +177,7 @@ class MessageSlots:
         self.handed: list[Handed] = []  # objects given to the node, with their slot
         self.taken: list[SlotRef] = []  # slots taken since the last settle
         self.kept = KeptSlots(registry, spec.name)
+        self.copied = False  # a kept frame was copied for the message (logged once)
 
     # -- one message -------------------------------------------------------------------------
     def hold(self, values: dict[int, Encoded]) -> None:
@@ -281,6 +284,12 @@ class MessageSlots:
         return {h[1] for h in holding}
 
     def _copy_for_message(self, ref: SlotRef) -> None:
+        if not self.copied:
+            self.copied = True
+            log.debug(
+                "node %r keeps a frame that a later node reads too: the message goes on with "
+                "a copy of it (one copy per frame kept this way)", self.kept.node,
+            )
         values = self.values
         nbytes = max(message.extent(enc, ref) for enc in values.values())
         if self.allocator is None:  # only a task that sends on gets here, and it has a pool

@@ -52,6 +52,7 @@ from videoflow.transport.queue import ControlQueue
 from videoflow.transport.shm import PoolRegistry, SlotAllocator, SlotRef
 
 _now = time.perf_counter_ns
+_ENDED = object()  # what _produce makes of a producer's StopIteration
 CPU_EVERY_NS = 50_000_000  # how often a task publishes its CPU time (a syscall, ~0.6 us)
 
 
@@ -588,6 +589,8 @@ class Task:
             try:
                 value = node.next()
             except StopIteration:
+                value = _ENDED  # settled below, once the exception (and its frames) is gone
+            if value is _ENDED:
                 slots.settle()
                 break
             t1 = _now()
