@@ -167,6 +167,11 @@ def test_drop_options_are_checked():
     with pytest.raises(ValueError, match="skip_when_busy=True and nb_tasks=3"):
         ProcessorNode(skip_when_busy=True, nb_tasks=3)
     assert FlowConfig.from_options({"realtime_drop": "newest"}).realtime_drop == "newest"
+    from videoflow.core.node import TaskModuleNode
+
+    first = CountCalls(every=2, name="first")(IntProducer(0, 3))
+    with pytest.raises(ValueError, match="'first' skips messages .* give them to the module"):
+        TaskModuleNode(first, CountCalls()(first))
 
 
 # -- frame age ----------------------------------------------------------------------------------

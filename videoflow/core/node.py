@@ -573,6 +573,11 @@ class TaskModuleNode(ProcessorNode):
                 raise ValueError(f"{what}: {node.name!r} is already in {node._vf_module.name!r}")
             if node.device_type == GPU:
                 raise ValueError(f"{what}: {node.name!r} runs on a GPU; modules run on the CPU")
+            if node.every > 1 or node.skip_when_busy:
+                raise ValueError(
+                    f"{what}: {node.name!r} skips messages (every=, skip_when_busy), which a "
+                    "node inside a module cannot do; give them to the module instead"
+                )
             if isinstance(node, OneTaskProcessorNode) and nb_tasks > 1:
                 raise ValueError(
                     f"{what}: {node.name!r} is a OneTaskProcessorNode, so the module cannot "
