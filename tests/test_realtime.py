@@ -170,7 +170,7 @@ def test_drop_options_are_checked():
     from videoflow.core.node import TaskModuleNode
 
     first = CountCalls(every=2, name="first")(IntProducer(0, 3))
-    with pytest.raises(ValueError, match="'first' skips messages .* give them to the module"):
+    with pytest.raises(ValueError, match=r"'first' skips messages .* give them to the module"):
         TaskModuleNode(first, CountCalls()(first))
 
 
@@ -285,3 +285,74 @@ def test_skip_when_busy_does_nothing_in_batch(output_file):
     stats = run(a, c, flow_type=BATCH)
     assert stats.node("detector").skipped == 0
     assert [line["value"] for line in meta_log(output_file)] == [[i, i + 1] for i in range(50)]
+
+
+# -- the numbering sender, in one process ----------------------------------------------------------
+class _Queue:
+    """A bounded FIFO with the ControlQueue interface; ``steal`` makes the next ``get`` also
+    hand the message after it to a "worker", as a worker taking from the same queue would."""
+
+    max_message_size = 4096
+
+    def __init__(self, depth: int) -> None:
+        self.depth, self.items, self.stolen, self.steal = depth, [], [], False
+
+    def put(self, data: bytes, timeout: float) -> bool:
+        if len(self.items) >= self.depth:
+            return False
+        self.items.append(data)
+        return True
+
+    def get(self, timeout: float) -> bytes | None:
+        if not self.items:
+            return None
+        raw = self.items.pop(0)
+        if self.steal and self.items:
+            self.steal = False
+            self.stolen.append(self.items.pop(0))
+        return raw
+
+
+def _outbox(depth: int):
+    from types import SimpleNamespace
+
+    from videoflow.engine.plan import Link
+    from videoflow.engine.stats import ROW
+    from videoflow.engine.task import Outbox
+
+    queue = _Queue(depth)
+    link = Link(0, senders=1, receivers=2, window=100, counter=0, drop="oldest")
+    spec = SimpleNamespace(realtime=True, config=FlowConfig(), outbox_window_counter=0)
+    control = [0] * (1 + ROW)
+    life = SimpleNamespace(check=lambda: None)
+    allocator = SimpleNamespace(registry=None)
+    return Outbox(queue, link, spec, control, life, allocator, 1), queue  # type: ignore[arg-type]
+
+
+def _numbers(raws: list[bytes]) -> list[tuple[int, int]]:
+    from videoflow.transport import message
+
+    return [(message.seq(m), message.data_fields(m)[1]["index"]) for m in map(message.loads, raws)]
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_numbering_sender_drops_the_oldest_and_renumbers_without_gaps(depth):
+    outbox, queue = _outbox(depth)
+    for i in range(10):
+        assert outbox.send(0, {"index": i}, {})  # always sent: the oldest queued one goes
+    kept = list(range(10 - depth, 10))
+    assert _numbers(queue.items) == list(zip(range(depth), kept, strict=True))
+    assert outbox.next_seq == depth  # every number given out is in the queue, once
+
+
+def test_numbering_sender_drops_the_new_message_when_a_worker_took_one_meanwhile():
+    outbox, queue = _outbox(3)
+    for i in range(3):
+        outbox.send(0, {"index": i}, {})
+    queue.steal = True  # a worker takes message 1 while the sender takes them back
+    assert not outbox.send(0, {"index": 3}, {})  # renumbering would reorder: the new one goes
+    assert _numbers(queue.stolen) == [(1, 1)]
+    assert _numbers(queue.items) == [(0, 0), (2, 2)]  # back as they were: the merge sees 0, 1, 2
+    assert outbox.next_seq == 3
+    assert outbox.send(0, {"index": 4}, {})
+    assert _numbers(queue.items) == [(0, 0), (2, 2), (3, 4)]  # there was room: numbered on
