@@ -193,7 +193,7 @@ def test_age_histogram_buckets_and_quantiles():
 
 @pytest.mark.timeout(60)
 def test_frame_age_of_each_consumer(output_file):
-    a = IntProducer(0, 60, wait_time_in_seconds=0.002, name="source")
+    a = IntProducer(0, 59, wait_time_in_seconds=0.002, name="source")
     b = SlowProcessor(0.001, name="work")(a)
     c = MetaLog(output_file, name="sink")(b)
     stats = run(a, c, flow_type=BATCH)
@@ -221,7 +221,7 @@ def test_frame_age_counts_from_the_producers_own_stamp(output_file):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("every", [2, 3])
 def test_every_n_runs_one_message_in_n_and_passes_the_last_output(output_file, every):
-    a = IntProducer(0, 30, name="source")
+    a = IntProducer(0, 29, name="source")
     b = CountCalls(every=every, name="counter")(a)
     c = MetaLog(output_file, name="sink")(b)
     stats = run(a, c, flow_type=BATCH)
@@ -256,7 +256,7 @@ def test_every_n_with_a_frame_output_gives_each_message_its_own_copy(output_file
 
 @pytest.mark.timeout(120)
 def test_skip_when_busy_passes_waiting_messages_on(output_file):
-    a = IntProducer(0, COUNT, name="source")
+    a = IntProducer(0, COUNT - 1, name="source")
     b = SlowCountCalls(0.01, skip_when_busy=True, name="detector")(a)
     c = MetaLog(output_file, name="sink")(b)
     stats = run(a, c)
@@ -279,7 +279,7 @@ def test_skip_when_busy_passes_waiting_messages_on(output_file):
 
 @pytest.mark.timeout(60)
 def test_skip_when_busy_does_nothing_in_batch(output_file):
-    a = IntProducer(0, 50, name="source")
+    a = IntProducer(0, 49, name="source")
     b = SlowCountCalls(0.002, skip_when_busy=True, name="detector")(a)
     c = MetaLog(output_file, name="sink")(b)
     stats = run(a, c, flow_type=BATCH)
