@@ -273,7 +273,8 @@ def test_skip_when_busy_passes_waiting_messages_on(output_file):
             source = line["skipped"]["detector"]
             assert source < line["index"] and line["value"][0] == source
     assert node.skipped >= len(lines) - len(ran)  # (the queue after it may drop some)
-    assert node.skipped + calls[-1] == node.messages_in
+    runs = node.messages_in - node.skipped  # process() calls
+    assert runs >= 1 and max(line["value"][1] for line in lines) <= runs
     check_accounts(stats)
 
 

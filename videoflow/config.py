@@ -32,6 +32,17 @@ class FlowConfig:
     reorder_window:    extra in-flight messages a multi-task node may have beyond 2 * nb_tasks.
     poll_interval:     seconds between checks of stop/abort flags while a task waits.
     stop_grace:        seconds the parent waits for tasks to exit after an abort before killing.
+    stop_timeout:      seconds an ending may take before it is forced: from ``flow.stop()`` (or
+                       the first Ctrl-C) to the end of the flow, and from a task's last message
+                       to the exit of its process (its ``close()``, then its threads). Past it,
+                       the stop becomes an abort (and stop_grace later, a kill), the task is
+                       killed, and ``join()`` raises a FlowError naming the tasks that had not
+                       finished and what they were doing.
+    stall_timeout:     0 (default: off), or seconds after which a stalled flow fails with a
+                       FlowError naming the stalled task: a task that has been in one call of
+                       its node's code (or whose process has been stopped) that long, or a flow
+                       in which nothing moved that long. Set it above the longest call a node
+                       may make; a live source that sends nothing for that long stalls too.
     start_timeout:     seconds tasks have to open their node and report ready.
     start_method:      multiprocessing start method (forkserver, spawn or fork). Left unset,
                        ``Flow`` picks forkserver, or fork for a script that starts its flow
@@ -68,6 +79,8 @@ class FlowConfig:
     reorder_window: int = 4
     poll_interval: float = 0.1
     stop_grace: float = 3.0
+    stop_timeout: float = 5.0
+    stall_timeout: float = 0.0
     start_timeout: float = 60.0
     start_method: str = "forkserver"
     debug: bool = False
@@ -177,6 +190,8 @@ _RANGES: dict[str, tuple[type, float, float]] = {
     "reorder_window": (int, 0, 4096),
     "poll_interval": (float, 0.001, 10.0),
     "stop_grace": (float, 0.01, 3600.0),
+    "stop_timeout": (float, 0.01, 86400.0),
+    "stall_timeout": (float, 0.0, 86400.0),
     "start_timeout": (float, 0.1, 86400.0),
     "opencv_threads": (int, -1, 1024),
     "realtime_depth": (int, 1, 64),
@@ -200,6 +215,8 @@ def _check(name: str, value: Any, kind: type, low: float, high: float) -> None:
     )
     if name == "opencv_threads":
         accepted += " (-1: OpenCV's default, 0: share the CPUs among the tasks)"
+    elif name == "stall_timeout":
+        accepted += " (0: off)"
     ok = (
         not isinstance(value, bool)
         and isinstance(value, (int, float) if kind is float else int)

@@ -41,14 +41,22 @@ class FlowError(VideoflowError):
         self.remote_traceback = remote_traceback
         self.exitcode = exitcode
 
-    def __reduce__(self):  # keep attributes across pickling
-        return (_rebuild_flow_error, (self.args[0], self.node, self.task, self.exitcode))
+    def __reduce__(self):  # keep attributes across pickling and copy.copy
+        return (
+            _rebuild_flow_error,
+            (self.args[0], self.node, self.task, self.exitcode, self.remote_traceback,
+             type(self)),
+        )
 
 
-def _rebuild_flow_error(text: str, node: str, task: int, exitcode: int | None) -> FlowError:
-    err = FlowError.__new__(FlowError)
+def _rebuild_flow_error(
+    text: str, node: str, task: int, exitcode: int | None, remote_traceback: str = "",
+    cls: type[FlowError] | None = None,
+) -> FlowError:
+    err = (cls or FlowError).__new__(cls or FlowError)
     VideoflowError.__init__(err, text)
-    err.node, err.task, err.remote_traceback, err.exitcode = node, task, "", exitcode
+    err.node, err.task, err.exitcode = node, task, exitcode
+    err.remote_traceback = remote_traceback
     return err
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping
 from types import TracebackType
@@ -163,7 +164,9 @@ class Flow:
                 engine.stop()
         self._end_progress()
         if engine.errors:
-            raise engine.errors[0]
+            # A copy: raised, an exception holds this frame, which holds the engine; raising
+            # the engine's own error object would tie them in a cycle only the gc breaks.
+            raise copy.copy(engine.errors[0])
         return True
 
     def stop(self) -> None:

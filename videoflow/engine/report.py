@@ -5,7 +5,8 @@ with every one of its tasks always busy: ``nb_tasks * messages_in / busy_s``. In
 run that is also the node with the highest busy fraction; in a realtime run that drops, it is the
 node that could not keep up, even when the producer's pacing makes the producer look as busy.
 Busy fractions divide by ``nb_tasks * elapsed``, so a node with four workers that are always busy
-reads 100 %, not 400 %.
+reads 100 %, not 400 %. A stalled task (its process stopped, or stuck in its node's code) comes
+before all that: the flow waits for it, and the counters of the others only show them waiting.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class ReportRow:
     drops: int
     errors: int
     cpu: float = 0.0
+    stalled: int = 0  # tasks of the node that are stalled (TaskStats.stalled)
     skipped: int = 0
     frame_age: FrameAge | None = None
 
@@ -63,8 +65,10 @@ class Report:
     the age of the frames each consumer received (p50, p99, max: from their producer to the
     consumer's call) and the messages a processor skipped (``every=``, ``skip_when_busy``).
 
-    bottleneck: the name of the node that holds the flow back (None: nothing flowed, or no node
-                is busy enough to blame). advice: what to do about it, one sentence.
+    bottleneck: the name of the node that holds the flow back (None: nothing flowed, no node
+                is busy enough to blame, or a task is stalled). advice: what to do about it,
+                one sentence.
+    stalled:    the stalled tasks, each as "node (task N): what it is doing, for how long".
     """
 
     rows: tuple[ReportRow, ...]
@@ -79,6 +83,7 @@ class Report:
     running: bool
     cores_busy: float = 0.0
     cpus: int = 1
+    stalled: tuple[str, ...] = ()
 
     @classmethod
     def from_stats(cls, stats: FlowStats, cpus: int | None = None) -> Report:
@@ -87,17 +92,22 @@ class Report:
         rows = tuple(
             ReportRow(
                 n.name, n.kind, n.nb_tasks, n.messages_in, n.fps, n.capacity,
-                n.busy, n.wait, n.blocked, n.dropped, n.errors, n.cpu, n.skipped, n.frame_age,
+                n.busy, n.wait, n.blocked, n.dropped, n.errors, n.cpu,
+                sum(t.stalled for t in n.tasks), n.skipped, n.frame_age,
             )
             for n in stats.nodes
         )
         cpus = available_cpus() if cpus is None else cpus
-        bottleneck, advice = _diagnose(stats, cpus)
+        stalled = tuple(
+            f"{t.node} (task {t.task}): {t.doing}, for {t.doing_s:.1f} s"
+            for n in stats.nodes for t in n.tasks if t.stalled
+        )
+        bottleneck, advice = _diagnose(stats, cpus, stalled)
         return cls(
             rows=rows,
             bottleneck=bottleneck,
             advice=advice,
-            verdict=_verdict(stats, bottleneck, advice, cpus),
+            verdict=_verdict(stats, bottleneck, advice, cpus, stalled),
             produced=stats.produced,
             delivered=stats.delivered,
             dropped=stats.dropped,
@@ -106,6 +116,7 @@ class Report:
             running=stats.running,
             cores_busy=stats.cores_busy,
             cpus=cpus,
+            stalled=stalled,
         )
 
     def table(self) -> str:
@@ -128,6 +139,7 @@ class Report:
                 f"{_rate(r.max_fps):>9} {100 * r.busy:>7.1f} {100 * r.cpu:>7.1f} "
                 f"{100 * r.wait:>7.1f} {100 * r.blocked:>9.1f} {r.drops:>7}"
                 + (f"  ({r.errors} failed)" if r.errors else "")
+                + (f"  ({r.stalled} stalled)" if r.stalled else "")
             )
         for r in self.rows:
             if r.frame_age is not None:
@@ -157,8 +169,17 @@ def _rate(fps: float | None) -> str:
     return f"{fps:.1f}" if fps < 1e6 else ">1e6"
 
 
-def _diagnose(stats: FlowStats, cpus: int) -> tuple[str | None, str]:
-    """The bottleneck node's name and the advice, from per-message costs."""
+def _diagnose(
+    stats: FlowStats, cpus: int, stalled: tuple[str, ...] = ()
+) -> tuple[str | None, str]:
+    """The bottleneck node's name and the advice, from per-message costs; none when a task
+    is stalled (the others' counters then only show them waiting for it)."""
+    if stalled:
+        return None, (
+            f"stalled: {'; '.join(stalled)}. The rest of the flow waits for it: no node is a "
+            "bottleneck (flow.stop() ends the flow; flow_options={'stall_timeout': s} fails "
+            "a flow that stalls)"
+        )
     if stats.elapsed_s <= 0 or stats.produced == 0:
         return None, "nothing flowed: no message went through the flow, nothing to measure"
     measured = [(n.capacity, n) for n in stats.nodes if n.capacity is not None]
@@ -217,10 +238,12 @@ def _advice(
     return f"raise nb_tasks of {node.name} from {k} to {want}"
 
 
-def _verdict(stats: FlowStats, bottleneck: str | None, advice: str, cpus: int) -> str:
+def _verdict(
+    stats: FlowStats, bottleneck: str | None, advice: str, cpus: int, stalled: tuple[str, ...]
+) -> str:
     text = advice if bottleneck is None else f"bottleneck: {bottleneck}: {advice}"
     extra = []
-    if _cpus_saturated(stats, cpus):
+    if _cpus_saturated(stats, cpus) and not stalled:
         extra.append(
             f"the flow kept {stats.cores_busy:.1f} of {cpus} CPUs busy: the machine is the "
             "limit, less work per frame or more cores would help, more tasks would not"

@@ -10,7 +10,8 @@ from. Every message still goes through, in order; only the node's call is saved.
 - ``skip_when_busy=True`` (REALTIME): a message that arrived while the node was busy with
   another one, and so waits in its queue, is passed on at once; the node runs on the newest
   message when it is free. With ``every``, a run that falls due while messages wait is put
-  off to the first message that finds the queue empty.
+  off to the first message that finds the queue empty. (The end of the stream waits in the
+  queue too: the last message may go on with the output before it.)
 
 The first message always runs (there is no output to pass on yet). Whatever the node
 returned stays referenced until its next run: a frame it returned is kept as any frame a node

@@ -22,11 +22,11 @@ FLAGS = 3
 # Per-task counter row: the named counters, then the frame-age histogram (AGE_BUCKETS).
 FIELDS = (
     "messages_in", "messages_out", "dropped", "busy_ns", "wait_ns", "blocked_ns", "cpu_ns",
-    "reconnects", "offline_ns", "skipped", "age_frames", "age_sum_ns", "age_max_ns",
+    "reconnects", "offline_ns", "state", "skipped", "age_frames", "age_sum_ns", "age_max_ns",
 )  # fmt: skip
 (
-    IN, OUT, DROPPED, BUSY_NS, WAIT_NS, BLOCKED_NS, CPU_NS, RECONNECTS, OFFLINE_NS, SKIPPED,
-    AGE_FRAMES, AGE_SUM_NS, AGE_MAX_NS,
+    IN, OUT, DROPPED, BUSY_NS, WAIT_NS, BLOCKED_NS, CPU_NS, RECONNECTS, OFFLINE_NS, STATE,
+    SKIPPED, AGE_FRAMES, AGE_SUM_NS, AGE_MAX_NS,
 ) = range(len(FIELDS))  # fmt: skip
 
 # Frame age: how old a message's frame is when a consumer is called on it, from the time its
@@ -127,6 +127,52 @@ def _quantile(buckets: list[int], q: float, max_s: float) -> float:
         seen += count
     return max_s
 
+# What a task is doing, in its STATE counter: ``message * PHASE_SPAN + phase``, where message
+# is the index of the message in hand (-1: none). A task stores it when its phase changes: twice
+# per message (before and after its node's call), so that the owner can tell a task stuck in
+# its node's code from one waiting for its neighbours, and name the message it holds.
+PHASES = (
+    "start", "load", "open", "ready", "next", "process", "consume", "between", "finish",
+    "close", "ended",
+)
+(
+    P_START, P_LOAD, P_OPEN, P_READY, P_NEXT, P_PROCESS, P_CONSUME, P_BETWEEN, P_FINISH,
+    P_CLOSE, P_ENDED,
+) = range(len(PHASES))
+PHASE_SPAN = 16
+IN_NODE_CODE = frozenset({P_OPEN, P_NEXT, P_PROCESS, P_CONSUME, P_CLOSE})
+
+
+def state_phase(state: int) -> tuple[int, int]:
+    """(phase, message index or -1) from a STATE counter."""
+    message, phase = divmod(state, PHASE_SPAN)
+    return phase, message
+
+
+def describe_state(kind: str, row: list[int] | tuple[int, ...]) -> str:
+    """What the task whose counter row is ``row`` is doing, in words: "in process() holding
+    message 34", "waiting for input", "sending message 12", ..."""
+    phase, message = state_phase(row[STATE])
+    held = f" message {message}" if message >= 0 else ""
+    if phase == P_NEXT:
+        return f"in next() (making message {message})"
+    if phase in (P_PROCESS, P_CONSUME):
+        return f"in {PHASES[phase]}() holding{held}"
+    if phase == P_BETWEEN:
+        holding = kind != "consumer" and row[IN] > row[OUT] + row[DROPPED]
+        if holding:
+            return f"sending{held} (the next queue is full)"
+        return "between two next() calls" if kind == "producer" else "waiting for input"
+    return {
+        P_START: "starting (opening its queues)",
+        P_LOAD: "unpickling its node",
+        P_OPEN: "in open()",
+        P_READY: "waiting for the other tasks to open their nodes",
+        P_FINISH: "passing the end of the stream on (the next queue is full)",
+        P_CLOSE: "in close()",
+        P_ENDED: "ended",
+    }.get(phase, f"in phase {phase}")
+
 
 def _share(seconds: float, tasks: int, elapsed_s: float) -> float:
     """``seconds`` as a fraction of ``tasks`` x ``elapsed_s`` (0.0 when nothing has elapsed)."""
@@ -193,6 +239,11 @@ class TaskStats(_Rates):
     slots_in_use:  slots of this task's shared-memory pools taken now (None: no pool, or the
                    flow has ended and its pools are gone: see ``FlowStats.pool_slots_in_use``).
     elapsed_s:     seconds the flow has run (the same for every task of a snapshot).
+    doing:         what the task is doing, in words ("in process() holding message 34",
+                   "waiting for input", "ended"); doing_s: for how long, as far as the owner saw.
+    stalled:       the task holds the flow up: its process is stopped (SIGSTOP, a debugger),
+                   or it has been in its node's code far longer than its calls usually take
+                   (at least ``stall_timeout``, or 2 s when that is off).
     """
 
     node: str
@@ -209,6 +260,9 @@ class TaskStats(_Rates):
     elapsed_s: float = 0.0
     reconnects: int = 0
     offline_s: float = 0.0
+    doing: str = ""
+    doing_s: float = 0.0
+    stalled: bool = False
     skipped: int = 0
     frame_age: FrameAge | None = None
 
@@ -352,13 +406,15 @@ class FlowStats:
 
 def task_stats(
     node: str, task: int, row: list[int], *, errors: int = 0, slots_in_use: int | None = None,
-    elapsed_s: float = 0.0,
+    elapsed_s: float = 0.0, doing: str = "", doing_s: float = 0.0, stalled: bool = False,
 ) -> TaskStats:
     return TaskStats(
         node, task, row[IN], row[OUT], row[DROPPED],
         row[BUSY_NS] / 1e9, row[WAIT_NS] / 1e9, row[BLOCKED_NS] / 1e9,
         errors=errors, slots_in_use=slots_in_use, cpu_s=row[CPU_NS] / 1e9, elapsed_s=elapsed_s,
-        reconnects=row[RECONNECTS], offline_s=row[OFFLINE_NS] / 1e9, skipped=row[SKIPPED],
+        reconnects=row[RECONNECTS], offline_s=row[OFFLINE_NS] / 1e9,
+        doing=doing, doing_s=doing_s, stalled=stalled,
+        skipped=row[SKIPPED],
         frame_age=FrameAge.from_counts(
             row[AGE_FRAMES], row[AGE_SUM_NS], row[AGE_MAX_NS], row[AGE_AT : AGE_AT + AGE_BUCKETS]
         ) if row[AGE_FRAMES] else None,

@@ -15,6 +15,7 @@ import pickle
 import select
 import signal
 import sys
+import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -37,12 +38,25 @@ from videoflow.engine.stats import (
     IN,
     OFFLINE_NS,
     OUT,
+    P_BETWEEN,
+    P_CLOSE,
+    P_CONSUME,
+    P_ENDED,
+    P_FINISH,
+    P_LOAD,
+    P_NEXT,
+    P_OPEN,
+    P_PROCESS,
+    P_READY,
+    PHASE_SPAN,
     PRODUCED_NS,
     RECONNECTS,
     SKIPPED,
+    STATE,
     STOP,
     WAIT_NS,
     record_age,
+    state_phase,
 )
 from videoflow.transport import message
 from videoflow.transport.codec import Codec
@@ -58,6 +72,17 @@ CPU_EVERY_NS = 50_000_000  # how often a task publishes its CPU time (a syscall,
 
 class Aborted(Exception):
     """The flow is being torn down: leave the loop without forwarding anything."""
+
+
+class StopRequested(BaseException):
+    """Raised inside a producer's ``next()`` when the flow is asked to stop while it waits
+    there (``flow.stop()``, Ctrl-C): the value it was making is dropped and the flow ends as if
+    the producer had raised StopIteration. A BaseException, like KeyboardInterrupt, so that a
+    node's ``except Exception`` does not swallow it."""
+
+
+STOP_SIGNAL = signal.SIGUSR1  # what the owner sends a producer blocked in next() on stop()
+MAX_INDEX = 1 << 58  # message indexes published in a STATE counter (int64) stay below this
 
 
 def _heap_array(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -92,13 +117,30 @@ class TaskContext:
             self.control[self.row + OFFLINE_NS] += int(offline_s * 1e9)
 
 
+class NodeParcel:
+    """A node pickled once by the owner and unpickled once by its task.
+
+    The bytes travel inside the task's start arguments (the stage in them carries no node),
+    and ``take()`` lets go of them, so that once the node is loaded a task holds one copy of
+    its state, not three (the argument's node, the bytes, the node made from the bytes)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | None) -> None:
+        self.data = data
+
+    def take(self) -> bytes | None:
+        data, self.data = self.data, None
+        return data
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
     """Everything a task process needs, sent to it at start."""
 
     stage: Stage
     worker: int
-    node_bytes: bytes | None
+    node: NodeParcel
     realtime: bool
     config: FlowConfig
     pool_prefix: str
@@ -431,6 +473,7 @@ class Task:
         self.control = control
         self.life = Lifeline(control, spec.owner_pid)
         self.row = spec.row
+        self.state_at = spec.row + STATE  # what this task is doing (stats.describe_state)
         self.registry = PoolRegistry(debug=spec.config.debug)
         self.allocator: SlotAllocator | None = None
         if self.stage.keep_output or self.stage.outbox is not None:
@@ -453,27 +496,47 @@ class Task:
         self.cpu_due = 0  # perf_counter ns of the next CPU publication
 
     # -- lifecycle -------------------------------------------------------------------------
+    def _publish(self, phase: int) -> None:
+        """Tell the owner what this task is doing now (stats.PHASES), holding no message."""
+        self.control[self.state_at] = -PHASE_SPAN + phase
+
+    def _stop_in_next(self, signum: int, frame: Any) -> None:
+        """STOP_SIGNAL handler of a producer: the owner asks a producer that waits in next()
+        to stop. Raises only while next() runs (its phase is published around the call);
+        anywhere else the stop flag, checked before every next(), does it."""
+        if state_phase(self.control[self.state_at])[0] == P_NEXT:
+            signal.signal(STOP_SIGNAL, signal.SIG_IGN)  # once is enough
+            raise StopRequested
+
     def run(self) -> None:
         opened = False
         try:
+            if self.stage.spec.kind == PRODUCER:
+                signal.signal(STOP_SIGNAL, self._stop_in_next)
             self._open_queues()
             self.conn.send(message.event(message.ATTACHED))
             self._load_node()
             if self.node is not None:
                 self.phase = "open"
+                self._publish(P_OPEN)
                 self.node.open()
             opened = True
+            self._publish(P_READY)
             self.conn.send(message.event(message.READY))
             self._wait_go()
             self.cpu0 = time.process_time_ns()
+            self._publish(P_BETWEEN)
             if self.stage.spec.kind == PRODUCER:
                 self.phase = "next"
-                self._produce()
+                with contextlib.suppress(StopRequested):  # came just as next() ended anyway
+                    self._produce()
             else:
                 self._loop()
+            self._publish(P_FINISH)
             if self.outbox is not None:
                 self.outbox.send_stop()
             self.phase = "close"
+            self._publish(P_CLOSE)
             opened = False
             if self.node is not None:
                 self.node.close()
@@ -485,10 +548,14 @@ class Task:
             self._report(exc)
         finally:
             if opened and self.node is not None:
+                self._publish(P_CLOSE)
                 with contextlib.suppress(Exception):
                     self.node.close()
             self._count_cpu()
             self._let_go()
+            # Last: the owner reads it as "gave back every slot it held" (a task that dies
+            # before this point has its slots reclaimed by the owner once every task ended).
+            self._publish(P_ENDED)
             if self.life.orphaned:
                 for pool in self.allocator.owned() if self.allocator is not None else ():
                     pool.unlink()
@@ -511,10 +578,11 @@ class Task:
         self.slots.release_kept()
 
     def _report(self, exc: BaseException) -> None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
             self.conn.send(
                 message.error_event(
-                    self.phase, type(exc).__name__, str(exc), traceback.format_exc()
+                    self.phase, type(exc).__name__, describe_exception(exc),
+                    traceback.format_exc(),
                 )
             )
 
@@ -541,10 +609,13 @@ class Task:
             os.environ["CUDA_VISIBLE_DEVICES"] = self.spec.gpu
         elif self.spec.cpu_fallback:
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
-        if self.spec.node_bytes is None:
+        data = self.spec.node.take()
+        if data is None:
             return
         self.phase = "load"
-        self.node = pickle.loads(self.spec.node_bytes)
+        self._publish(P_LOAD)
+        self.node = pickle.loads(data)
+        del data
         if self.spec.cpu_fallback:
             self.node.change_device("cpu")
         self.node.bind(self.context)
@@ -577,7 +648,7 @@ class Task:
 
     def _produce(self) -> None:
         node, control, row, life = self.node, self.control, self.row, self.life
-        slots, context = self.slots, self.context
+        slots, context, state_at = self.slots, self.context, self.state_at
         index = 0
         while True:
             life.check()
@@ -587,8 +658,10 @@ class Task:
             slots.hold({})
             t0 = _now()
             try:
+                control[state_at] = index * PHASE_SPAN + P_NEXT
                 value = node.next()
-            except StopIteration:
+                control[state_at] = index * PHASE_SPAN + P_BETWEEN
+            except (StopIteration, StopRequested):
                 value = _ENDED  # settled below, once the exception (and its frames) is gone
             if value is _ENDED:
                 slots.settle()
@@ -613,6 +686,7 @@ class Task:
         is_consumer = spec.kind == CONSUMER
         is_merge = spec.kind == MERGE
         self.phase = "consume" if is_consumer else "process"
+        state_at, calling = self.state_at, P_CONSUME if is_consumer else P_PROCESS
         skipper = None if is_consumer or is_merge else make_skipper(
             spec.name, spec.every, spec.skip_when_busy and self.spec.realtime, inbox.backlog
         )
@@ -627,11 +701,16 @@ class Task:
             slots.hold(values)
             if not is_merge:
                 context.meta = meta
+                index = meta.get("index")  # a node may have set anything there
+                if type(index) is not int or not 0 <= index < MAX_INDEX:
+                    index = -1
+                index *= PHASE_SPAN
                 if skipper is not None and skipper.skip(meta):
                     control[row + SKIPPED] += 1
                     output = skipper.last  # each message gets its own copy (slots.output)
                 else:
                     inputs = slots.inputs()
+                    control[state_at] = index + calling
                     t0 = _now()
                     if is_consumer:
                         produced = meta.get(PRODUCED_NS)
@@ -644,11 +723,31 @@ class Task:
                         if skipper is not None:
                             skipper.ran_on(output, meta)
                     control[row + BUSY_NS] += _now() - t0
+                    control[state_at] = index + P_BETWEEN
                     del inputs
                 slots.output(output)
                 del output
                 slots.settle()
             self._forward(seq, meta)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``str(exc)``, or what can be said of an exception whose ``__str__`` itself raises."""
+    try:
+        return str(exc)
+    except BaseException as broken:  # any error of a user's __str__
+        return f"<{type(exc).__name__}.__str__ raised {type(broken).__name__}>"
+
+
+def lingering_threads() -> tuple[str, ...]:
+    """Names of this process's threads that will keep it from exiting (non-daemon threads
+    other than the main one), each with its class when it is not a plain Thread."""
+    main = threading.main_thread()
+    return tuple(
+        t.name if type(t) is threading.Thread else f"{t.name} ({type(t).__name__})"
+        for t in threading.enumerate()
+        if t is not main and not t.daemon and t.is_alive()
+    )
 
 
 def task_main(spec: TaskSpec, conn: Connection, control: Any) -> None:
@@ -657,3 +756,7 @@ def task_main(spec: TaskSpec, conn: Connection, control: Any) -> None:
     sender = EventSender(conn)
     forward_to_owner(sender, spec.stage.spec.name, spec.worker, spec.log_levels)
     Task(spec, sender, control).run()
+    threads = lingering_threads()
+    if threads:  # the process will wait for them: the owner names them if it has to kill it
+        with contextlib.suppress(OSError, ValueError):
+            sender.send(message.event(message.THREADS, threads))
