@@ -16,6 +16,8 @@ from videoflow import mainguard
 from videoflow.engine.engines import check_engine_name
 
 START_METHODS = ("forkserver", "spawn", "fork")
+DROP_OLDEST, DROP_NEWEST = "oldest", "newest"
+REALTIME_DROPS = (DROP_OLDEST, DROP_NEWEST)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +63,16 @@ class FlowConfig:
                        task, the default), "ray" (needs the ray extra) or a registered name
                        (videoflow.engine.engines.register_engine). ``Flow(..., engine=...)``
                        also takes an engine object.
+    realtime_drop:     which message a full queue of a REALTIME flow drops: "oldest" (default:
+                       the queued message goes and the new one is sent, so a node that becomes
+                       free takes the freshest frame; GStreamer's leaky=downstream) or "newest"
+                       (the new message goes; the ones already queued wait their turn). A node
+                       may choose for the queue in front of it (``realtime_drop=`` of
+                       ProcessorNode and ConsumerNode).
+    realtime_depth:    messages a queue holds in a REALTIME flow where it drops the oldest: 1
+                       (default) keeps one frame waiting, the newest; more absorbs bursts at
+                       the cost of older frames. Queues that drop the newest, and every queue
+                       of a BATCH flow, hold ``queue_depth``.
     """
 
     queue_depth: int = 4
@@ -79,6 +91,8 @@ class FlowConfig:
     progress: bool = True
     opencv_threads: int = 0
     engine: str = "process"
+    realtime_drop: str = DROP_OLDEST
+    realtime_depth: int = 1
 
     def __post_init__(self) -> None:
         for name, (kind, low, high) in _RANGES.items():
@@ -99,6 +113,7 @@ class FlowConfig:
                 f"got {self.start_method!r}"
             )
         check_engine_name(self.engine)
+        check_realtime_drop(self.realtime_drop, "flow option realtime_drop")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None = None) -> FlowConfig:
@@ -184,7 +199,17 @@ _RANGES: dict[str, tuple[type, float, float]] = {
     "stall_timeout": (float, 0.0, 86400.0),
     "start_timeout": (float, 0.1, 86400.0),
     "opencv_threads": (int, -1, 1024),
+    "realtime_depth": (int, 1, 64),
 }
+
+
+def check_realtime_drop(value: object, what: str) -> None:
+    """Raise ValueError unless ``value`` names a drop policy ("oldest" or "newest")."""
+    if value not in REALTIME_DROPS:
+        raise ValueError(
+            f"{what} must be {DROP_OLDEST!r} (keep the freshest frame) or {DROP_NEWEST!r} "
+            f"(keep the queued frames), got {value!r}"
+        )
 
 
 def _check(name: str, value: Any, kind: type, low: float, high: float) -> None:

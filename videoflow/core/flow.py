@@ -102,6 +102,9 @@ class Flow:
                 items=node.parent_items,
                 read_names=tuple(p.name for p in node.parents),
                 join=self._joins.get(node.id),
+                realtime_drop=node.realtime_drop,
+                every=node.every,
+                skip_when_busy=node.skip_when_busy and self._flow_type == REALTIME,
             )
             for node in self._nodes
         ]

@@ -28,7 +28,7 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
-from videoflow.config import FlowConfig
+from videoflow.config import DROP_OLDEST, FlowConfig
 
 PRODUCER, PROCESSOR, CONSUMER, MERGE, JOIN = "producer", "processor", "consumer", "merge", "join"
 GPU = "gpu"
@@ -40,6 +40,11 @@ class StageSpec:
 
     one_task:   a processor that can only run as one task (a stateful one); the statistics then
                 do not suggest more tasks for it. Producers and consumers are one task anyway.
+    realtime_drop: what a full queue in front of this node drops in a REALTIME flow, "oldest"
+                or "newest" (None: the flow's ``realtime_drop``).
+    every, skip_when_busy: a processor that runs on one message in ``every``, and (REALTIME)
+                skips the messages that wait while it is busy, passing its last output on for
+                the messages it does not run on (engine/skipping.py).
     items:      per read, the item of that parent's output the node takes (``node[i]``), or
                 None for the whole output; empty: the whole output of every parent.
     read_names: the parents' names, in ``reads`` order (for errors about items).
@@ -55,6 +60,9 @@ class StageSpec:
     nb_tasks: int = 1
     device_type: str = "cpu"
     one_task: bool = False
+    realtime_drop: str | None = None
+    every: int = 1
+    skip_when_busy: bool = False
     items: tuple[int | None, ...] = ()
     read_names: tuple[str, ...] = ()
     join: Any = None
@@ -87,11 +95,15 @@ class StageSpec:
 class Link:
     """A queue between stages: within a chain, or from a segment's tail to a JOIN's inbox.
 
-    counter: the control-block counter of the numbered run this link belongs to: the link into
-             K workers (``window`` > 0, its sender waits on the counter) and the link out of
-             them (``senders`` > 1, its receiver, the merge, advances it); -1 elsewhere.
-    join:    the index of the JOIN stage this link is an inbox of (its sender rings the
-             JOIN's doorbell after each put); -1 for a link within a chain.
+    counter:        the control-block counter of the numbered run this link belongs to: the
+                    link into K workers (``window`` > 0, its sender waits on the counter) and
+                    the link out of them (``senders`` > 1, its receiver, the merge, advances
+                    it); -1 elsewhere.
+    join:           the index of the JOIN stage this link is an inbox of (its sender rings the
+                    JOIN's doorbell after each put); -1 for a link within a chain.
+    drop:           in a REALTIME flow, what its single sender drops when it is full:
+                    "oldest" (the queued message, then the new one is sent) or "newest".
+    realtime_depth: messages the queue holds in a REALTIME flow (``queue_depth`` in BATCH).
     """
 
     index: int
@@ -100,6 +112,23 @@ class Link:
     window: int  # max messages between numbering and merge; 0 when receivers == 1
     counter: int
     join: int = -1
+    drop: str = DROP_OLDEST
+    realtime_depth: int = 4
+
+    def depth(self, realtime: bool, config: FlowConfig) -> int:
+        """Messages this link's queue holds in a flow of that type."""
+        return self.realtime_depth if realtime else config.queue_depth
+
+
+def link_policy(receiver: StageSpec, senders: int, config: FlowConfig) -> tuple[str, int]:
+    """(drop, realtime_depth) of the link into ``receiver``: its node's ``realtime_drop`` or
+    the flow's. A queue that drops the oldest holds ``realtime_depth`` messages, so that a
+    node becoming free takes a fresh frame, except in front of a node that skips when busy
+    (it must see the messages that wait, to pass them on) and where several senders feed
+    it (they never drop: the merge after them would wait for a gap)."""
+    drop = receiver.realtime_drop or config.realtime_drop
+    fresh = drop == DROP_OLDEST and senders == 1 and not receiver.skip_when_busy
+    return drop, config.realtime_depth if fresh else config.queue_depth
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,6 +314,7 @@ def build_plan(specs: Sequence[StageSpec], config: FlowConfig) -> Plan:
                 raise ValueError(f"node {spec.name!r} reads node {nid} that no path brings")
 
     # Links: along each chain, then from each non-root tail into its parent's JOIN.
+    depth = max(config.queue_depth, config.realtime_depth)  # the deepest a queue may be
     links: list[Link] = []
     inbox: dict[int, Link] = {}
     outbox: dict[int, Link] = {}
@@ -294,17 +324,21 @@ def build_plan(specs: Sequence[StageSpec], config: FlowConfig) -> Plan:
         for a, b in itertools.pairwise(mine):
             receivers = chain[b].nb_tasks
             if receivers > 1:
-                window = 2 * receivers + config.queue_depth + config.reorder_window
+                window = 2 * receivers + depth + config.reorder_window
                 counter, counters = counters, counters + 1
             else:
                 window = 0
                 counter = inbox[a].counter if chain[a].nb_tasks > 1 else -1
-            link = Link(len(links), chain[a].nb_tasks, receivers, window, counter)
+            drop, realtime_depth = link_policy(chain[b], chain[a].nb_tasks, config)
+            link = Link(len(links), chain[a].nb_tasks, receivers, window, counter,
+                        drop=drop, realtime_depth=realtime_depth)
             links.append(link)
             outbox[a] = inbox[b] = link
     for k in feeders:
         join = seg_stages[parents[k]][0]
-        link = Link(len(links), 1, 1, 0, -1, join=join)
+        drop, realtime_depth = link_policy(chain[join], 1, config)
+        link = Link(len(links), 1, 1, 0, -1, join=join, drop=drop,
+                    realtime_depth=realtime_depth)
         links.append(link)
         outbox[seg_stages[k][-1]] = link
         inboxes.setdefault(join, []).append(link)
@@ -337,7 +371,7 @@ def build_plan(specs: Sequence[StageSpec], config: FlowConfig) -> Plan:
         nslots = (
             2
             + sum(chain[j].nb_tasks for j in after)
-            + config.queue_depth * len(after)
+            + depth * len(after)
             + sum(link.window for link in route)
             + pending * sum(1 for j in after if chain[j].kind == JOIN)
         )

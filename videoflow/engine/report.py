@@ -16,7 +16,7 @@ import math
 import os
 from typing import Any
 
-from videoflow.engine.stats import FlowStats, JoinStats, NodeStats
+from videoflow.engine.stats import FlowStats, FrameAge, JoinStats, NodeStats
 
 SATURATED = 0.5  # below this busy fraction, no node is said to hold the flow back
 CPUS_SATURATED = 0.9  # from this share of the CPUs kept busy, the machine is the limit
@@ -33,7 +33,8 @@ def available_cpus() -> int:
 @dataclasses.dataclass(frozen=True)
 class ReportRow:
     """One node's line of the table; fractions are 0..1 (the table shows percents).
-    max_fps: the node's capacity (``NodeStats.capacity``), None when it did not run."""
+    max_fps: the node's capacity (``NodeStats.capacity``), None when it did not run.
+    skipped, frame_age: as in ``NodeStats`` (shown below the table)."""
 
     node: str
     kind: str
@@ -48,6 +49,8 @@ class ReportRow:
     errors: int
     cpu: float = 0.0
     stalled: int = 0  # tasks of the node that are stalled (TaskStats.stalled)
+    skipped: int = 0
+    frame_age: FrameAge | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +61,9 @@ class Report:
     of the run), max fps (what the node could take with all its tasks always busy),
     busy/wait/blocked percent of its tasks' time, cpu percent (CPU time per task: below busy
     when its tasks wait for a core, above 100 when a task computes on several threads), and
-    drops. The summary line adds how many CPUs the flow kept busy.
+    drops. The summary line adds how many CPUs the flow kept busy; lines below the table give
+    the age of the frames each consumer received (p50, p99, max: from their producer to the
+    consumer's call) and the messages a processor skipped (``every=``, ``skip_when_busy``).
 
     bottleneck: the name of the node that holds the flow back (None: nothing flowed, no node
                 is busy enough to blame, or a task is stalled). advice: what to do about it,
@@ -92,7 +97,7 @@ class Report:
             ReportRow(
                 n.name, n.kind, n.nb_tasks, n.messages_in, n.fps, n.capacity,
                 n.busy, n.wait, n.blocked, n.dropped, n.errors, n.cpu,
-                sum(t.stalled for t in n.tasks),
+                sum(t.stalled for t in n.tasks), n.skipped, n.frame_age,
             )
             for n in stats.nodes
         )
@@ -141,6 +146,18 @@ class Report:
                 + (f"  ({r.errors} failed)" if r.errors else "")
                 + (f"  ({r.stalled} stalled)" if r.stalled else "")
             )
+        for r in self.rows:
+            if r.frame_age is not None:
+                age = r.frame_age
+                lines.append(
+                    f"frame age at {r.node}: p50 {1e3 * age.p50_s:.1f} ms, p99 "
+                    f"{1e3 * age.p99_s:.1f} ms, max {1e3 * age.max_s:.1f} ms ({age.frames} frames)"
+                )
+            if r.skipped:
+                lines.append(
+                    f"{r.node} passed its last output on for {r.skipped} of {r.frames} messages "
+                    "instead of running (every=, skip_when_busy)"
+                )
         return "\n".join(lines)
 
     def join_table(self) -> str:

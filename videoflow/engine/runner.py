@@ -252,7 +252,7 @@ class ProcessEngine:
             self._queues = [
                 ControlQueue(
                     f"{self.prefix}.q{link.index}", create=True,
-                    depth=cfg.queue_depth, message_size=cfg.message_size,
+                    depth=link.depth(self.realtime, cfg), message_size=cfg.message_size,
                 )
                 for link in plan.links
             ]
