@@ -760,3 +760,73 @@ class Hoarder(ConsumerNode):
 
     def consume(self, frame: np.ndarray) -> None:
         self.kept.append(frame)
+
+
+class MetaLog(ConsumerNode):
+    """Writes one JSON line per message: its index, its value (ints; for a frame, its first
+    byte), ``meta["skipped"]`` and whether ``meta["produced_ns"]`` lies in the past."""
+
+    def __init__(self, path: str, delay: float = 0.0, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.path, self.delay = path, delay
+
+    def open(self) -> None:
+        self._f = open(self.path, "a", buffering=1)  # noqa: SIM115 (closed in close())
+
+    def consume(self, value: Any) -> None:
+        import json
+
+        if self.delay:
+            time.sleep(self.delay)
+        if isinstance(value, np.ndarray):
+            value = [int(value.flat[0]), int(value.max())]
+        stamp = self.meta.get("produced_ns")
+        self._f.write(json.dumps({
+            "index": self.meta["index"], "value": value, "skipped": self.meta.get("skipped"),
+            "stamped": stamp is not None and stamp <= time.perf_counter_ns(),
+        }) + "\n")  # fmt: skip
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class CountCalls(ProcessorNode):
+    """Returns ``[input, calls so far in this task]``: shows which messages the node ran on."""
+
+    def open(self) -> None:
+        self.calls = 0
+
+    def process(self, value: Any) -> Any:
+        self.calls += 1
+        time.sleep(getattr(self, "delay", 0.0))
+        return [value, self.calls]
+
+
+class SlowCountCalls(CountCalls):
+    def __init__(self, delay: float, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.delay = delay
+
+
+class IndexFrame(ProcessorNode):
+    """Returns a new frame in shared memory (``allocate``) filled with the message's index."""
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        out = self.allocate((4, 4), np.uint16)
+        out[:] = self.meta["index"]
+        return out
+
+
+class OldStamps(ProducerNode):
+    """Produces ``count`` ints, each stamped as made ``age`` seconds before next() returns."""
+
+    def __init__(self, count: int, age: float, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.count, self.age, self.i = count, age, 0
+
+    def next(self) -> int:
+        if self.i >= self.count:
+            raise StopIteration
+        self.i += 1
+        self.meta["produced_ns"] = time.perf_counter_ns() - int(self.age * 1e9)
+        return self.i

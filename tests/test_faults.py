@@ -369,8 +369,10 @@ def test_sigint_once_stops_cleanly(tmp_path, k, flow_type):
 @pytest.mark.parametrize("k", KS)
 def test_sigint_twice_kills(tmp_path, k, flow_type):
     # A slow consumer: the graceful stop that the first Ctrl-C starts is still draining when
-    # the second one comes.
-    proc, _ = start_script(tmp_path, k, flow_type, delay=0.001, consumer_delay=0.02)
+    # the second one comes. (A realtime queue holds one message, the freshest: the drain is
+    # then one or two consumer calls, so those must take longer than the 50 ms between.)
+    slow = 0.1 if flow_type == REALTIME else 0.02
+    proc, _ = start_script(tmp_path, k, flow_type, delay=0.001, consumer_delay=slow)
     tasks = descendants(proc.pid)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)

@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 from videoflow.config import available_cpus
 
-SECTIONS = ("handoff", "scaling", "realtime", "file")
+SECTIONS = ("handoff", "scaling", "realtime", "file", "join")
 SIZES = {"480p": (480, 640), "720p": (720, 1280), "1080p": (1080, 1920), "4k": (2160, 3840)}
 BASELINES = ("queue", "pipe", "pool", "single")
 VIDEOFLOW = "videoflow"

@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 from videoflow.config import available_cpus
-from videoflow.engine.stats import FlowStats, NodeStats
+from videoflow.engine.stats import FlowStats, FrameAge, JoinStats, NodeStats
 
 SATURATED = 0.5  # below this busy fraction, no node is said to hold the flow back
 CPUS_SATURATED = 0.9  # from this share of the CPUs kept busy, the machine is the limit
@@ -25,7 +25,8 @@ CPUS_SATURATED = 0.9  # from this share of the CPUs kept busy, the machine is th
 @dataclasses.dataclass(frozen=True)
 class ReportRow:
     """One node's line of the table; fractions are 0..1 (the table shows percents).
-    max_fps: the node's capacity (``NodeStats.capacity``), None when it did not run."""
+    max_fps: the node's capacity (``NodeStats.capacity``), None when it did not run.
+    skipped, frame_age: as in ``NodeStats`` (shown below the table)."""
 
     node: str
     kind: str
@@ -40,6 +41,8 @@ class ReportRow:
     errors: int
     cpu: float = 0.0
     stalled: int = 0  # tasks of the node that are stalled (TaskStats.stalled)
+    skipped: int = 0
+    frame_age: FrameAge | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,12 +53,17 @@ class Report:
     of the run), max fps (what the node could take with all its tasks always busy),
     busy/wait/blocked percent of its tasks' time, cpu percent (CPU time per task: below busy
     when its tasks wait for a core, above 100 when a task computes on several threads), and
-    drops. The summary line adds how many CPUs the flow kept busy.
+    drops. The summary line adds how many CPUs the flow kept busy; lines below the table give
+    the age of the frames each consumer received (p50, p99, max: from their producer to the
+    consumer's call) and the messages a processor skipped (``every=``, ``skip_when_busy``).
 
     bottleneck: the name of the node that holds the flow back (None: nothing flowed, no node
                 is busy enough to blame, or a task is stalled). advice: what to do about it,
                 one sentence.
     stalled:    the stalled tasks, each as "node (task N): what it is doing, for how long".
+    joins:      the counters of every JOIN stage (a flow with several producers): the table
+                gets a section per JOIN, one line per input, and names the input it waited
+                on most (``waits_on``).
     """
 
     rows: tuple[ReportRow, ...]
@@ -71,6 +79,7 @@ class Report:
     cores_busy: float = 0.0
     cpus: int = 1
     stalled: tuple[str, ...] = ()
+    joins: tuple[JoinStats, ...] = ()
 
     @classmethod
     def from_stats(cls, stats: FlowStats, cpus: int | None = None) -> Report:
@@ -80,7 +89,7 @@ class Report:
             ReportRow(
                 n.name, n.kind, n.nb_tasks, n.messages_in, n.fps, n.capacity,
                 n.busy, n.wait, n.blocked, n.dropped, n.errors, n.cpu,
-                sum(t.stalled for t in n.tasks),
+                sum(t.stalled for t in n.tasks), n.skipped, n.frame_age,
             )
             for n in stats.nodes
         )
@@ -104,6 +113,7 @@ class Report:
             cores_busy=stats.cores_busy,
             cpus=cpus,
             stalled=stalled,
+            joins=stats.joins,
         )
 
     def table(self) -> str:
@@ -128,10 +138,54 @@ class Report:
                 + (f"  ({r.errors} failed)" if r.errors else "")
                 + (f"  ({r.stalled} stalled)" if r.stalled else "")
             )
+        for r in self.rows:
+            if r.frame_age is not None:
+                age = r.frame_age
+                lines.append(
+                    f"frame age at {r.node}: p50 {1e3 * age.p50_s:.1f} ms, p99 "
+                    f"{1e3 * age.p99_s:.1f} ms, max {1e3 * age.max_s:.1f} ms ({age.frames} frames)"
+                )
+            if r.skipped:
+                lines.append(
+                    f"{r.node} passed its last output on for {r.skipped} of {r.frames} messages "
+                    "instead of running (every=, skip_when_busy)"
+                )
+        return "\n".join(lines)
+
+    def join_table(self) -> str:
+        """A section per JOIN stage: its policy and sets, then per input what it did with the
+        stream's messages, and the input it waited on most ("" without joins)."""
+        lines: list[str] = []
+        for join in self.joins:
+            cpu = 100 * join.cpu_s / self.elapsed_s if self.elapsed_s > 0 else 0.0
+            lines.append(
+                f"{join.name}: {join.policy}, {join.sets} sets ({join.partial} with an input "
+                f"missing), {join.dropped} dropped, cpu {cpu:.1f} %"
+            )
+            width = max([5, *(len(i.name) for i in join.inputs)])
+            lines.append(
+                f"  {'input':<{width}}  {'produced':>8} {'dropped':>7} {'received':>8} "
+                f"{'used':>8} {'stale':>7} {'unmatched':>9} {'waited s':>8}"
+            )
+            for i in join.inputs:
+                lines.append(
+                    f"  {i.name:<{width}}  {i.produced:>8} {i.dropped:>7} {i.received:>8} "
+                    f"{i.used:>8} {i.stale:>7} {i.unmatched:>9} {i.waited_s:>8.2f}"
+                )
+            worst = join.waits_on
+            if worst is not None:
+                share = f", {100 * worst.waited_s / self.elapsed_s:.0f} % of the run" if (
+                    self.elapsed_s > 0
+                ) else ""
+                lines.append(
+                    f"  {join.name} waits on {worst.name} most ({worst.waited_s:.2f} s{share}): "
+                    "that stream sets the pace of the joined sets"
+                )
         return "\n".join(lines)
 
     def __str__(self) -> str:
-        return f"{self.table()}\n{self.verdict}"
+        joins = self.join_table()
+        return f"{self.table()}\n{joins + chr(10) if joins else ''}{self.verdict}"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""

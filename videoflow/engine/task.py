@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from videoflow.config import FlowConfig
+from videoflow.config import DROP_OLDEST, FlowConfig
 from videoflow.engine.logs import EventSender, forward_to_owner
 from videoflow.engine.plan import CONSUMER, MERGE, PRODUCER, Link, Stage
 from videoflow.engine.profiling import run_profiled
+from videoflow.engine.skipping import make_skipper
 from videoflow.engine.slots import MessageSlots
 from videoflow.engine.stats import (
     ABORT,
@@ -49,14 +50,18 @@ from videoflow.engine.stats import (
     P_PROCESS,
     P_READY,
     PHASE_SPAN,
+    PRODUCED_NS,
     RECONNECTS,
+    SKIPPED,
     STATE,
     STOP,
     WAIT_NS,
+    record_age,
     state_phase,
 )
 from videoflow.transport import message
 from videoflow.transport.codec import Codec
+from videoflow.transport.doorbell import DoorbellSpec
 from videoflow.transport.message import DATA, STOP_FLOW, Message, message_refs
 from videoflow.transport.names import pool_family, sweep_prefix
 from videoflow.transport.queue import ControlQueue
@@ -152,6 +157,11 @@ class TaskSpec:
     log_levels: tuple[tuple[str, int], ...] = ()  # the owner's logger levels (logs.level_snapshot)
     environ: dict[str, str] = dataclasses.field(default_factory=dict)
     opencv_threads: int | None = None  # cv2.setNumThreads for this task (None: leave it)
+    # Joins (engine/join_task.py): a JOIN's inboxes and block in the control block; the
+    # doorbell a JOIN sleeps on, or that the tail of a segment feeding one rings.
+    inbox_queues: tuple[str, ...] = ()
+    doorbell: DoorbellSpec | None = None
+    join_at: int = -1
 
 
 def limit_opencv_threads(threads: int) -> None:
@@ -227,12 +237,16 @@ def release_queued(queue: ControlQueue, registry: PoolRegistry) -> int:
     """
     count = 0
     while (raw := queue.get(0)) is not None:
-        msg = read_message(raw, registry)
-        if message.kind(msg) == DATA:
-            for ref in message_refs(message.data_fields(msg)[2]):
-                registry.release(ref)
+        release_message(read_message(raw, registry), registry)
         count += 1
     return count
+
+
+def release_message(msg: Message, registry: PoolRegistry) -> None:
+    """Give back the slots of a message taken out of a queue that will never be delivered."""
+    if message.kind(msg) == DATA:
+        for ref in message_refs(message.data_fields(msg)[2]):
+            registry.release(ref)
 
 
 class Inbox:
@@ -260,6 +274,10 @@ class Inbox:
                 return read_message(raw, self.registry)
             self.life.check()
 
+    def backlog(self) -> int:
+        """Messages waiting for this task: in its queue, and held back for ordering."""
+        return len(self.queue) + len(self.pending)
+
     def get(self) -> Message:
         if self.senders == 1:
             return self._receive()
@@ -281,10 +299,14 @@ class Inbox:
 
 
 class Outbox:
-    """Sends messages on. Batch mode waits for room; realtime mode drops when there is none.
+    """Sends messages on. Batch mode waits for room; realtime mode drops when there is none:
+    the oldest message still in the queue (the link's ``drop`` is "oldest": the receiver
+    takes the freshest frame when it is free) or the new one ("newest").
 
     Into a multi-task node, messages are numbered here and at most ``window`` of them may be
-    between this sender and the merge that restores their order.
+    between this sender and the merge that restores their order. Only a single sender drops
+    (several senders feed a merge, which must get every number), and the numbers stay gapless
+    when it drops the oldest: see ``_replace_oldest``.
     """
 
     def __init__(
@@ -302,7 +324,9 @@ class Outbox:
         self.allocator = allocator
         self.max_size = queue.max_message_size
         self.realtime = spec.realtime and not self.keep_seq
+        self.drop_oldest = self.realtime and link.drop == DROP_OLDEST
         self.poll = spec.config.poll_interval
+        self.row = row
         self.blocked_at = row + BLOCKED_NS
         self.next_seq = 0
 
@@ -346,15 +370,17 @@ class Outbox:
         """Send a data message; False when realtime mode dropped it (the caller frees it)."""
         if self.numbered:
             if not self._wait_window():
-                return False
+                return self.drop_oldest and self._replace_oldest(meta, values)
             seq = self.next_seq
         elif not self.keep_seq:
             seq = 0
         data, blob = self._pack(message.data(seq, meta, values))
         if self.realtime:
             if not self.queue.put(data, 0):
-                self._unsent(blob)
-                return False
+                if not self.drop_oldest or self.numbered:
+                    self._unsent(blob)
+                    return self.drop_oldest and self._replace_oldest(meta, values)
+                self._push_out_oldest(data, blob)
         else:
             try:
                 self._put_blocking(data)
@@ -364,6 +390,79 @@ class Outbox:
         if self.numbered:
             self.next_seq += 1
         return True
+
+    def _evicted(self, msg: Message) -> None:
+        """A message this task sent, taken back out of the queue: give back its slots, and
+        count it as dropped instead of sent (the task's row has this task as its only writer)."""
+        assert self.allocator is not None  # a task that sends on has a pool
+        release_message(msg, self.allocator.registry)
+        self.control[self.row + OUT] -= 1
+        self.control[self.row + DROPPED] += 1
+
+    def _push_out_oldest(self, data: bytes, blob: SlotRef | None) -> None:
+        """Put ``data`` into the full queue of a single receiver: take the oldest message out
+        first. This task is the queue's only sender, so once one is out there is room as
+        soon as the receiver has finished copying out a message it took meanwhile."""
+        assert self.allocator is not None
+        registry = self.allocator.registry
+        try:
+            raw = self.queue.get(0)
+            if raw is not None:
+                self._evicted(read_message(raw, registry))
+            while not self.queue.put(data, self.poll):
+                self.life.check()
+        except BaseException:
+            self._unsent(blob)
+            raise
+
+    def _replace_oldest(self, meta: dict[str, Any], values: dict[int, Any]) -> bool:
+        """Send a message into K workers, dropping the oldest one still queued for them.
+
+        Every message still queued is taken back. When they hold every number from the
+        oldest's to the last one given out (no worker took one meanwhile), the oldest is
+        dropped and the others and the new one go back in with the numbers from the oldest's
+        on: the merge after the workers sees gapless numbers in frame order, and so never
+        waits for a number nobody will send. Otherwise (a worker took one of them while they
+        were taken back: renumbering could put a frame before an older one) they go back as
+        they were and the new message is dropped, as it is when nothing was queued and the
+        window is full. Returns False when the new message is dropped (the caller frees it).
+        """
+        assert self.allocator is not None
+        registry = self.allocator.registry
+        queued: list[Message] = []
+        while (raw := self.queue.get(0)) is not None:
+            queued.append(read_message(raw, registry))
+        new = message.data(0, meta, values)
+        if queued:
+            first = message.seq(queued[0])
+            ours = [message.seq(m) for m in queued] == list(range(first, self.next_seq))
+            if ours:
+                self._evicted(queued.pop(0))
+                queued.append(new)
+        elif self.next_seq - self.control[self.counter] < self.window:
+            first, ours = self.next_seq, True  # the workers took them all: there is room
+            queued.append(new)
+        else:
+            return False
+        sent = 0
+        try:
+            for msg in queued:
+                seq, m, v = message.data_fields(msg)
+                data, blob = self._pack(message.data(first + sent if ours else seq, m, v))
+                try:  # there is room once the workers finish copying out what they took
+                    self._put_blocking(data)
+                except BaseException:
+                    self._unsent(blob)
+                    raise
+                sent += 1
+        except BaseException:
+            for msg in queued[sent:]:  # taken back and not sent again (the new one is the
+                if msg is not new:  # caller's to give back)
+                    release_message(msg, registry)
+            raise
+        if ours:
+            self.next_seq = first + sent
+        return ours
 
     def send_stop(self) -> None:
         data = message.dumps(message.STOP)
@@ -502,9 +601,11 @@ class Task:
                 self.registry,
             )
         if spec.outbox_queue is not None and self.stage.outbox is not None:
+            queue = ControlQueue(spec.outbox_queue)
+            if self.stage.outbox.join >= 0 and spec.doorbell is not None:
+                queue.set_doorbell(spec.doorbell.open(self.control))  # an inbox of a JOIN
             self.outbox = Outbox(
-                ControlQueue(spec.outbox_queue), self.stage.outbox, spec, self.control,
-                self.life, self.allocator, self.row,
+                queue, self.stage.outbox, spec, self.control, self.life, self.allocator, self.row
             )
 
     def _load_node(self) -> None:
@@ -574,7 +675,10 @@ class Task:
             if value is _ENDED:
                 slots.settle()
                 break
-            control[row + BUSY_NS] += _now() - t0
+            t1 = _now()
+            control[row + BUSY_NS] += t1 - t0
+            if PRODUCED_NS not in meta:  # the age of the frame counts from here (stats.py)
+                meta[PRODUCED_NS] = t1
             slots.output(value)
             del value
             slots.settle()
@@ -590,8 +694,12 @@ class Task:
         node, context = self.node, self.context
         is_consumer = spec.kind == CONSUMER
         is_merge = spec.kind == MERGE
+        items = spec.items if any(i is not None for i in spec.items) else None
         self.phase = "consume" if is_consumer else "process"
         state_at, calling = self.state_at, P_CONSUME if is_consumer else P_PROCESS
+        skipper = None if is_consumer or is_merge else make_skipper(
+            spec.name, spec.every, spec.skip_when_busy and self.spec.realtime, inbox.backlog
+        )
         while True:
             t0 = _now()
             msg = inbox.get()
@@ -602,22 +710,33 @@ class Task:
             seq, meta, values = message.data_fields(msg)
             slots.hold(values)
             if not is_merge:
-                inputs = slots.inputs()
                 context.meta = meta
                 index = meta.get("index")  # a node may have set anything there
                 if type(index) is not int or not 0 <= index < MAX_INDEX:
                     index = -1
                 index *= PHASE_SPAN
-                control[state_at] = index + calling
-                t0 = _now()
-                if is_consumer:
-                    node.consume(*inputs)
-                    output = None
+                if skipper is not None and skipper.skip(meta):
+                    control[row + SKIPPED] += 1
+                    output = skipper.last  # each message gets its own copy (slots.output)
                 else:
-                    output = node.process(*inputs)
-                control[row + BUSY_NS] += _now() - t0
-                control[state_at] = index + P_BETWEEN
-                del inputs
+                    inputs = slots.inputs()
+                    if items is not None:
+                        inputs = spec.select_items(inputs)  # node[i]
+                    control[state_at] = index + calling
+                    t0 = _now()
+                    if is_consumer:
+                        produced = meta.get(PRODUCED_NS)
+                        if produced is not None:
+                            record_age(control, row, t0 - produced)
+                        node.consume(*inputs)
+                        output = None
+                    else:
+                        output = node.process(*inputs)
+                        if skipper is not None:
+                            skipper.ran_on(output, meta)
+                    control[row + BUSY_NS] += _now() - t0
+                    control[state_at] = index + P_BETWEEN
+                    del inputs
                 slots.output(output)
                 del output
                 slots.settle()
@@ -643,12 +762,14 @@ def lingering_threads() -> tuple[str, ...]:
     )
 
 
-def task_main(spec: TaskSpec, conn: Connection, control: Any) -> None:
-    """Entry point of a task process."""
+def task_main(
+    spec: TaskSpec, conn: Connection, control: Any, cls: type[Task] | None = None
+) -> None:
+    """Entry point of a task process; ``cls``: a Task subclass (a JOIN stage's JoinTask)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sender = EventSender(conn)
     forward_to_owner(sender, spec.stage.spec.name, spec.worker, spec.log_levels)
-    task = Task(spec, sender, control)
+    task = (cls or Task)(spec, sender, control)
     if spec.config.profile:  # the ``profile`` flow option
         run_profiled(spec.config.profile, spec.stage.spec.name, spec.worker, task.run)
     else:
