@@ -64,6 +64,23 @@ def test_quick_matrix_json_matches_schema(tmp_path, capsys):
     assert "videoflow" in printed and "mp.Queue+pickle" in printed and "saved" in printed
 
 
+@pytest.mark.timeout(120)
+def test_join_section_measures_throughput_and_latency(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--quick", "--size", "64x48", "--only", "join", "--duration", "0.1",
+               "--json", str(out)])
+    assert rc == 0
+    assert_clean()
+    data = json.loads(out.read_text())
+    assert validate(data) == []
+    seq, latest = data["rows"]
+    assert seq["params"]["policy"] == "seq" and latest["params"]["policy"] == "latest"
+    assert seq["fps"] > 0 and seq["extra"]["join_cpu_us"] > 0
+    assert latest["latency_p50_ms"] is not None and "added_p50_ms" in latest["extra"]
+    text = capsys.readouterr().out
+    assert "joined/s" in text and "Join.latest adds" in text
+
+
 @pytest.mark.timeout(60)
 def test_compare_prints_the_change(tmp_path, capsys):
     old = BenchResult(rows=[_row(fps=10.0), _row(impl="single process", fps=5.0)],

@@ -30,6 +30,9 @@ class FlowConfig:
     inline_max:        a value whose pickle is at most this many bytes rides inside the message.
     oob_min:           a buffer of at least this many bytes inside a value goes out of band.
     reorder_window:    extra in-flight messages a multi-task node may have beyond 2 * nb_tasks.
+    join_pending:      messages a JOIN stage may hold per input while it waits for the others
+                       (0, the default: queue_depth + 2). A full buffer holds back only that
+                       input's stream.
     poll_interval:     seconds between checks of stop/abort flags while a task waits.
     stop_grace:        seconds the parent waits for tasks to exit after an abort before killing.
     stop_timeout:      seconds an ending may take before it is forced: from ``flow.stop()`` (or
@@ -77,6 +80,7 @@ class FlowConfig:
     inline_max: int = 1024
     oob_min: int = 4096
     reorder_window: int = 4
+    join_pending: int = 0
     poll_interval: float = 0.1
     stop_grace: float = 3.0
     stop_timeout: float = 5.0
@@ -188,6 +192,7 @@ _RANGES: dict[str, tuple[type, float, float]] = {
     "inline_max": (int, 1, 1 << 19),
     "oob_min": (int, 1, 1 << 30),
     "reorder_window": (int, 0, 4096),
+    "join_pending": (int, 0, 4096),
     "poll_interval": (float, 0.001, 10.0),
     "stop_grace": (float, 0.01, 3600.0),
     "stop_timeout": (float, 0.01, 86400.0),

@@ -1,4 +1,4 @@
-"""The standard benchmark matrix: handoff, scaling, realtime and file sections.
+"""The standard benchmark matrix: handoff, scaling, realtime, file and join sections.
 
 Each section returns rows for videoflow and for the baselines measured in the same run on the
 same frames; ``run_matrix`` runs the sections asked for and fills the ratios.
@@ -18,7 +18,7 @@ from videoflow.benchmark.result import BenchResult, Row, add_ratios, machine_inf
 from videoflow.core.constants import REALTIME
 from videoflow.core.node import Node
 
-SECTIONS = ("handoff", "scaling", "realtime", "file")
+SECTIONS = ("handoff", "scaling", "realtime", "file", "join")
 SIZES = {"480p": (480, 640), "720p": (720, 1280), "1080p": (1080, 1920), "4k": (2160, 3840)}
 BASELINES = ("queue", "pipe", "pool", "single")
 VIDEOFLOW = "videoflow"
@@ -325,6 +325,12 @@ def run_matrix(
             rows += new
             if why:
                 skipped.append(f"file: {why}")
+        elif section == "join":
+            from videoflow.benchmark.joinbench import join_section
+
+            hw = SIZES["1080p"] if SIZES["1080p"] in opts.sizes or not opts.sizes else opts.sizes[0]
+            rows += join_section(hw, opts.duration, opts.repeat, _flow_options(opts), say,
+                                 size_name(hw))
     add_ratios(rows, VIDEOFLOW)
     return BenchResult(rows=rows, machine=machine_info(opts.start_method),
                        options=opts.to_dict(), skipped=skipped)

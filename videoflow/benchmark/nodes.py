@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from videoflow.core import ConsumerNode, ProcessorNode
+from videoflow.core import ConsumerNode, Join, ProcessorNode
 from videoflow.producers.basic import SyntheticFrameProducer
 
 _now = time.perf_counter_ns
@@ -176,15 +176,16 @@ class Sleep(ProcessorNode):
 class ProbeConsumer(ConsumerNode):
     """Records when frames arrive and how old they are (from the producer's ``t_ns``).
 
-    The first ``warmup`` frames are not timed. Latencies are kept for at most ``max_samples``
-    frames (evenly thinned beyond that) so the report stays small.
+    With several parents (a JOIN in front of it, ``join``), the latency is that of the first
+    input present in each set. The first ``warmup`` frames are not timed. Latencies are kept
+    for at most ``max_samples`` frames (evenly thinned beyond that) so the report stays small.
     """
 
     def __init__(
         self, report_dir: str | None = None, warmup: int = 3, max_samples: int = 20000,
-        name: str | None = None,
+        name: str | None = None, join: Join | None = None,
     ) -> None:
-        super().__init__(name=name)
+        super().__init__(name=name, join=join)
         self.report_dir = report_dir
         self.warmup = warmup
         self.max_samples = max_samples

@@ -25,7 +25,7 @@ Number = int | float
 class Row:
     """One measurement.
 
-    section:      handoff, scaling, realtime, file or flow (a user's own flow).
+    section:      handoff, scaling, realtime, file, join or flow (a user's own flow).
     impl:         what moved the frames: ``videoflow`` or a baseline (see ``baselines.py``).
     params:       what was measured (size, hops, nb_tasks, rate, ...).
     frames:       frames timed (warm-up excluded); seconds: how long they took.
@@ -212,7 +212,10 @@ ROW_SCHEMA: dict[str, Any] = {
                  "note"],
     "additionalProperties": False,
     "properties": {
-        "section": {"type": "string", "enum": ["handoff", "scaling", "realtime", "file", "flow"]},
+        "section": {
+            "type": "string",
+            "enum": ["handoff", "scaling", "realtime", "file", "join", "flow"],
+        },
         "impl": _STR,
         "params": {"type": "object", "additionalProperties": {"type": ["string", "number",
                                                                        "boolean", "null"]}},

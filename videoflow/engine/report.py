@@ -16,7 +16,7 @@ import math
 import os
 from typing import Any
 
-from videoflow.engine.stats import FlowStats, FrameAge, NodeStats
+from videoflow.engine.stats import FlowStats, FrameAge, JoinStats, NodeStats
 
 SATURATED = 0.5  # below this busy fraction, no node is said to hold the flow back
 CPUS_SATURATED = 0.9  # from this share of the CPUs kept busy, the machine is the limit
@@ -69,6 +69,9 @@ class Report:
                 is busy enough to blame, or a task is stalled). advice: what to do about it,
                 one sentence.
     stalled:    the stalled tasks, each as "node (task N): what it is doing, for how long".
+    joins:      the counters of every JOIN stage (a flow with several producers): the table
+                gets a section per JOIN, one line per input, and names the input it waited
+                on most (``waits_on``).
     """
 
     rows: tuple[ReportRow, ...]
@@ -84,6 +87,7 @@ class Report:
     cores_busy: float = 0.0
     cpus: int = 1
     stalled: tuple[str, ...] = ()
+    joins: tuple[JoinStats, ...] = ()
 
     @classmethod
     def from_stats(cls, stats: FlowStats, cpus: int | None = None) -> Report:
@@ -117,6 +121,7 @@ class Report:
             cores_busy=stats.cores_busy,
             cpus=cpus,
             stalled=stalled,
+            joins=stats.joins,
         )
 
     def table(self) -> str:
@@ -155,8 +160,40 @@ class Report:
                 )
         return "\n".join(lines)
 
+    def join_table(self) -> str:
+        """A section per JOIN stage: its policy and sets, then per input what it did with the
+        stream's messages, and the input it waited on most ("" without joins)."""
+        lines: list[str] = []
+        for join in self.joins:
+            cpu = 100 * join.cpu_s / self.elapsed_s if self.elapsed_s > 0 else 0.0
+            lines.append(
+                f"{join.name}: {join.policy}, {join.sets} sets ({join.partial} with an input "
+                f"missing), {join.dropped} dropped, cpu {cpu:.1f} %"
+            )
+            width = max([5, *(len(i.name) for i in join.inputs)])
+            lines.append(
+                f"  {'input':<{width}}  {'produced':>8} {'dropped':>7} {'received':>8} "
+                f"{'used':>8} {'stale':>7} {'unmatched':>9} {'waited s':>8}"
+            )
+            for i in join.inputs:
+                lines.append(
+                    f"  {i.name:<{width}}  {i.produced:>8} {i.dropped:>7} {i.received:>8} "
+                    f"{i.used:>8} {i.stale:>7} {i.unmatched:>9} {i.waited_s:>8.2f}"
+                )
+            worst = join.waits_on
+            if worst is not None:
+                share = f", {100 * worst.waited_s / self.elapsed_s:.0f} % of the run" if (
+                    self.elapsed_s > 0
+                ) else ""
+                lines.append(
+                    f"  {join.name} waits on {worst.name} most ({worst.waited_s:.2f} s{share}): "
+                    "that stream sets the pace of the joined sets"
+                )
+        return "\n".join(lines)
+
     def __str__(self) -> str:
-        return f"{self.table()}\n{self.verdict}"
+        joins = self.join_table()
+        return f"{self.table()}\n{joins + chr(10) if joins else ''}{self.verdict}"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""

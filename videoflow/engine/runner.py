@@ -30,10 +30,13 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, ClassVar
 
 from videoflow.config import FlowConfig
+from videoflow.engine.join_task import JoinTask, JoinWiring
 from videoflow.engine.logs import handle_forwarded, level_snapshot
 from videoflow.engine.plan import (
+    JOIN,
     MERGE,
     PROCESSOR,
+    PRODUCER,
     Plan,
     Stage,
     StageSpec,
@@ -97,7 +100,8 @@ def _context(method: str) -> Any:
         # Imported once in the server, inherited by every task: cv2 alone costs a task ~0.2 s
         # of CPU, the node packages ~30 ms more. The forkserver skips a module that is missing.
         ctx.set_forkserver_preload(
-            ["videoflow.engine.task", "numpy", "cv2", *NODE_PACKAGES]
+            ["videoflow.engine.task", "videoflow.engine.join_task", "numpy", "cv2",
+             *NODE_PACKAGES]
         )
     return ctx
 
@@ -193,6 +197,7 @@ class ProcessEngine:
         self.plan: Plan
         self.prefix: str
         self._rows_at: int
+        self._joins: JoinWiring
         self._ctx: Any
 
     def _prepare(self, stages: Sequence[StageSpec], realtime: bool, config: FlowConfig) -> None:
@@ -201,10 +206,10 @@ class ProcessEngine:
         self.plan = build_plan(stages, config)
         self.prefix = new_flow_prefix()
         ntasks = len(self.plan.tasks)
-        counters = sum(1 for link in self.plan.links if link.window)
-        self._rows_at = FLAGS + counters
+        self._rows_at = FLAGS + self.plan.window_counters
+        self._joins = JoinWiring(self.plan, self._rows_at + ROW * ntasks)  # blocks after rows
         self._ctx = _context(config.start_method)
-        self.control = self._ctx.RawArray("q", self._rows_at + ROW * ntasks)
+        self.control = self._ctx.RawArray("q", self._rows_at + ROW * ntasks + self._joins.size)
 
     @property
     def description(self) -> str:
@@ -251,12 +256,14 @@ class ProcessEngine:
                 )
                 for link in plan.links
             ]
+            queue_names = [queue.name for queue in self._queues]
+            self._joins.open(self._ctx)
             row = self._rows_at
             for stage, worker in plan.tasks:
                 inbox, outbox = stage.inbox, stage.outbox
                 merge_counter = window_counter = -1
                 if inbox is not None and inbox.senders > 1:
-                    merge_counter = FLAGS + plan.links[inbox.index - 1].counter
+                    merge_counter = FLAGS + inbox.counter
                 if outbox is not None and outbox.window:
                     window_counter = FLAGS + outbox.counter
                 gpu = gpus.get((stage.index, worker))
@@ -281,11 +288,13 @@ class ProcessEngine:
                     environ=environ,
                     opencv_threads=opencv_threads,
                     owner_pid=os.getpid(),
+                    **self._joins.task_fields(stage, queue_names),
                 )
                 reader, writer = self._ctx.Pipe(duplex=False)
+                cls = JoinTask if stage.spec.kind == JOIN else None
                 process = self._ctx.Process(
                     target=task_main,
-                    args=(spec, writer, self.control),
+                    args=(spec, writer, self.control, cls),
                     name=f"videoflow:{stage.spec.name}[{worker}]",
                     daemon=True,
                 )
@@ -444,7 +453,9 @@ class ProcessEngine:
         if phase == "load":
             what = f"could not be unpickled in its task process: {type_name}: {text}"
         else:
-            where = f" in {phase}()" if phase != "start" else " at start"
+            where = {"start": " at start", "join": " while pairing its inputs"}.get(
+                phase, f" in {phase}()"
+            )
             what = f"raised {type_name}{where}: {text}"
             hint = read_only_write(text)
             if hint is not None:
@@ -463,6 +474,7 @@ class ProcessEngine:
         message.DONE: _on_done,
         message.THREADS: _on_threads,
         message.ERROR: _on_error,
+        message.THREADS: _on_threads,
     }
 
     def _on_event(self, task: _TaskHandle, event: message.Event) -> None:
@@ -592,19 +604,21 @@ class ProcessEngine:
                     self._kill(task)
 
     def _check_stop(self, now: float) -> None:
-        """After stop(): interrupt a producer that waits in next(); past stop_timeout, abort."""
+        """After stop(): interrupt producers that wait in next(); past stop_timeout, abort."""
         deadline = self._stop_deadline
         if deadline is None:
             return
-        producer = self._tasks[0]
-        state = self.control[producer.row + STATE]
-        if (
-            not producer.exited and producer.pid is not None and producer.signaled != state
-            and state_phase(state)[0] == P_NEXT
-        ):
-            producer.signaled = state
-            with contextlib.suppress(OSError):
-                os.kill(producer.pid, STOP_SIGNAL)
+        for producer in self._tasks:
+            if producer.kind != PRODUCER:
+                continue
+            state = self.control[producer.row + STATE]
+            if (
+                not producer.exited and producer.pid is not None and producer.signaled != state
+                and state_phase(state)[0] == P_NEXT
+            ):
+                producer.signaled = state
+                with contextlib.suppress(OSError):
+                    os.kill(producer.pid, STOP_SIGNAL)
         if now < deadline:
             return
         left = self._unfinished()
@@ -747,6 +761,7 @@ class ProcessEngine:
             self.slots_reclaimed = self._reclaim_pools()
         self.pool_slots_in_use = sum(self._pool_occupancy().values())
         release_prefix(self.prefix)
+        self._joins.close()
         killed = [t.label for t in self._tasks if t.killed and not t.failed]
         if killed and not self.errors:
             log.warning("videoflow: killed %s, still running %g s after the abort",
@@ -822,7 +837,7 @@ class ProcessEngine:
                 )
                 at += ROW
             dropped += sum(t.dropped for t in tasks)
-            if spec.kind != MERGE:
+            if spec.kind not in (MERGE, JOIN):
                 nodes.append(
                     node_stats(
                         spec.name, spec.kind, tasks,
@@ -833,7 +848,7 @@ class ProcessEngine:
                 )
         return FlowStats(
             nodes=tuple(nodes),
-            produced=nodes[0].messages_in,
+            produced=sum(n.messages_in for n in nodes if n.kind == PRODUCER),
             delivered=nodes[-1].messages_in,
             dropped=dropped,
             running=running,
@@ -841,6 +856,7 @@ class ProcessEngine:
             slots_reclaimed=self.slots_reclaimed,
             errors=sum(failed.values()),
             elapsed_s=elapsed,
+            joins=self._joins.stats(rows, self._rows_at),
         )
 
     # -- interpreter exit --------------------------------------------------------------------

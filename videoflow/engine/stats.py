@@ -158,6 +158,8 @@ def describe_state(kind: str, row: list[int] | tuple[int, ...]) -> str:
         return f"in next() (making message {message})"
     if phase in (P_PROCESS, P_CONSUME):
         return f"in {PHASES[phase]}() holding{held}"
+    if phase == P_BETWEEN and kind == "join":
+        return "pairing its inputs' messages (or waiting for them, or for room downstream)"
     if phase == P_BETWEEN:
         holding = kind != "consumer" and row[IN] > row[OUT] + row[DROPPED]
         if holding:
@@ -172,6 +174,14 @@ def describe_state(kind: str, row: list[int] | tuple[int, ...]) -> str:
         P_CLOSE: "in close()",
         P_ENDED: "ended",
     }.get(phase, f"in phase {phase}")
+
+# A JOIN stage's block, after the task rows: its doorbell (engine/join_task.py), the sets it
+# sent with some input missing, then one row per input (its own task row has the rest).
+JOIN_BELL, JOIN_PARTIAL = 0, 1
+JOIN_HEAD = 2
+JOIN_FIELDS = ("received", "used", "stale", "unmatched", "buffered", "waited_ns")
+J_RECEIVED, J_USED, J_STALE, J_UNMATCHED, J_BUFFERED, J_WAITED_NS = range(len(JOIN_FIELDS))
+JOIN_ROW = len(JOIN_FIELDS)
 
 
 def _share(seconds: float, tasks: int, elapsed_s: float) -> float:
@@ -345,12 +355,73 @@ class NodeStats(_Rates):
 
 
 @dataclasses.dataclass(frozen=True)
+class JoinInputStats:
+    """One input of a JOIN stage: the stream that feeds it, and what the JOIN did with it.
+
+    name:      the stream, its producers' names joined by "+".
+    produced:  messages the stream's first stage made (its producer's values, or the sets of
+               an inner JOIN).
+    dropped:   messages of the stream dropped before they reached the JOIN (realtime only:
+               a full queue in the stream's own segment).
+    received:  messages the JOIN took from the stream's inbox; of those, ``used`` went out in
+               a set, ``stale`` were replaced by a newer one or came too late for their set,
+               ``unmatched`` found no partner (a stream ended, ``Join.time`` dropped them, or
+               the flow was aborted), ``buffered`` wait in the JOIN now.
+    waited_s:  seconds sets were held back waiting for this input.
+
+    Once the flow has ended normally, ``produced == received + dropped`` and
+    ``received == used + stale + unmatched``.
+    """
+
+    name: str
+    produced: int
+    dropped: int
+    received: int
+    used: int
+    stale: int
+    unmatched: int
+    buffered: int
+    waited_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class JoinStats:
+    """Counters of a JOIN stage (a task with no node in front of the node where streams of
+    several producers meet).
+
+    name:     the stage's name, ``<first join point>.join``.
+    policy:   the join policy in words, e.g. ``Join.latest(timeout_ms=40, min_inputs=1)``.
+    sets:     sets of messages it sent on; ``partial`` of them lacked some input (None).
+    dropped:  sets dropped because the queue after it was full (realtime only).
+    inputs:   one entry per joined stream, in the order of the join point's parents.
+    cpu_s:    CPU seconds the JOIN task used.
+    """
+
+    name: str
+    policy: str
+    sets: int
+    partial: int
+    dropped: int
+    inputs: tuple[JoinInputStats, ...]
+    cpu_s: float = 0.0
+    wait_s: float = 0.0
+
+    @property
+    def waits_on(self) -> JoinInputStats | None:
+        """The input the JOIN waited on most (None while no set has waited)."""
+        worst = max(self.inputs, key=lambda i: i.waited_s, default=None)
+        return worst if worst is not None and worst.waited_s > 0 else None
+
+
+@dataclasses.dataclass(frozen=True)
 class FlowStats:
     """A snapshot of a flow's counters; valid while it runs and after ``join()``.
 
-    produced:  values the producer made; delivered: messages the last consumer received;
-    dropped:   messages dropped anywhere. In every flow: produced == delivered + dropped
-    once the flow has ended (for flows with one consumer at the end of the chain).
+    produced:  values the producers made (``produced_by`` has them per producer);
+    delivered: messages the last consumer received; dropped: messages dropped anywhere. In a
+    flow with one producer: produced == delivered + dropped once the flow has ended (for
+    flows with one consumer at the end of the chain). With several producers, ``joins`` has
+    the counts of every JOIN stage, per input.
     errors:    tasks that failed.
     elapsed_s: seconds from the moment every task was ready to the end of the last task (or
                to now, while the flow runs); 0.0 before it started.
@@ -369,6 +440,22 @@ class FlowStats:
     slots_reclaimed: int = 0
     errors: int = 0
     elapsed_s: float = 0.0
+    joins: tuple[JoinStats, ...] = ()
+
+    @property
+    def produced_by(self) -> dict[str, int]:
+        """Values each producer made, by producer name."""
+        return {n.name: n.messages_in for n in self.nodes if n.kind == "producer"}
+
+    def join(self, name: str | None = None) -> JoinStats:
+        """The counters of the JOIN stage ``name`` (or of the only one)."""
+        if name is None and len(self.joins) == 1:
+            return self.joins[0]
+        for stats in self.joins:
+            if stats.name == name:
+                return stats
+        known = ", ".join(repr(j.name) for j in self.joins) or "none"
+        raise KeyError(f"no JOIN stage named {name!r} in this flow (its JOIN stages: {known})")
 
     @property
     def fps(self) -> float:
@@ -377,8 +464,8 @@ class FlowStats:
 
     @property
     def cpu_s(self) -> float:
-        """CPU seconds used by every task of the flow."""
-        return sum(n.cpu_s for n in self.nodes)
+        """CPU seconds used by every task of the flow (nodes and JOIN stages)."""
+        return sum(n.cpu_s for n in self.nodes) + sum(j.cpu_s for j in self.joins)
 
     @property
     def cores_busy(self) -> float:
@@ -401,6 +488,7 @@ class FlowStats:
         """Fields and derived rates, JSON-ready (``json.dumps(stats.to_dict())`` works)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         fields["nodes"] = [n.to_dict() for n in self.nodes]
+        fields["joins"] = [dataclasses.asdict(j) for j in self.joins]
         return {**fields, "fps": self.fps, "cpu_s": self.cpu_s, "cores_busy": self.cores_busy}
 
 

@@ -60,6 +60,7 @@ from videoflow.engine.stats import (
 )
 from videoflow.transport import message
 from videoflow.transport.codec import Codec
+from videoflow.transport.doorbell import DoorbellSpec
 from videoflow.transport.message import DATA, STOP_FLOW, Message, message_refs
 from videoflow.transport.names import sweep_prefix
 from videoflow.transport.queue import ControlQueue
@@ -155,6 +156,11 @@ class TaskSpec:
     log_levels: tuple[tuple[str, int], ...] = ()  # the owner's logger levels (logs.level_snapshot)
     environ: dict[str, str] = dataclasses.field(default_factory=dict)
     opencv_threads: int | None = None  # cv2.setNumThreads for this task (None: leave it)
+    # Joins (engine/join_task.py): a JOIN's inboxes and block in the control block; the
+    # doorbell a JOIN sleeps on, or that the tail of a segment feeding one rings.
+    inbox_queues: tuple[str, ...] = ()
+    doorbell: DoorbellSpec | None = None
+    join_at: int = -1
 
 
 def limit_opencv_threads(threads: int) -> None:
@@ -594,9 +600,11 @@ class Task:
                 self.registry,
             )
         if spec.outbox_queue is not None and self.stage.outbox is not None:
+            queue = ControlQueue(spec.outbox_queue)
+            if self.stage.outbox.join >= 0 and spec.doorbell is not None:
+                queue.set_doorbell(spec.doorbell.open(self.control))  # an inbox of a JOIN
             self.outbox = Outbox(
-                ControlQueue(spec.outbox_queue), self.stage.outbox, spec, self.control,
-                self.life, self.allocator, self.row,
+                queue, self.stage.outbox, spec, self.control, self.life, self.allocator, self.row
             )
 
     def _load_node(self) -> None:
@@ -685,6 +693,7 @@ class Task:
         node, context = self.node, self.context
         is_consumer = spec.kind == CONSUMER
         is_merge = spec.kind == MERGE
+        items = spec.items if any(i is not None for i in spec.items) else None
         self.phase = "consume" if is_consumer else "process"
         state_at, calling = self.state_at, P_CONSUME if is_consumer else P_PROCESS
         skipper = None if is_consumer or is_merge else make_skipper(
@@ -710,6 +719,8 @@ class Task:
                     output = skipper.last  # each message gets its own copy (slots.output)
                 else:
                     inputs = slots.inputs()
+                    if items is not None:
+                        inputs = spec.select_items(inputs)  # node[i]
                     control[state_at] = index + calling
                     t0 = _now()
                     if is_consumer:
@@ -750,12 +761,14 @@ def lingering_threads() -> tuple[str, ...]:
     )
 
 
-def task_main(spec: TaskSpec, conn: Connection, control: Any) -> None:
-    """Entry point of a task process."""
+def task_main(
+    spec: TaskSpec, conn: Connection, control: Any, cls: type[Task] | None = None
+) -> None:
+    """Entry point of a task process; ``cls``: a Task subclass (a JOIN stage's JoinTask)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sender = EventSender(conn)
     forward_to_owner(sender, spec.stage.spec.name, spec.worker, spec.log_levels)
-    Task(spec, sender, control).run()
+    (cls or Task)(spec, sender, control).run()
     threads = lingering_threads()
     if threads:  # the process will wait for them: the owner names them if it has to kill it
         with contextlib.suppress(OSError, ValueError):

@@ -75,6 +75,11 @@ class ControlQueue:
     def close(self) -> None:
         """Let go of the queue in this process (idempotent)."""
 
+    def set_doorbell(self, bell: Any) -> None:
+        """Ring ``bell`` (transport/doorbell.py) after every put from this process: the queue
+        is an inbox of a receiver that watches several queues (a JOIN stage)."""
+        raise NotImplementedError
+
     def unlink(self) -> None:
         """Remove the name; processes that opened the queue keep using it."""
 
@@ -82,12 +87,13 @@ class ControlQueue:
 class MessageQueue(ControlQueue):
     """A POSIX message queue (/dev/mqueue/<name>)."""
 
-    __slots__ = ("_mq",)
+    __slots__ = ("_bell", "_mq")
 
     def __init__(
         self, name: str, *, create: bool = False, depth: int = 4, message_size: int = 4096
     ) -> None:
         super().__init__(name)
+        self._bell: Any = None
         if create:
             depth = min(depth, kernel_msg_max())
             try:
@@ -105,6 +111,8 @@ class MessageQueue(ControlQueue):
             self._mq.send(data, timeout)
         except posix_ipc.BusyError:
             return False
+        if self._bell is not None:
+            self._bell.ring()
         return True
 
     def get(self, timeout: float) -> bytes | None:
@@ -119,6 +127,9 @@ class MessageQueue(ControlQueue):
     @property
     def max_message_size(self) -> int:
         return int(self._mq.max_message_size)
+
+    def set_doorbell(self, bell: Any) -> None:
+        self._bell = bell
 
     def close(self) -> None:
         with contextlib.suppress(posix_ipc.ExistentialError):
@@ -195,6 +206,9 @@ class RingQueue(ControlQueue):
     @property
     def max_message_size(self) -> int:
         return int(self._ring.record_size)
+
+    def set_doorbell(self, bell: Any) -> None:
+        self._ring.set_doorbell(bell.handle)  # rung inside the ring's own put, in C
 
     def close(self) -> None:
         self._ring.close()
