@@ -24,6 +24,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from videoflow.config import FlowConfig
+from videoflow.engine.bootstrap import forkserver_preload, package_copy
 from videoflow.engine.logs import handle_forwarded, level_snapshot
 from videoflow.engine.plan import (
     MERGE,
@@ -67,9 +68,10 @@ def _context(method: str) -> Any:
     ctx = mp.get_context(method)
     if method == "forkserver":
         # Imported once in the server, inherited by every task: cv2 alone costs a task ~0.2 s
-        # of CPU, the node packages ~30 ms more. The forkserver skips a module that is missing.
+        # of CPU, the node packages ~30 ms more. The forkserver skips a module that is missing,
+        # and must not load one from another copy than ours (see engine/bootstrap.py).
         ctx.set_forkserver_preload(
-            ["videoflow.engine.task", "numpy", "cv2", *NODE_PACKAGES]
+            forkserver_preload(["videoflow.engine.task", "numpy", "cv2", *NODE_PACKAGES])
         )
     return ctx
 
@@ -136,6 +138,7 @@ class ProcessEngine:
         environ = dict(os.environ)
         workers = sum(1 for stage, _ in plan.tasks if stage.spec.node is not None)
         opencv_threads = cfg.opencv_threads_per_task(workers, available_cpus())
+        owner_copy = package_copy()
         try:
             self._queues = [
                 ControlQueue(
@@ -171,6 +174,7 @@ class ProcessEngine:
                     environ=environ,
                     opencv_threads=opencv_threads,
                     owner_pid=os.getpid(),
+                    owner_copy=owner_copy,
                 )
                 row += ROW
                 reader, writer = self._ctx.Pipe(duplex=False)
@@ -238,6 +242,9 @@ class ProcessEngine:
             task.ready = True
         elif what == "done":
             task.done = True
+        elif what == "refused":  # the task cannot run this flow; the text says why
+            task.failed = True
+            self._fail(FlowError(event[1], node=task.name, task=task.worker))
         elif what == "error":
             _, phase, type_name, message, tb = event
             task.failed = True

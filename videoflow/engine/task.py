@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from videoflow.config import FlowConfig
+from videoflow.engine.bootstrap import copy_mismatch
 from videoflow.engine.logs import EventSender, forward_to_owner
 from videoflow.engine.plan import CONSUMER, MERGE, PRODUCER, Link, Stage
 from videoflow.engine.stats import (
@@ -71,6 +72,7 @@ class TaskSpec:
     log_levels: tuple[tuple[str, int], ...] = ()  # the owner's logger levels (logs.level_snapshot)
     environ: dict[str, str] = dataclasses.field(default_factory=dict)
     opencv_threads: int | None = None  # cv2.setNumThreads for this task (None: leave it)
+    owner_copy: tuple[str, str] = ("", "")  # owner's bootstrap.package_copy(); "": no check
 
 
 def limit_opencv_threads(threads: int) -> None:
@@ -564,5 +566,9 @@ def task_main(spec: TaskSpec, conn: Connection, control: Any) -> None:
     """Entry point of a task process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sender = EventSender(conn)
+    mismatch = copy_mismatch(spec.owner_copy)
+    if mismatch is not None:  # before any queue: another copy could not open the owner's
+        sender.send(("refused", mismatch))
+        return
     forward_to_owner(sender, spec.stage.spec.name, spec.worker, spec.log_levels)
     Task(spec, sender, control).run()
