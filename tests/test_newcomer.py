@@ -10,11 +10,21 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
+from typing import Any
 
+import cv2
+import numpy as np
 import pytest
+from video_helpers import run_flow
 
 import videoflow
+from videoflow.consumers import VoidConsumer
+from videoflow.core import Flow, FunctionProcessorNode, ProcessorNode
 from videoflow.engine import bootstrap
+from videoflow.errors import FlowError, UnpicklableNodeError, read_only_write
+from videoflow.producers import IntProducer
+from videoflow.producers.shapes import MovingShapesProducer
 
 PACKAGE = os.path.dirname(os.path.realpath(videoflow.__file__))
 
@@ -125,3 +135,121 @@ def test_a_task_with_another_transport_is_named():
     assert "VIDEOFLOW_NATIVE" in message
     message = bootstrap.copy_mismatch(("/elsewhere/videoflow", transport))
     assert message is not None and "/elsewhere/videoflow" in message and folder in message
+
+
+# -- a node that cannot be pickled ------------------------------------------------------------
+
+
+class HoldsALock(ProcessorNode):
+    """Creates its lock in __init__: the lock would have to travel to the task, and cannot."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.lock = threading.Lock()
+
+    def process(self, value: Any) -> Any:
+        return value
+
+
+def local_class_node() -> ProcessorNode:
+    class Local(ProcessorNode):
+        def process(self, value: Any) -> Any:
+            return value
+
+    return Local(name="local")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("method", ["forkserver", "fork"])
+@pytest.mark.parametrize(
+    ("make", "part"),
+    [
+        (lambda: HoldsALock(name="locked"), "its attribute 'lock'"),
+        (local_class_node, "its class local_class_node.<locals>.Local"),
+        (lambda: FunctionProcessorNode(lambda v: v, name="fn"), "its attribute '_fn'"),
+    ],
+)
+def test_an_unpicklable_node_is_named_with_what_helps(make, part, method):
+    """fork does not help (nodes are pickled under every start method): the message must not
+    advise it, and must say what does."""
+    a = IntProducer(0, 3)
+    b = make()(a)
+    flow = Flow([a], [VoidConsumer()(b)], flow_options={"start_method": method})
+    with pytest.raises(UnpicklableNodeError) as info:
+        flow.run()
+    message = str(info.value)
+    assert isinstance(info.value, ValueError)  # what the original videoflow API raised
+    assert message.startswith(f"node {b.name!r} cannot be sent to its task processes: {part}")
+    assert "module level" in message and "open()" in message
+    assert "start_method='fork'" not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    doc = FunctionProcessorNode.__doc__ or ""
+    assert "every start method" in doc and "only works with the ``fork``" not in doc
+
+
+# -- writing into an input frame --------------------------------------------------------------
+
+
+class DrawsOnItsInput(ProcessorNode):
+    """What a user of the original videoflow wrote: draw on the frame and pass it on."""
+
+    def __init__(self, how: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.how = how
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        if self.how == "opencv":
+            cv2.rectangle(frame, (1, 1), (8, 8), (0, 0, 255), 2)
+        elif self.how == "numpy":
+            frame[0:4, 0:4] = 255
+        else:
+            np.add(frame, 1, out=frame)
+        return frame
+
+
+class DrawsOnACopy(ProcessorNode):
+    """The fix the error message gives."""
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        frame = frame.copy()
+        cv2.rectangle(frame, (1, 1), (8, 8), (0, 0, 255), 2)
+        return frame
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["opencv", "numpy", "ufunc"])
+def test_writing_into_an_input_says_inputs_are_read_only_and_how_to_copy(how):
+    a = MovingShapesProducer(64, 48, count=4, fps=None)
+    b = DrawsOnItsInput(how, name="draw")(a)
+    with pytest.raises(FlowError) as info:
+        run_flow(a, [VoidConsumer()(b)])  # checks that nothing is left
+    first_line = str(info.value).splitlines()[0]
+    assert first_line.startswith("node 'draw' (task 0) wrote into a read-only array in process()")
+    assert "read-only views of shared memory" in first_line and "frame.copy()" in first_line
+    assert "Bad argument" not in first_line
+    assert info.value.node == "draw"
+
+
+@pytest.mark.timeout(60)
+def test_drawing_on_a_copy_works():
+    a = MovingShapesProducer(64, 48, count=4, fps=None)
+    b = DrawsOnACopy(name="draw")(a)
+    stats = run_flow(a, [VoidConsumer()(b)])
+    assert stats.delivered == 4
+
+
+def test_only_read_only_errors_get_the_hint():
+    assert read_only_write("assignment destination is read-only") is not None
+    assert read_only_write("img marked as output argument, but provided NumPy array marked as "
+                           "readonly") is not None
+    assert read_only_write("division by zero") is None
+
+
+# -- the graph ---------------------------------------------------------------------------------
+
+
+def test_zero_producers_is_not_called_multiple_producers():
+    c = VoidConsumer()(IntProducer(0, 3))
+    with pytest.raises(ValueError, match="needs a producer, got none") as info:
+        Flow([], [c])
+    assert "multiple" not in str(info.value) and "Flow([producer], [consumer])" in str(info.value)

@@ -2,11 +2,14 @@
 
     VideoflowError
     ├── FlowError             a task of a running flow failed: its node raised, or its process died
+    ├── UnpicklableNodeError  (also a ValueError) run() cannot send a node to its task processes
     ├── PoolExhaustedError    a shared-memory pool could not be created or grown
     └── StaleSlotError        (debug mode) a node read a slot that had already been reused
 """
 
 from __future__ import annotations
+
+import re
 
 
 class VideoflowError(Exception):
@@ -48,6 +51,28 @@ def _rebuild_flow_error(text: str, node: str, task: int, exitcode: int | None) -
     VideoflowError.__init__(err, text)
     err.node, err.task, err.remote_traceback, err.exitcode = node, task, "", exitcode
     return err
+
+
+class UnpicklableNodeError(VideoflowError, ValueError):
+    """A node cannot be pickled, so ``Flow.run()`` cannot send it to its task processes; the
+    message names the attribute (or the class) that does not pickle and what helps."""
+
+
+_READ_ONLY = re.compile(r"\bread-only\b|marked as readonly")  # numpy's words; OpenCV's
+
+
+def read_only_write(message: str) -> str | None:
+    """When a node's error ``message`` says it wrote into a read-only array (numpy's
+    "assignment destination is read-only", OpenCV's "Bad argument ... marked as readonly"),
+    what the user needs to know instead; None otherwise. The one place that says what inputs
+    allow."""
+    if not _READ_ONLY.search(message):
+        return None
+    return (
+        "the frames a node receives are read-only views of shared memory that other nodes may "
+        "read too; draw on a writable copy (frame = frame.copy()) or fill an array from "
+        "self.allocate(shape, dtype), and return it"
+    )
 
 
 class PoolExhaustedError(VideoflowError):

@@ -178,8 +178,9 @@ class OneTaskProcessorNode(ProcessorNode):
 class FunctionProcessorNode(ProcessorNode):
     """A processor made from a function: ``process(*inputs)`` returns ``fn(*inputs)``.
 
-    The function is sent to the task processes: define it at module level (a lambda or a local
-    function only works with the ``fork`` start method).
+    The function travels to the task processes by pickling, under every start method (``fork``
+    included): define it at module level, not as a lambda or inside another function. A function
+    that needs a lock, a file or a model should be a node class that creates it in ``open()``.
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Which copy of videoflow a task process imports, and the check that it is the owner's.
+"""What a task process gets at start: the owner's copy of videoflow, and its node.
 
 A task must run the very package the flow's owner runs: same files, same transport (native
 ring queues or POSIX message queues), or the two sides cannot even open each other's queues.
@@ -13,6 +13,8 @@ Two things decide it:
 - ``copy_mismatch``: whatever the cause (a forkserver started earlier by other code, an
   environment changed between imports), each task compares its copy with the owner's before it
   touches a queue, and the flow fails with one sentence naming both.
+- ``unpicklable_node``: a node travels to its tasks as a pickle, under every start method
+  (fork too); when it does not pickle, the error names the part that does not and what helps.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import os
+import pickle
 import sys
+from typing import Any
 
 import videoflow
 from videoflow import transport
@@ -85,4 +89,27 @@ def copy_mismatch(owner: tuple[str, str]) -> str | None:
         f"the flow's tasks use videoflow's {mine[1]} transport but this process uses its "
         f"{owner[1]} transport (from {mine[0]}): set VIDEOFLOW_NATIVE before videoflow is "
         "first imported, not between flows"
+    )
+
+
+def unpicklable_node(name: str, node: Any, exc: BaseException) -> str:
+    """The error for a node that ``pickle`` refused with ``exc``: which part of it (the first
+    attribute that does not pickle, else its class) and what helps."""
+    part = f"its class {type(node).__qualname__}"
+    try:
+        state = node.__getstate__()
+    except Exception:
+        state = None
+    for key, value in (state.items() if isinstance(state, dict) else ()):
+        try:
+            pickle.dumps(value, protocol=5)
+        except Exception:
+            part = f"its attribute {key!r} ({type(value).__name__})"
+            break
+    return (
+        f"node {name!r} cannot be sent to its task processes: {part} cannot be pickled ({exc}). "
+        "Nodes are pickled under every start method, fork included: define node classes and "
+        "the functions they hold at module level (no lambdas, no functions defined inside "
+        "functions), and create locks, open files, sockets, models and cv2 captures in open(), "
+        "which runs in the task, not in __init__"
     )

@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from videoflow.config import FlowConfig
-from videoflow.engine.bootstrap import forkserver_preload, package_copy
+from videoflow.engine.bootstrap import forkserver_preload, package_copy, unpicklable_node
 from videoflow.engine.logs import handle_forwarded, level_snapshot
 from videoflow.engine.plan import (
     MERGE,
@@ -48,7 +48,7 @@ from videoflow.engine.stats import (
     task_stats,
 )
 from videoflow.engine.task import TaskSpec, release_queued, task_main
-from videoflow.errors import FlowError
+from videoflow.errors import FlowError, UnpicklableNodeError, read_only_write
 from videoflow.transport.names import (
     list_entries,
     new_flow_prefix,
@@ -124,10 +124,7 @@ class ProcessEngine:
         try:
             return pickle.dumps(spec.node, protocol=5)
         except Exception as exc:
-            raise ValueError(
-                f"node {spec.name!r} cannot be sent to its task process ({exc}); define its "
-                "class and functions at module level, or use start_method='fork'"
-            ) from exc
+            raise UnpicklableNodeError(unpicklable_node(spec.name, spec.node, exc)) from None
 
     def start(self) -> None:
         sweep_dead_owners()
@@ -249,9 +246,13 @@ class ProcessEngine:
             _, phase, type_name, message, tb = event
             task.failed = True
             where = f" in {phase}()" if phase not in ("start", "load") else f" at {phase}"
+            what = f"raised {type_name}{where}: {message}"
+            hint = read_only_write(message)
+            if hint is not None:
+                what = f"wrote into a read-only array{where}: {hint}"
             self._fail(
                 FlowError(
-                    f"node {task.name!r} (task {task.worker}) raised {type_name}{where}: {message}",
+                    f"node {task.name!r} (task {task.worker}) {what}",
                     node=task.name, task=task.worker, remote_traceback=tb,
                 )
             )
