@@ -66,7 +66,7 @@ def test_more_than_one_producer_is_not_supported_yet():
         Flow([a, b], [c])
     with pytest.raises(ValueError, match="not supported yet"):
         Flow([a], [c])
-    with pytest.raises(ValueError, match="exactly one producer"):
+    with pytest.raises(ValueError, match="needs a producer, got none"):
         Flow([], [c])
 
 

@@ -34,6 +34,11 @@ def sorted_nodes(producers: list[Node], consumers: list[Node]) -> list[Node]:
     for node in consumers:
         if not isinstance(node, ConsumerNode):
             raise ValueError(f"{node!r} is given as a consumer but is not a ConsumerNode")
+    if not producers:
+        raise ValueError(
+            "a flow needs a producer, got none: pass the node that starts the flow first, "
+            "as in Flow([producer], [consumer])"
+        )
     if len(producers) != 1:
         raise ValueError(
             f"a flow needs exactly one producer, got {len(producers)}: "
