@@ -12,12 +12,14 @@ from __future__ import annotations
 import glob
 import multiprocessing as mp
 import os
+import select
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -221,15 +223,22 @@ def test_stop_from_another_thread(tmp_path, k, flow_type):
 
 SCRIPT = textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
     sys.path.insert(0, {tests!r})
     from nodes import FaultyConsumer, FaultyProcessor, FaultyProducer
     from videoflow.core import Flow
 
+    class HeldConsumer(FaultyConsumer):
+        # Waits while the hold file exists: a graceful stop cannot end meanwhile.
+        def consume(self, *values):
+            while {hold!r} and os.path.exists({hold!r}):
+                time.sleep(0.005)
+            super().consume(*values)
+
     if __name__ == "__main__":
         p = FaultyProducer("none", delay={delay})
         x = FaultyProcessor("none", nb_tasks={k})(p)
-        c = FaultyConsumer("none", {out!r}, delay={consumer_delay})(x)
+        c = HeldConsumer("none", {out!r}, delay={consumer_delay})(x)
         flow = Flow([p], [c], flow_type={flow_type!r})
         flow.run()
         print("running", flush=True)
@@ -287,14 +296,17 @@ def alive(pids: set[int]) -> set[int]:
 
 
 def start_script(
-    tmp_path, k: int, flow_type: str, delay: float, consumer_delay: float = 0.0
+    tmp_path, k: int, flow_type: str, delay: float, consumer_delay: float = 0.0,
+    hold: str | None = None,
 ) -> tuple[subprocess.Popen, str]:
+    """Start SCRIPT and wait until 30 frames reached its consumer. While the file ``hold``
+    exists (create it after this returns) the consumer takes no more frames."""
     out = str(tmp_path / "out.txt")
     script = tmp_path / "flow.py"
     script.write_text(
         SCRIPT.format(
             tests=TESTS_DIR, out=out, k=k, flow_type=flow_type, delay=delay,
-            consumer_delay=consumer_delay,
+            consumer_delay=consumer_delay, hold=hold,
         )
     )
     proc = subprocess.Popen(
@@ -307,6 +319,20 @@ def start_script(
         time.sleep(0.01)
     assert len(read_lines(out)) >= 30, "the flow did not get going"
     return proc, out
+
+
+def read_until(stream: Any, text: str, seconds: float) -> str:
+    """Lines of ``stream`` up to the first that holds ``text`` (all, if it never comes)."""
+    deadline = time.monotonic() + seconds
+    got = ""
+    while text not in got and (left := deadline - time.monotonic()) > 0:
+        if not select.select([stream], [], [], left)[0]:
+            break
+        line = stream.readline()
+        if not line:
+            break
+        got += line
+    return got
 
 
 def script_stats(stdout: str) -> tuple[int, int, int, int]:
@@ -364,15 +390,25 @@ def test_sigint_once_stops_cleanly(tmp_path, k, flow_type):
 @pytest.mark.parametrize("flow_type", TYPES)
 @pytest.mark.parametrize("k", KS)
 def test_sigint_twice_kills(tmp_path, k, flow_type):
-    # A slow consumer: the graceful stop that the first Ctrl-C starts is still draining when
-    # the second one comes.
-    proc, _ = start_script(tmp_path, k, flow_type, delay=0.001, consumer_delay=0.02)
+    # The consumer is held: the graceful stop that the first Ctrl-C starts cannot end before
+    # the second one comes. The second is sent once the first was acknowledged: two SIGINTs
+    # that arrive before Python runs its handler are one KeyboardInterrupt.
+    hold = tmp_path / "hold"
+    proc, _ = start_script(tmp_path, k, flow_type, delay=0.001, hold=str(hold))
     tasks = descendants(proc.pid)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    sent = time.monotonic()
-    _, stderr = proc.communicate(timeout=20)
+    hold.touch()
+    try:
+        proc.send_signal(signal.SIGINT)
+        said = read_until(proc.stderr, "Ctrl-C again to kill it", seconds=20)
+        assert "Ctrl-C again to kill it" in said, said
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, stderr = proc.communicate(timeout=20)
+    finally:  # a failure above must not leave the held flow running
+        hold.unlink()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert time.monotonic() - sent < END_WITHIN
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr.replace("KeyboardInterrupt", ""), stderr
