@@ -15,6 +15,8 @@ Two things decide it:
   touches a queue, and the flow fails with one sentence naming both.
 - ``unpicklable_node``: a node travels to its tasks as a pickle, under every start method
   (fork too); when it does not pickle, the error names the part that does not and what helps.
+- ``check_platform``: flows run on Linux only; elsewhere ``run()`` says so before it starts
+  anything. ``set_process_title`` names each task process in ps and top.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 import videoflow
 from videoflow import transport
+from videoflow.errors import UnsupportedPlatformError
 
 # The forkserver passes the owner's sys.path to its preload from 3.12.8 and 3.13.1 on.
 FORKSERVER_USES_OWNER_PATH = sys.version_info >= (3, 13, 1) or (
@@ -113,3 +116,29 @@ def unpicklable_node(name: str, node: Any, exc: BaseException) -> str:
         "functions), and create locks, open files, sockets, models and cv2 captures in open(), "
         "which runs in the task, not in __init__"
     )
+
+
+def check_platform() -> None:
+    """Raise UnsupportedPlatformError unless this is Linux, where a flow's pieces exist."""
+    if not sys.platform.startswith("linux"):
+        raise UnsupportedPlatformError(
+            f"videoflow runs flows on Linux only, not on {sys.platform}: frames live in "
+            "/dev/shm and tasks signal each other with Linux futexes or POSIX message queues; "
+            "run the flow in a Linux container or virtual machine (Docker: docker run "
+            "--shm-size=1g ...)"
+        )
+
+
+def set_process_title(title: str) -> None:
+    """Show ``title`` for this process in ps, top and /proc/<pid>/cmdline (setproctitle, which
+    also sets the kernel's 15-character name); without setproctitle, the kernel's name only."""
+    try:
+        import setproctitle
+    except ImportError:
+        try:
+            with open("/proc/self/comm", "w") as comm:
+                comm.write(title[:15])
+        except OSError:
+            pass
+    else:
+        setproctitle.setproctitle(title)

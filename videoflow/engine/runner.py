@@ -24,7 +24,12 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from videoflow.config import FlowConfig
-from videoflow.engine.bootstrap import forkserver_preload, package_copy, unpicklable_node
+from videoflow.engine.bootstrap import (
+    check_platform,
+    forkserver_preload,
+    package_copy,
+    unpicklable_node,
+)
 from videoflow.engine.logs import handle_forwarded, level_snapshot
 from videoflow.engine.plan import (
     MERGE,
@@ -71,7 +76,9 @@ def _context(method: str) -> Any:
         # of CPU, the node packages ~30 ms more. The forkserver skips a module that is missing,
         # and must not load one from another copy than ours (see engine/bootstrap.py).
         ctx.set_forkserver_preload(
-            forkserver_preload(["videoflow.engine.task", "numpy", "cv2", *NODE_PACKAGES])
+            forkserver_preload(
+                ["videoflow.engine.task", "numpy", "cv2", "setproctitle", *NODE_PACKAGES]
+            )
         )
     return ctx
 
@@ -127,6 +134,7 @@ class ProcessEngine:
             raise UnpicklableNodeError(unpicklable_node(spec.name, spec.node, exc)) from None
 
     def start(self) -> None:
+        check_platform()
         sweep_dead_owners()
         plan, cfg = self.plan, self.config
         node_bytes = {s.index: self._node_bytes(s.spec) for s in plan.stages}

@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from videoflow.config import FlowConfig
-from videoflow.engine.bootstrap import copy_mismatch
+from videoflow.engine.bootstrap import copy_mismatch, set_process_title
 from videoflow.engine.logs import EventSender, forward_to_owner
 from videoflow.engine.plan import CONSUMER, MERGE, PRODUCER, Link, Stage
 from videoflow.engine.stats import (
@@ -565,6 +565,7 @@ class Task:
 def task_main(spec: TaskSpec, conn: Connection, control: Any) -> None:
     """Entry point of a task process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    set_process_title(f"videoflow: {spec.stage.spec.name}[{spec.worker}]")
     sender = EventSender(conn)
     mismatch = copy_mismatch(spec.owner_copy)
     if mismatch is not None:  # before any queue: another copy could not open the owner's
