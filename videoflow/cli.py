@@ -66,10 +66,17 @@ def _info(_: argparse.Namespace) -> int:
         print(f"/dev/shm: {usage.total / 2**30:.1f} GiB, {usage.free / 2**30:.1f} GiB free")
     try:
         import cv2
-
-        print(f"opencv: {cv2.__version__}, threads: {cfg.opencv_threads_rule()}")
     except ImportError:
         print("opencv: not installed")
+        return 0
+    from videoflow.consumers.video import display_problem, gui_backend
+
+    print(f"opencv: {cv2.__version__}, threads: {cfg.opencv_threads_rule()}")
+    problem = display_problem()
+    if problem is None:
+        print(f"display: {gui_backend()} (VideoDisplay can open windows)")
+    else:
+        print(f"display: not available to VideoDisplay: {problem}")
     return 0
 
 
