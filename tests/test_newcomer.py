@@ -5,12 +5,15 @@ Each error test checks the message names the cause and the fix, and that nothing
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from typing import Any
 
 import cv2
@@ -19,10 +22,18 @@ import pytest
 from video_helpers import run_flow
 
 import videoflow
+from videoflow import cli
 from videoflow.consumers import VoidConsumer
+from videoflow.consumers.video import desktop_opencv_command
 from videoflow.core import Flow, FunctionProcessorNode, ProcessorNode
 from videoflow.engine import bootstrap
-from videoflow.errors import FlowError, UnpicklableNodeError, read_only_write
+from videoflow.errors import (
+    FlowError,
+    UnpicklableNodeError,
+    UnsupportedPlatformError,
+    read_only_write,
+)
+from videoflow.processors import IdentityProcessor
 from videoflow.producers import IntProducer
 from videoflow.producers.shapes import MovingShapesProducer
 
@@ -253,3 +264,123 @@ def test_zero_producers_is_not_called_multiple_producers():
     with pytest.raises(ValueError, match="needs a producer, got none") as info:
         Flow([], [c])
     assert "multiple" not in str(info.value) and "Flow([producer], [consumer])" in str(info.value)
+
+
+# -- what a newcomer finds ---------------------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read(*parts: str) -> str:
+    with open(os.path.join(ROOT, *parts), encoding="utf-8") as f:
+        return f.read()
+
+
+def specifiers(text: str) -> set[str]:
+    return {s.strip() for s in text.split(",") if s.strip()}
+
+
+def pyproject_opencv_spec() -> set[str]:
+    match = re.search(r'"opencv-python-headless([^"]*)"', read("pyproject.toml"))
+    assert match, "pyproject.toml no longer depends on opencv-python-headless"
+    return specifiers(match.group(1))
+
+
+def test_the_documented_desktop_opencv_swap_matches_pyproject():
+    """Two packages owning cv2 break each other: the swap the docs give must uninstall the
+    headless build and pin the desktop build to the versions pyproject.toml accepts."""
+    wanted = pyproject_opencv_spec()
+    documented = re.findall(
+        r'pip uninstall -y opencv-python-headless && pip install "opencv-python([^"]*)"',
+        read("docs", "guide.md"),
+    )
+    assert documented, "docs/guide.md no longer documents the desktop OpenCV swap"
+    for spec in documented:
+        assert specifiers(spec) == wanted
+    command = desktop_opencv_command()
+    assert command.startswith("pip uninstall -y opencv-python-headless && pip install ")
+    assert specifiers(command.split('"opencv-python', 1)[1].rstrip('"')) == wanted
+
+
+def test_display_backend_is_read_from_opencv_and_told(monkeypatch, capsys):
+    import videoflow.consumers.video as video
+
+    monkeypatch.setattr(cv2, "getBuildInformation", lambda: "  Video I/O:\n  GUI:   NONE\n")
+    assert video.gui_backend() is None
+    assert "opencv-python-headless" in (video.display_problem() or "")
+    monkeypatch.setattr(cv2, "getBuildInformation", lambda: "  GUI:        GTK3\n")
+    assert video.gui_backend() == "GTK3"
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert "DISPLAY" in (video.display_problem() or "")
+    monkeypatch.setenv("DISPLAY", ":0")
+    assert video.display_problem() is None
+    assert cli.main(["info"]) == 0
+    assert "display: GTK3 (VideoDisplay can open windows)" in capsys.readouterr().out
+
+
+def test_the_package_says_it_is_typed_and_licensed():
+    assert os.path.isfile(os.path.join(PACKAGE, "py.typed"))
+    assert re.search(r'videoflow\s*=\s*\[[^\]]*"py\.typed"', read("pyproject.toml"))
+    assert re.search(r'license\s*=\s*\{\s*text\s*=\s*"MIT"\s*\}', read("pyproject.toml"))
+    assert read("LICENSE").startswith("MIT License\n")
+    assert "## [0.1.0]" in read("CHANGELOG.md")
+
+
+@pytest.mark.timeout(60)
+def test_each_task_process_is_named_in_ps(tmp_path):
+    a = IntProducer(0, None, 0.005, name="source")
+    b = IdentityProcessor(nb_tasks=2, name="blur")(a)
+    c = VoidConsumer(name="sink")(b)
+    flow = Flow([a], [c], flow_options={"progress": False})
+    flow.run()
+    try:
+        while flow.stats().delivered < 3:
+            time.sleep(0.01)
+        titles = {}
+        for child in mp.active_children():
+            with open(f"/proc/{child.pid}/cmdline", "rb") as f:
+                titles[child.pid] = f.read().replace(b"\0", b" ").decode().strip()
+        assert sorted(titles.values()) == [
+            "videoflow: blur[0]", "videoflow: blur[1]", "videoflow: sink[0]",
+            "videoflow: source[0]",
+        ]
+        for pid, title in titles.items():
+            with open(f"/proc/{pid}/comm") as f:
+                assert f.read().strip() == title[:15]  # the kernel's name, for top and pgrep
+    finally:
+        flow.stop()
+        flow.join(30)
+
+
+@pytest.mark.timeout(30)
+def test_a_flow_elsewhere_than_linux_says_linux_only(monkeypatch):
+    a = IntProducer(0, 3)
+    flow = Flow([a], [VoidConsumer()(a)])
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with pytest.raises(UnsupportedPlatformError) as info:
+        flow.run()
+    message = str(info.value)
+    assert "Linux only, not on darwin" in message and "/dev/shm" in message
+    assert "container" in message
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/guide.md"])
+def test_the_links_of_the_docs_lead_somewhere(page):
+    text = read(page)
+    folder = os.path.dirname(os.path.join(ROOT, page))
+    headings = {
+        re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
+        for h in re.findall(r"^#+ (.+)$", text, re.M)
+    }
+    for target in re.findall(r"\]\(([^)]+)\)", text):
+        if target.startswith("http"):
+            continue
+        path, _, anchor = target.partition("#")
+        if path:
+            assert os.path.exists(os.path.join(folder, path)), f"{page}: {target}"
+        elif anchor:
+            assert anchor in headings, f"{page}: #{anchor}"
+    if page == "README.md":
+        for needed in ("docs/guide.md", "samples/", "videoflow bench", "docs/architecture.md"):
+            assert needed in text.split("## Where next", 1)[1].split("\n## ", 1)[0]
