@@ -198,6 +198,27 @@ def test_an_unpicklable_node_is_named_with_what_helps(make, part, method):
     assert "every start method" in doc and "only works with the ``fork``" not in doc
 
 
+class Ghost(ProcessorNode):
+    """Pickled as __main__.Ghost: the owner finds it there, a task's __main__ does not (a
+    class defined in a notebook or an interactive session)."""
+
+    def process(self, value: Any) -> Any:
+        return value
+
+
+@pytest.mark.timeout(60)
+def test_a_node_class_the_tasks_cannot_import_is_an_error_at_load(monkeypatch):
+    monkeypatch.setattr(Ghost, "__module__", "__main__")
+    monkeypatch.setattr(sys.modules["__main__"], "Ghost", Ghost, raising=False)
+    a = IntProducer(0, 3)
+    b = Ghost(name="ghost")(a)
+    with pytest.raises(FlowError) as info:
+        run_flow(a, [VoidConsumer()(b)])
+    first_line = str(info.value).splitlines()[0]
+    assert first_line.startswith("node 'ghost' (task 0) raised AttributeError at load")
+    assert "Ghost" in first_line
+
+
 # -- writing into an input frame --------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import logging
 import multiprocessing as mp
 import os
@@ -138,6 +139,12 @@ class ProcessEngine:
         sweep_dead_owners()
         plan, cfg = self.plan, self.config
         node_bytes = {s.index: self._node_bytes(s.spec) for s in plan.stages}
+        # The node travels as node_bytes alone, unpickled inside the task's error handling: a
+        # node class the task cannot import is then a FlowError "at load", not a dead process.
+        bare = {
+            s.index: dataclasses.replace(s, spec=dataclasses.replace(s.spec, node=None))
+            for s in plan.stages
+        }
         gpus = assign_gpus(plan, visible_gpus())
         log_levels = level_snapshot()
         environ = dict(os.environ)
@@ -162,7 +169,7 @@ class ProcessEngine:
                     window_counter = FLAGS + outbox.counter
                 gpu = gpus.get((stage.index, worker))
                 spec = TaskSpec(
-                    stage=stage,
+                    stage=bare[stage.index],
                     worker=worker,
                     node_bytes=node_bytes[stage.index],
                     realtime=self.realtime,
