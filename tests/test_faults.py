@@ -9,6 +9,7 @@ child process, none of the flow's names in /dev/shm or /dev/mqueue, and pool occ
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import multiprocessing as mp
 import os
@@ -19,6 +20,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -223,10 +225,13 @@ def test_stop_from_another_thread(tmp_path, k, flow_type):
 
 SCRIPT = textwrap.dedent(
     """
-    import os, sys, time
+    import os, signal, sys, time
     sys.path.insert(0, {tests!r})
     from nodes import FaultyConsumer, FaultyProcessor, FaultyProducer
     from videoflow.core import Flow
+
+    # Ctrl-C as in a terminal, even when the tests run in a background job (SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     class HeldConsumer(FaultyConsumer):
         # Waits while the hold file exists: a graceful stop cannot end meanwhile.
@@ -295,6 +300,24 @@ def alive(pids: set[int]) -> set[int]:
     return left
 
 
+@contextlib.contextmanager
+def running_script(
+    tmp_path, k: int, flow_type: str, delay: float, consumer_delay: float = 0.0,
+    hold: str | None = None,
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """SCRIPT, started (see start_script); killed on the way out if a test left it running,
+    so that a failed test leaves no flow behind (its tasks follow their owner)."""
+    proc, out = start_script(tmp_path, k, flow_type, delay, consumer_delay, hold)
+    try:
+        yield proc, out
+    finally:
+        if hold is not None and os.path.exists(hold):
+            os.unlink(hold)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def start_script(
     tmp_path, k: int, flow_type: str, delay: float, consumer_delay: float = 0.0,
     hold: str | None = None,
@@ -344,12 +367,12 @@ def script_stats(stdout: str) -> tuple[int, int, int, int]:
 @pytest.mark.parametrize("flow_type", TYPES)
 @pytest.mark.parametrize("k", KS)
 def test_sigkill_of_the_parent_leaves_nothing(tmp_path, k, flow_type):
-    proc, _ = start_script(tmp_path, k, flow_type, delay=0.001)
-    tasks = descendants(proc.pid)
-    assert len(tasks) >= k + 2
-    proc.kill()
-    killed_at = time.monotonic()
-    proc.wait(timeout=10)  # not communicate(): the orphans may hold its pipes a little longer
+    with running_script(tmp_path, k, flow_type, delay=0.001) as (proc, _):
+        tasks = descendants(proc.pid)
+        assert len(tasks) >= k + 2
+        proc.kill()
+        killed_at = time.monotonic()
+        proc.wait(timeout=10)  # not communicate(): the orphans may hold its pipes a little longer
     left = wait_gone(tasks, 10)
     gone_after = time.monotonic() - killed_at
     assert not left, f"processes of the killed flow still alive: {sorted(left)}"
@@ -363,11 +386,11 @@ def test_sigkill_of_the_parent_leaves_nothing(tmp_path, k, flow_type):
 @pytest.mark.parametrize("flow_type", TYPES)
 @pytest.mark.parametrize("k", KS)
 def test_sigint_once_stops_cleanly(tmp_path, k, flow_type):
-    proc, out = start_script(tmp_path, k, flow_type, delay=0.001)
-    tasks = descendants(proc.pid)
-    proc.send_signal(signal.SIGINT)
-    sent = time.monotonic()
-    stdout, stderr = proc.communicate(timeout=20)
+    with running_script(tmp_path, k, flow_type, delay=0.001) as (proc, out):
+        tasks = descendants(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=20)
     assert time.monotonic() - sent < END_WITHIN
     assert proc.returncode == 0, stderr
     produced, delivered, dropped, in_use = script_stats(stdout)
@@ -394,21 +417,15 @@ def test_sigint_twice_kills(tmp_path, k, flow_type):
     # the second one comes. The second is sent once the first was acknowledged: two SIGINTs
     # that arrive before Python runs its handler are one KeyboardInterrupt.
     hold = tmp_path / "hold"
-    proc, _ = start_script(tmp_path, k, flow_type, delay=0.001, hold=str(hold))
-    tasks = descendants(proc.pid)
-    hold.touch()
-    try:
+    with running_script(tmp_path, k, flow_type, delay=0.001, hold=str(hold)) as (proc, _):
+        tasks = descendants(proc.pid)
+        hold.touch()
         proc.send_signal(signal.SIGINT)
         said = read_until(proc.stderr, "Ctrl-C again to kill it", seconds=20)
         assert "Ctrl-C again to kill it" in said, said
         proc.send_signal(signal.SIGINT)
         sent = time.monotonic()
         _, stderr = proc.communicate(timeout=20)
-    finally:  # a failure above must not leave the held flow running
-        hold.unlink()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert time.monotonic() - sent < END_WITHIN
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr.replace("KeyboardInterrupt", ""), stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -342,15 +343,25 @@ def test_unpicklable_node_is_a_clear_error():
 
 SIGINT_SCRIPT = textwrap.dedent(
     """
-    import sys
+    import os, signal, sys, time
     sys.path.insert(0, {tests!r})
     from nodes import RecordingConsumer
     from videoflow.core import Flow, BATCH
     from videoflow.producers import IntProducer
 
+    # Ctrl-C as in a terminal, even when the tests run in a background job (SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    class HeldConsumer(RecordingConsumer):
+        # Waits while the hold file exists: a graceful stop cannot end meanwhile.
+        def consume(self, *values):
+            while os.path.exists({hold!r}):
+                time.sleep(0.005)
+            super().consume(*values)
+
     if __name__ == "__main__":
         A = IntProducer(0, None, 0.001)
-        C = RecordingConsumer({out!r}, delay={delay})(A)
+        C = HeldConsumer({out!r}, delay={delay})(A)
         flow = Flow([A], [C], flow_type=BATCH)
         flow.run()
         print("running", flush=True)
@@ -361,26 +372,37 @@ SIGINT_SCRIPT = textwrap.dedent(
 )
 
 
-def _start_script(tmp_path, output_file, delay):
+@contextlib.contextmanager
+def _running_script(tmp_path, output_file, delay):
+    """The script, running with 20 values delivered; killed on the way out if a failed test
+    left it running. Its consumer takes nothing while the file tmp_path/hold exists."""
     script = tmp_path / "sigint.py"
     tests = os.path.dirname(os.path.abspath(__file__))
-    script.write_text(SIGINT_SCRIPT.format(tests=tests, out=output_file, delay=delay))
+    hold = str(tmp_path / "hold")
+    script.write_text(SIGINT_SCRIPT.format(tests=tests, out=output_file, delay=delay, hold=hold))
     proc = subprocess.Popen(
         [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "running"
-    deadline = time.monotonic() + 20
-    while len(read_lines(output_file)) < 20 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return proc
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "running"
+        deadline = time.monotonic() + 20
+        while len(read_lines(output_file)) < 20 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        yield proc
+    finally:
+        if os.path.exists(hold):
+            os.unlink(hold)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 @pytest.mark.timeout(60)
 def test_sigint_once_stops_gracefully_and_delivers_everything(tmp_path, output_file):
-    proc = _start_script(tmp_path, output_file, delay=0.002)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    with _running_script(tmp_path, output_file, delay=0.002) as proc:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     lines = read_lines(output_file)
     produced, delivered, dropped, in_use = map(int, out.split("stats", 1)[1].split()[:4])
@@ -392,11 +414,20 @@ def test_sigint_once_stops_gracefully_and_delivers_everything(tmp_path, output_f
 
 @pytest.mark.timeout(60)
 def test_sigint_twice_kills(tmp_path, output_file):
-    proc = _start_script(tmp_path, output_file, delay=0.05)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=30)
+    # Deterministic: the consumer is held, so the graceful stop cannot end before the second
+    # Ctrl-C, which is sent once the first was acknowledged (two SIGINTs that arrive before
+    # Python runs its handler are one).
+    with _running_script(tmp_path, output_file, delay=0.002) as proc:
+        (tmp_path / "hold").touch()
+        proc.send_signal(signal.SIGINT)
+        assert proc.stderr is not None
+        said = ""
+        while "Ctrl-C again to kill it" not in said:
+            line = proc.stderr.readline()  # the test's timeout bounds this wait
+            assert line, f"the flow ended before it acknowledged Ctrl-C: {said}"
+            said += line
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
     assert proc.returncode != 0
     entries, _ = wait_clean(proc.pid)
     assert not entries
