@@ -156,17 +156,18 @@ def desktop_opencv_command() -> str:
 
 
 def display_problem() -> str | None:
-    """Why cv2.imshow cannot work here, or None when it may."""
-    if gui_backend() is None:
-        return (
-            f"this OpenCV has no window backend ({HEADLESS}, which videoflow installs, has "
-            f"none); on a desktop, swap it for the desktop build: {desktop_opencv_command()}"
-        )
+    """Why cv2.imshow cannot work here (every reason that applies), or None when it may."""
+    problems = []
     if sys.platform.startswith("linux") and not (
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
     ):
-        return "no display: neither DISPLAY nor WAYLAND_DISPLAY is set"
-    return None
+        problems.append("no display: neither DISPLAY nor WAYLAND_DISPLAY is set")
+    if gui_backend() is None:
+        problems.append(
+            f"this OpenCV has no window backend ({HEADLESS}, which videoflow installs, has "
+            f"none); on a desktop, swap it for the desktop build: {desktop_opencv_command()}"
+        )
+    return "; ".join(problems) or None
 
 
 class VideoDisplay(ConsumerNode):
