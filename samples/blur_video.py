@@ -11,7 +11,7 @@ import os
 from videoflow.consumers import VideofileWriter
 from videoflow.core import BATCH, Flow
 from videoflow.processors import GaussianBlur
-from videoflow.producers import VideofileReader
+from videoflow.producers import VideoReader
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     fourcc = args.fourcc or ("MJPG" if args.output.lower().endswith(".avi") else "mp4v")
 
-    reader = VideofileReader(args.input, name="reader")
+    reader = VideoReader(args.input, name="reader")
     blur = GaussianBlur(args.ksize, nb_tasks=args.nb_tasks, name="blur")(reader)
     writer = VideofileWriter(args.output, fps=args.fps, fourcc=fourcc, name="writer")(blur)
     flow = Flow([reader], [writer], flow_type=BATCH)

@@ -1,10 +1,15 @@
-"""A realtime flow from a camera or a stream: frames that the flow cannot keep up with are
-dropped, and the drop counters are printed at the end (and every few seconds).
+"""A realtime flow from a camera or a stream: it reconnects when the source drops, shows a live
+preview in the browser, serves Prometheus metrics, and prints its counters every few seconds.
 
-    python samples/camera_realtime.py [SOURCE] [--seconds 10] [--output out.avi] [--display]
+    python samples/camera_realtime.py [SOURCE] [--seconds 10] [--preview-port 8090]
+        [--metrics-port 9100] [--output out.avi] [--display] [--no-reconnect]
 
 SOURCE is a device number (default 0), a device path or a URL (rtsp://, http://...).
-Without --output or --display the frames are blurred and discarded (a throughput test).
+Frames the flow cannot keep up with are dropped (REALTIME) and counted. A source that drops is
+reopened (waits doubling up to 10 s) and the flow goes on; one that stays away longer than
+--reconnect-timeout ends the flow with an error naming it. Without --output or --display the
+frames are blurred and discarded (a throughput test). --metrics-port needs
+``pip install "videoflow-shm[metrics]"``.
 """
 
 from __future__ import annotations
@@ -12,11 +17,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from videoflow.consumers import VideoDisplay, VideofileWriter, VoidConsumer
+from videoflow.consumers import MjpegServer, VideoDisplay, VideofileWriter, VoidConsumer
 from videoflow.core import REALTIME, Flow
 from videoflow.errors import FlowError
 from videoflow.processors import GaussianBlur, TextAnnotator
-from videoflow.producers import VideoDeviceReader, VideoUrlReader
+from videoflow.producers import CameraReader, StreamReader
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,30 +30,54 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="stop after this long")
     parser.add_argument("--frames", type=int, default=-1, help="stop after this many frames")
     parser.add_argument("--read-timeout", type=float, default=5.0)
+    parser.add_argument("--no-reconnect", action="store_true", help="end when the source ends")
+    parser.add_argument(
+        "--reconnect-timeout", type=float, default=60.0,
+        help="seconds a lost source may stay away before the flow fails (default 60)",
+    )  # fmt: skip
+    parser.add_argument("--preview-port", type=int, help="serve a live preview on this port")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     parser.add_argument("--output", help="also write the frames to this video (.avi: MJPG)")
     parser.add_argument("--display", action="store_true", help="show the frames (needs a GUI)")
     args = parser.parse_args(argv)
 
+    live = {
+        "nb_frames": args.frames,
+        "read_timeout": args.read_timeout,
+        "reconnect": not args.no_reconnect,
+        "reconnect_timeout": args.reconnect_timeout,
+        "name": "camera",
+    }
     if "://" in args.source:
-        reader = VideoUrlReader(
-            args.source, nb_frames=args.frames, read_timeout=args.read_timeout, name="camera"
-        )
+        reader: StreamReader | CameraReader = StreamReader(args.source, **live)
     else:
         device = int(args.source) if args.source.isdigit() else args.source
-        reader = VideoDeviceReader(
-            device, nb_frames=args.frames, read_timeout=args.read_timeout, name="camera"
-        )
+        reader = CameraReader(device, **live)
     blur = GaussianBlur(15, nb_tasks=2, name="blur")(reader)
     label = TextAnnotator("frame {index}", name="label")(blur)
     if args.display:
-        sink = VideoDisplay(name="display")(label)
+        sinks = [VideoDisplay(name="display")(label)]
     elif args.output:
         fourcc = "MJPG" if args.output.lower().endswith(".avi") else "mp4v"
-        sink = VideofileWriter(args.output, fourcc=fourcc, name="writer")(label)
+        sinks = [VideofileWriter(args.output, fourcc=fourcc, name="writer")(label)]
     else:
-        sink = VoidConsumer(name="sink")(label)
+        sinks = [VoidConsumer(name="sink")(label)]
+    preview = None
+    if args.preview_port is not None:
+        preview = MjpegServer(args.preview_port, max_fps=15, name="preview")(label)
+        sinks.append(preview)
 
-    flow = Flow([reader], [sink], flow_type=REALTIME)
+    flow = Flow([reader], sinks, flow_type=REALTIME)
+    reconnect = (
+        f"on, gives up after {args.reconnect_timeout:g} s away" if reader.reconnect else "off"
+    )
+    print(f"source: {args.source} (reconnect {reconnect})", flush=True)
+    if preview is not None:
+        print(f"preview: {preview.url}", flush=True)
+    metrics = None
+    if args.metrics_port is not None:
+        metrics = flow.serve_metrics(args.metrics_port)
+        print(f"metrics: {metrics.url}", flush=True)
     flow.run()
     deadline = time.monotonic() + args.seconds
     try:
@@ -61,15 +90,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         _print_counters(flow)
+        if metrics is not None:
+            metrics.close()
     return 0
 
 
 def _print_counters(flow: Flow) -> None:
     stats = flow.stats()
     parts = [f"{n.name}: in={n.messages_in} dropped={n.dropped}" for n in stats.nodes]
+    camera = stats.node("camera")
     print(
-        f"produced={stats.produced} delivered={stats.delivered} dropped={stats.dropped} | "
-        + ", ".join(parts),
+        f"produced={stats.produced} delivered={stats.delivered} dropped={stats.dropped} "
+        f"reconnects={camera.reconnects} offline={camera.offline_s:.1f}s | " + ", ".join(parts),
         flush=True,
     )
 

@@ -17,7 +17,7 @@ from videoflow.consumers import JsonLinesWriter, VideofileWriter
 from videoflow.core import BATCH, Flow
 from videoflow.processors import BoundingBoxAnnotator, HogPeopleDetector, KalmanTracker
 from videoflow.processors.vision import MotionDetector, hog_available
-from videoflow.producers import VideofileReader
+from videoflow.producers import VideoReader
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.detector is None and detector_kind == "motion":
         print("note: no HOG detector in this OpenCV build, detecting motion instead")
 
-    reader = VideofileReader(args.input, name="reader")
+    reader = VideoReader(args.input, name="reader")
     if detector_kind == "hog":
         detector = HogPeopleDetector(nb_tasks=args.nb_tasks, name="detector")(reader)
     else:

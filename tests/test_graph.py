@@ -58,13 +58,12 @@ def test_cycle_is_a_value_error():
         Flow([a], [c])
 
 
-def test_more_than_one_producer_is_not_supported_yet():
-    a, b = IntProducer(0, 3), IntProducer(0, 3)
+def test_every_producer_feeding_the_flow_must_be_listed():
+    a, b = IntProducer(0, 3), IntProducer(0, 3, name="b")
     j = JoinerProcessor()(a, b)
     c = VoidConsumer()(j)
-    with pytest.raises(ValueError, match="not supported yet"):
-        Flow([a, b], [c])
-    with pytest.raises(ValueError, match="not supported yet"):
+    Flow([a, b], [c])  # several producers validate (running them: tests/test_join_api.py)
+    with pytest.raises(ValueError, match="producer 'b' feeds the flow but is not in its"):
         Flow([a], [c])
     with pytest.raises(ValueError, match="needs a producer, got none"):
         Flow([], [c])
@@ -125,7 +124,7 @@ def test_bad_flow_type_and_options():
         Flow([a], [c], flow_options={"queue_size": 3})
     with pytest.raises(ValueError, match="start_method"):
         Flow([a], [c], flow_options={"start_method": "thread"})
-    with pytest.raises(ValueError, match="opencv_threads must be -1"):
+    with pytest.raises(ValueError, match="opencv_threads must be an integer from -1"):
         Flow([a], [c], flow_options={"opencv_threads": -2})
 
 

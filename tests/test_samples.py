@@ -100,7 +100,9 @@ def test_people_tracking(clip, tmp_path):
 def test_camera_realtime_from_a_stream_prints_drop_counters(tmp_path):
     out = str(tmp_path / "camera.avi")
     with MjpegServer(nb_frames=20, stall=False) as server:
-        result = run_sample("camera_realtime.py", server.url, "--seconds", "20", "--output", out)
+        result = run_sample(
+            "camera_realtime.py", server.url, "--seconds", "20", "--output", out, "--no-reconnect"
+        )
     assert result.returncode == 0, result.stdout
     last = result.stdout.strip().splitlines()[-1]
     assert "produced=20" in last and "dropped=" in last, result.stdout

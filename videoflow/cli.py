@@ -103,9 +103,18 @@ def _run(args: argparse.Namespace) -> int:
     script = _script(args.script)
     sys.argv = [script, *args.args]
     with run_options(progress=False if args.no_progress else None) as options:
+        metrics = None
+        if args.metrics_port is not None:
+            from videoflow.metrics import MetricsServer
+
+            metrics = MetricsServer(lambda: list(options.flows), args.metrics_port,
+                                    args.metrics_host)  # fmt: skip
+            print(f"videoflow: metrics at {metrics.url}", file=sys.stderr, flush=True)
         try:
             runpy.run_path(script, run_name="__main__")
         finally:
+            if metrics is not None:
+                metrics.close()
             if not args.no_report:
                 _print_reports(options.flows)
     if not options.flows:
@@ -173,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     p.add_argument("--no-report", action="store_true", help="no bottleneck report at the end")
+    p.add_argument(
+        "--metrics-port", type=int, metavar="PORT",
+        help="serve the flows' counters to Prometheus on this port while the script runs "
+        '(needs pip install "videoflow-shm[metrics]")',
+    )  # fmt: skip
+    p.add_argument(
+        "--metrics-host", default="127.0.0.1", metavar="ADDR",
+        help="address the metrics listen on (default 127.0.0.1: this machine only)",
+    )  # fmt: skip
     p.add_argument("script")
     p.add_argument("args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_run)

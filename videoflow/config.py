@@ -7,9 +7,12 @@ nothing else in the package hard-codes a queue size, a slot count or a timeout.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
+
+from videoflow.engine.engines import check_engine_name
 
 START_METHODS = ("forkserver", "spawn", "fork")
 
@@ -37,6 +40,10 @@ class FlowConfig:
                        flow's tasks, at least 1 each, so that N tasks on N cores do not each run
                        a pool of N threads fighting for the same cores; -1: OpenCV's own default.
                        An OPENCV_FOR_THREADS_NUM set in the environment is kept when this is 0.
+    engine:            the engine that runs the flow by name: "process" (one OS process per
+                       task, the default), "ray" (needs the ray extra) or a registered name
+                       (videoflow.engine.engines.register_engine). ``Flow(..., engine=...)``
+                       also takes an engine object.
     """
 
     queue_depth: int = 4
@@ -51,25 +58,27 @@ class FlowConfig:
     debug: bool = False
     progress: bool = True
     opencv_threads: int = 0
+    engine: str = "process"
 
     def __post_init__(self) -> None:
-        if not 1 <= self.queue_depth <= 64:
-            raise ValueError(f"queue_depth must be between 1 and 64, got {self.queue_depth}")
-        if self.message_size < 512:
-            raise ValueError(f"message_size must be at least 512 bytes, got {self.message_size}")
-        if not 0 < self.inline_max <= self.message_size // 2:
-            raise ValueError("inline_max must be positive and at most half of message_size")
+        for name, (kind, low, high) in _RANGES.items():
+            _check(name, getattr(self, name), kind, low, high)
+        for name in ("debug", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"flow option {name} must be True or False, got {getattr(self, name)!r}"
+                )
+        if self.inline_max > self.message_size // 2:
+            raise ValueError(
+                f"flow option inline_max must be at most half of message_size "
+                f"({self.message_size // 2}), got {self.inline_max}"
+            )
         if self.start_method not in START_METHODS:
             raise ValueError(
-                f"start_method must be one of {', '.join(START_METHODS)}, got {self.start_method!r}"
+                f"flow option start_method must be one of {', '.join(START_METHODS)}, "
+                f"got {self.start_method!r}"
             )
-        if self.poll_interval <= 0 or self.stop_grace <= 0 or self.start_timeout <= 0:
-            raise ValueError("poll_interval, stop_grace and start_timeout must be positive")
-        if self.opencv_threads < -1:
-            raise ValueError(
-                "opencv_threads must be -1 (OpenCV's default), 0 (share the CPUs) or a "
-                f"number of threads, got {self.opencv_threads}"
-            )
+        check_engine_name(self.engine)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None = None) -> FlowConfig:
@@ -115,6 +124,38 @@ class FlowConfig:
         if mode == "share":
             return max(1, cpus // max(1, nb_tasks))
         return None
+
+
+# Accepted ranges, inclusive: (type, lowest, highest). Floats must also be finite.
+_RANGES: dict[str, tuple[type, float, float]] = {
+    "queue_depth": (int, 1, 64),
+    "message_size": (int, 512, 1 << 20),
+    "inline_max": (int, 1, 1 << 19),
+    "oob_min": (int, 1, 1 << 30),
+    "reorder_window": (int, 0, 4096),
+    "poll_interval": (float, 0.001, 10.0),
+    "stop_grace": (float, 0.01, 3600.0),
+    "start_timeout": (float, 0.1, 86400.0),
+    "opencv_threads": (int, -1, 1024),
+}
+
+
+def _check(name: str, value: Any, kind: type, low: float, high: float) -> None:
+    """Raise ValueError naming the option and its accepted range when ``value`` is outside."""
+    accepted = (
+        f"an integer from {low} to {high}" if kind is int
+        else f"a number of seconds from {low:g} to {high:g}"
+    )
+    if name == "opencv_threads":
+        accepted += " (-1: OpenCV's default, 0: share the CPUs among the tasks)"
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float) if kind is float else int)
+        and math.isfinite(value)
+        and low <= value <= high
+    )
+    if not ok:
+        raise ValueError(f"flow option {name} must be {accepted}, got {value!r}")
 
 
 def _parse(text: str, type_name: Any, name: str) -> Any:

@@ -1,6 +1,6 @@
 """The ``file`` section: decode -> GaussianBlur -> encode on a generated clip.
 
-videoflow's own video nodes (VideofileReader, GaussianBlur with nb_tasks = K, VideofileWriter)
+videoflow's own video nodes (VideoReader, GaussianBlur with nb_tasks = K, VideofileWriter)
 against one process doing the same with OpenCV in a loop. Both are timed end to end, start-up
 included (that is what a user waits for). The loop keeps OpenCV's default threads; each task of
 the flow gets its share of the CPUs (FlowConfig.opencv_threads). Both runs also count their CPU
@@ -110,14 +110,14 @@ def run_loop(
 
 
 def run_videoflow(src: str, dst: str, nb_tasks: int, ksize: int = KSIZE) -> FileRun:
-    """videoflow's own nodes: VideofileReader -> GaussianBlur(nb_tasks) -> VideofileWriter."""
+    """videoflow's own nodes: VideoReader -> GaussianBlur(nb_tasks) -> VideofileWriter."""
     from videoflow.consumers import VideofileWriter
     from videoflow.core import BATCH, Flow
     from videoflow.processors import GaussianBlur
-    from videoflow.producers import VideofileReader
+    from videoflow.producers import VideoReader
 
     t0 = time.perf_counter()
-    reader = VideofileReader(src)
+    reader = VideoReader(src)
     blur = GaussianBlur(ksize, nb_tasks=nb_tasks)(reader)
     writer = VideofileWriter(dst, fps=CLIP_FPS, fourcc=FOURCC)(blur)
     flow = Flow([reader], [writer], flow_type=BATCH, flow_options={"progress": False})
@@ -143,7 +143,7 @@ def file_section(opts: Options, say: Progress) -> tuple[list[Row], str | None]:
         from videoflow.consumers import VideofileWriter  # noqa: F401
         from videoflow.processors import GaussianBlur  # noqa: F401
         from videoflow.producers import (
-            VideofileReader,  # noqa: F401
+            VideoReader,  # noqa: F401
             write_test_clip,
         )
     except ImportError as exc:

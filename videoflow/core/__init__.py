@@ -2,6 +2,7 @@
 
 from videoflow.core.constants import BATCH, CPU, GPU, REALTIME
 from videoflow.core.flow import Flow
+from videoflow.core.join import Join
 from videoflow.core.node import (
     ConsumerNode,
     FunctionProcessorNode,
@@ -19,6 +20,7 @@ __all__ = [
     "ConsumerNode",
     "Flow",
     "FunctionProcessorNode",
+    "Join",
     "Node",
     "OneTaskProcessorNode",
     "ProcessorNode",

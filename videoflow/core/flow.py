@@ -5,30 +5,38 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from videoflow.config import FlowConfig
 from videoflow.core.constants import BATCH, FLOW_TYPES, REALTIME
-from videoflow.core.graph import sorted_nodes
+from videoflow.core.graph import engine_unsupported, resolve_joins, sorted_nodes
 from videoflow.core.node import Node, OneTaskProcessorNode, ProducerNode
 from videoflow.engine import progress
+from videoflow.engine.base import Engine
+from videoflow.engine.engines import make_engine
 from videoflow.engine.plan import StageSpec
 from videoflow.engine.report import Report
-from videoflow.engine.runner import ProcessEngine
 from videoflow.engine.stats import FlowStats
+
+if TYPE_CHECKING:
+    from videoflow.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
 
 
 class Flow:
-    """A graph from one producer to its consumers, run as one OS process per task.
+    """A graph from one producer to its consumers, run by an engine (by default one OS process
+    per task).
 
     producers:    a list with the flow's producer (exactly one for now).
     consumers:    the consumers that end its branches.
     flow_type:    REALTIME (drop messages that downstream cannot take in time) or BATCH
                   (never drop: a full queue makes its sender wait).
     flow_options: overrides of :class:`videoflow.config.FlowConfig` fields
-                  (``queue_depth``, ``start_method``, ``debug``, ...).
+                  (``queue_depth``, ``start_method``, ``debug``, ``engine``, ...).
+    engine:       what runs the flow: "process" (the default), "ray", another registered name,
+                  or an object implementing :class:`videoflow.engine.base.Engine`. Unset, the
+                  ``engine`` flow option or the VIDEOFLOW_ENGINE environment variable decides.
 
     The graph is checked here: a cycle, a number of producers other than one, a consumer used
     as a parent or a node cut off from the producer or from every consumer raise ValueError.
@@ -40,13 +48,20 @@ class Flow:
         consumers: list[Node],
         flow_type: str = REALTIME,
         flow_options: Mapping[str, Any] | None = None,
+        engine: str | Engine | None = None,
     ) -> None:
         if flow_type not in FLOW_TYPES:
             raise ValueError(f"flow_type must be BATCH or REALTIME, got {flow_type!r}")
+        if engine is not None and flow_options is not None and "engine" in flow_options:
+            raise ValueError(
+                "the engine is given twice (engine= and flow_options['engine']): give it once"
+            )
         self._nodes = sorted_nodes(list(producers), list(consumers))
+        self._joins = resolve_joins(self._nodes, flow_type)  # join point id -> its policy
         self._flow_type = flow_type
         self._config = FlowConfig.from_options(flow_options)
-        self._engine: ProcessEngine | None = None
+        self._chosen: Engine = make_engine(engine, self._config)
+        self._engine: Engine | None = None  # the chosen engine, once run() started it
         self._progress: progress.Progress | None = None
 
     @property
@@ -56,6 +71,11 @@ class Flow:
     @property
     def config(self) -> FlowConfig:
         return self._config
+
+    @property
+    def engine(self) -> Engine:
+        """The engine that runs (or will run) this flow."""
+        return self._chosen
 
     @property
     def nodes(self) -> list[Node]:
@@ -72,6 +92,7 @@ class Flow:
                 reads=tuple(p.id for p in node.parents),
                 nb_tasks=node.nb_tasks,
                 device_type=node.device_type,
+                one_task=isinstance(node, OneTaskProcessorNode),
             )
             for node in self._nodes
         ]
@@ -80,12 +101,11 @@ class Flow:
         """Start the flow and return at once; ``join()`` waits for its end."""
         if self._engine is not None:
             raise RuntimeError("this flow was already started: a Flow runs once")
-        engine = ProcessEngine(
-            self._specs(), self._flow_type == REALTIME, self._config,
-            one_task=[n.name for n in self._nodes if isinstance(n, OneTaskProcessorNode)],
-        )
-        self._engine = engine
-        engine.start()
+        unsupported = engine_unsupported(self._nodes)
+        if unsupported is not None:
+            raise NotImplementedError(unsupported)
+        engine = self._engine = self._chosen
+        engine.start(self._specs(), self._flow_type == REALTIME, self._config)
         options = progress.current_run_options()
         if options is not None:
             options.flows.append(self)
@@ -107,7 +127,7 @@ class Flow:
         if self._progress is not None:
             self._progress.close()
 
-    def _started(self) -> ProcessEngine:
+    def _started(self) -> Engine:
         if self._engine is None:
             raise RuntimeError("the flow has not been started: call run() first")
         return self._engine
@@ -160,6 +180,15 @@ class Flow:
         wait, drops) and a verdict naming the node that holds the flow back and what to do.
         Works while running and after ``join()``."""
         return Report.from_stats(self.stats())
+
+    def serve_metrics(self, port: int = 9100, host: str = "127.0.0.1") -> MetricsServer:
+        """Serve this flow's counters (``stats()``) to Prometheus at
+        ``http://host:port/metrics`` until ``close()`` on the returned server (or the process
+        ends). Callable before or after ``run()``. Needs the ``prometheus_client`` package:
+        ``pip install "videoflow-shm[metrics]"``. See videoflow/metrics.py for the series."""
+        from videoflow.metrics import MetricsServer
+
+        return MetricsServer(lambda: [self], port, host)
 
     def __enter__(self) -> Flow:
         self.run()

@@ -8,16 +8,43 @@ producers, ``process(*inputs)`` for processors, ``consume(*inputs)`` for consume
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from videoflow.core.constants import CPU, DEVICE_TYPES
+from videoflow.core.join import Join, check_join
+from videoflow.engine.base import NodeContext
 
 _ids = itertools.count(1)
 
-Allocator = Callable[[tuple[int, ...], Any], np.ndarray]
+# What Node.__init__ sets up; reading one of them fails only when it was never called.
+_NODE_ATTRIBUTES = frozenset(
+    (
+        "_id", "_name", "_parents", "_children", "_nb_tasks", "_device_type", "_vf_context",
+        "_join", "_items",
+    )
+)
+
+
+def max_tasks() -> int:
+    """The most task processes one node may have on this machine: 8 per CPU, at least 64."""
+    return max(64, 8 * (os.cpu_count() or 1))
+
+
+class LocalContext:
+    """The context of a node outside a flow (unit tests, a notebook): ``allocate`` gives plain
+    ``np.empty`` arrays and ``meta`` is a dict of the node's own, empty until set."""
+
+    __slots__ = ("meta",)
+
+    def __init__(self) -> None:
+        self.meta: dict[str, Any] = {}
+
+    def allocate(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        return np.empty(shape, dtype=dtype)
 
 
 class Node:
@@ -35,25 +62,63 @@ class Node:
         self._children: list[Node] = []
         self._nb_tasks = 1
         self._device_type = CPU
-        self._vf_allocator: Allocator | None = None
-        self._vf_meta: dict[str, Any] = {}
+        self._vf_context: NodeContext = LocalContext()
+        self._join: Join | None = None
+        self._items: tuple[int | None, ...] = ()
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only when normal lookup fails: a subclass whose __init__ skipped Node's.
+        if name in _NODE_ATTRIBUTES:
+            raise TypeError(
+                f"{type(self).__name__}.__init__ did not call super().__init__(): "
+                f"call it first in {type(self).__name__}.__init__ so that the node is set up"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- wiring ------------------------------------------------------------------------------
-    def __call__(self, *parents: Node) -> Node:
-        """Connect this node to its parents; returns the node so that calls chain."""
+    def __call__(self, *parents: Node | OutputItem) -> Node:
+        """Connect this node to its parents; returns the node so that calls chain.
+
+        A parent given as ``node[i]`` hands this node item ``i`` of that node's output."""
         if self._parents is not None:
             raise RuntimeError(f"node {self._name!r} was already called: a node is wired only once")
         if not parents:
             raise ValueError(f"node {self._name!r} must be called with at least one parent")
         for parent in parents:
-            if not isinstance(parent, Node):
+            if not isinstance(parent, (Node, OutputItem)):
                 raise TypeError(
                     f"parents of {self._name!r} must be nodes, got {type(parent).__name__}"
                 )
-        self._parents = list(parents)
-        for parent in parents:
+        nodes = [p.node if isinstance(p, OutputItem) else p for p in parents]
+        self._items = tuple(p.index if isinstance(p, OutputItem) else None for p in parents)
+        self._parents = nodes
+        for parent in nodes:
             parent._children.append(self)
         return self
+
+    def __getitem__(self, index: int) -> OutputItem:
+        """``node[i]``: item ``i`` of this node's output (a tuple or list), as a parent.
+
+        ``Tracker()(cam1, det[0])`` gives the tracker the first item of what ``det`` returns:
+        the way a batched result goes back to the branch of each camera. It is resolved when
+        the flow is planned: no task, no copy."""
+        if isinstance(self, ConsumerNode):
+            raise TypeError(f"consumer {self._name!r} has no output to take item {index!r} of")
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(
+                f"{self._name}[{index!r}]: an item of a node's output is chosen by an integer "
+                "index (slices are not supported)"
+            )
+        if index < 0:
+            raise ValueError(
+                f"{self._name}[{index}]: the index must be >= 0 (the engine checks it against "
+                "the length of each output)"
+            )
+        return OutputItem(self, index)
+
+    def __iter__(self) -> Any:
+        # With __getitem__ alone, Python would iterate a node as an endless sequence.
+        raise TypeError(f"node {self._name!r} is not iterable; take one item with node[i]")
 
     @property
     def id(self) -> int:
@@ -71,6 +136,16 @@ class Node:
     @property
     def children(self) -> list[Node]:
         return list(self._children)
+
+    @property
+    def parent_items(self) -> tuple[int | None, ...]:
+        """For each parent, the item of its output this node reads (None: the whole output)."""
+        return self._items or tuple(None for _ in self.parents)
+
+    @property
+    def join_policy(self) -> Join | None:
+        """The ``join=`` this node was given (None: the flow type's default where needed)."""
+        return self._join
 
     @property
     def nb_tasks(self) -> int:
@@ -93,6 +168,18 @@ class Node:
             raise ValueError(f"device_type must be one of {DEVICE_TYPES}, got {device_type!r}")
         self._device_type = device_type
 
+    # -- what the engine running this node provides -------------------------------------------
+    def bind(self, context: NodeContext | None) -> None:
+        """Attach the node to the engine that runs it; ``None`` detaches it.
+
+        Engines call this once per task, before ``open()``, with an object that has ``meta``
+        and ``allocate(shape, dtype)`` (see ``videoflow.engine.base.NodeContext``); the node's
+        ``allocate()`` and ``meta`` then read from it. Unbound (outside a flow, or after a
+        pickle), a node allocates ``np.empty`` arrays and has a metadata dict of its own.
+        Nodes do not call this; an engine other than the built-in ones does.
+        """
+        self._vf_context = LocalContext() if context is None else context
+
     def allocate(self, shape: int | Sequence[int], dtype: Any = np.uint8) -> np.ndarray:
         """A writable array for this call's output, living in shared memory when in a flow.
 
@@ -100,23 +187,20 @@ class Node:
         any copy. Outside a flow (unit tests) it is an ordinary ``np.empty`` array.
         """
         shape_t = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
-        if self._vf_allocator is None:
-            return np.empty(shape_t, dtype=dtype)
-        return self._vf_allocator(shape_t, dtype)
+        return self._vf_context.allocate(shape_t, dtype)
 
     @property
     def meta(self) -> dict[str, Any]:
         """Metadata of the message being handled (``index``, plus what producers add, such as
         ``timestamp_ms``). Keys set here travel downstream with the message."""
-        return self._vf_meta
+        return self._vf_context.meta
 
     # -- pickling to task processes: the graph stays behind in the parent ---------------------
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_parents"] = None
         state["_children"] = []
-        state["_vf_allocator"] = None
-        state["_vf_meta"] = {}
+        state["_vf_context"] = LocalContext()  # a binding belongs to one process
         return state
 
     def __repr__(self) -> str:
@@ -128,7 +212,7 @@ class ProducerNode(Node):
 
     kind = "producer"
 
-    def __call__(self, *parents: Node) -> Node:
+    def __call__(self, *parents: Node | OutputItem) -> Node:
         raise RuntimeError(f"producer {self._name!r} takes no parents")
 
     def next(self) -> Any:
@@ -147,16 +231,29 @@ class ProcessorNode(Node):
     nb_tasks:    number of worker processes; messages are spread over them and put back in
                  order before the next node.
     device_type: CPU or GPU; with GPU each worker gets its own GPU when there are enough.
+    join:        how to pair the messages of different producers, on the node where their
+                 streams first meet (see ``Join``); the flow type's default when None.
     """
 
     kind = "processor"
 
     def __init__(
-        self, nb_tasks: int = 1, device_type: str = CPU, name: str | None = None, **kwargs: Any
+        self,
+        nb_tasks: int = 1,
+        device_type: str = CPU,
+        name: str | None = None,
+        join: Join | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
-        if isinstance(nb_tasks, bool) or not isinstance(nb_tasks, int) or nb_tasks < 1:
-            raise ValueError(f"nb_tasks must be a positive integer, got {nb_tasks!r}")
+        self._join = check_join(join, repr(self))
+        limit = max_tasks()
+        valid = isinstance(nb_tasks, int) and not isinstance(nb_tasks, bool)
+        if not valid or not 1 <= nb_tasks <= limit:
+            raise ValueError(
+                f"nb_tasks must be an integer from 1 to {limit} (each task is a process; the "
+                f"limit is 8 per CPU, at least 64), got {nb_tasks!r}"
+            )
         if device_type not in DEVICE_TYPES:
             raise ValueError(f"device_type must be one of {DEVICE_TYPES}, got {device_type!r}")
         self._nb_tasks = nb_tasks
@@ -170,9 +267,14 @@ class OneTaskProcessorNode(ProcessorNode):
     """A stateful processor: always one task, whatever nb_tasks says."""
 
     def __init__(
-        self, nb_tasks: int = 1, device_type: str = CPU, name: str | None = None, **kwargs: Any
+        self,
+        nb_tasks: int = 1,
+        device_type: str = CPU,
+        name: str | None = None,
+        join: Join | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(nb_tasks=1, device_type=device_type, name=name, **kwargs)
+        super().__init__(nb_tasks=1, device_type=device_type, name=name, join=join, **kwargs)
 
 
 class FunctionProcessorNode(ProcessorNode):
@@ -189,6 +291,7 @@ class FunctionProcessorNode(ProcessorNode):
         nb_tasks: int = 1,
         device_type: str = CPU,
         name: str | None = None,
+        join: Join | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"FunctionProcessorNode needs a callable, got {type(fn).__name__}")
@@ -196,6 +299,7 @@ class FunctionProcessorNode(ProcessorNode):
             nb_tasks=nb_tasks,
             device_type=device_type,
             name=name if name is not None else getattr(fn, "__name__", None),
+            join=join,
         )
         self._fn = fn
 
@@ -204,10 +308,33 @@ class FunctionProcessorNode(ProcessorNode):
 
 
 class ConsumerNode(Node):
-    """Ends a branch of the flow: ``consume(*inputs)`` returns nothing."""
+    """Ends a branch of the flow: ``consume(*inputs)`` returns nothing.
+
+    join: how to pair the messages of different producers when the consumer is where their
+          streams first meet (see ``Join``); the flow type's default when None.
+    """
 
     kind = "consumer"
+
+    def __init__(self, name: str | None = None, join: Join | None = None, **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self._join = check_join(join, repr(self))
 
     def consume(self, *inputs: Any) -> None:
         raise NotImplementedError
 
+
+class OutputItem:
+    """``node[i]``: item ``i`` of ``node``'s output, given as a parent to another node.
+
+    A graph-level selector: it is no node, runs no task and copies nothing; the child reads
+    the item out of the parent's output where it lies."""
+
+    __slots__ = ("index", "node")
+
+    def __init__(self, node: Node, index: int) -> None:
+        self.node = node
+        self.index = index
+
+    def __repr__(self) -> str:
+        return f"{self.node.name}[{self.index}]"

@@ -16,6 +16,7 @@ import dataclasses
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from typing import Any
 
 from videoflow.config import FlowConfig
@@ -26,7 +27,11 @@ GPU = "gpu"
 
 @dataclasses.dataclass(frozen=True)
 class StageSpec:
-    """One node as the engine sees it: the graph layer builds these, in topological order."""
+    """One node as the engine sees it: the graph layer builds these, in topological order.
+
+    one_task: a processor that can only run as one task (a stateful one); the statistics then
+              do not suggest more tasks for it. Producers and consumers are one task anyway.
+    """
 
     node: Any
     name: str
@@ -35,6 +40,7 @@ class StageSpec:
     reads: tuple[int, ...]
     nb_tasks: int = 1
     device_type: str = "cpu"
+    one_task: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +75,7 @@ class Plan:
         return [(s, w) for s in self.stages for w in range(s.spec.nb_tasks)]
 
 
-def build_plan(specs: list[StageSpec], config: FlowConfig) -> Plan:
+def build_plan(specs: Sequence[StageSpec], config: FlowConfig) -> Plan:
     """Insert merges, wire links, compute last readers and pool sizes."""
     chain: list[StageSpec] = []
     for spec in specs:

@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Collection
+from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -56,11 +56,12 @@ from videoflow.engine.stats import (
 from videoflow.engine.task import TaskSpec, release_queued, task_main
 from videoflow.errors import FlowError, UnpicklableNodeError, read_only_write
 from videoflow.transport.names import (
+    claim_prefix,
     list_entries,
     new_flow_prefix,
     owned_entries,
+    release_prefix,
     sweep_dead_owners,
-    unlink_prefix,
 )
 from videoflow.transport.queue import ControlQueue
 from videoflow.transport.shm import PoolRegistry, SlotPool
@@ -97,28 +98,39 @@ class _TaskHandle:
 
 
 class ProcessEngine:
-    """Runs a plan with one OS process per task."""
+    """The default engine (``Flow(..., engine="process")``): one OS process per task, frames
+    in shared-memory slot pools, one monitor thread in the flow's owner. Implements
+    ``videoflow.engine.base.Engine``; an instance runs one flow once."""
 
-    def __init__(
-        self, specs: list[StageSpec], realtime: bool, config: FlowConfig, *,
-        one_task: Collection[str] = (),
-    ) -> None:
-        self.config = config
-        self.one_task = frozenset(one_task)  # processors that cannot have more tasks (stats)
+    name = "process"
+
+    def __init__(self) -> None:
         self.started_at: float | None = None  # monotonic time every task was ready
         self.ended_at: float | None = None  # monotonic time the last task ended
-        self.realtime = realtime
-        self.plan: Plan = build_plan(specs, config)
-        self.prefix = new_flow_prefix()
         self.errors: list[FlowError] = []
         self.pool_slots_in_use: int | None = None
         self.slots_reclaimed = 0
+        self._started = False
         self._tasks: list[_TaskHandle] = []
         self._queues: list[ControlQueue] = []
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._aborting = False
         self._kill_at: float | None = None
+        self.control: Any = None  # the control block, made by start() for the plan's tasks
+        # Set by start(): the plan, its settings and the flow's name prefix.
+        self.config: FlowConfig
+        self.realtime: bool
+        self.plan: Plan
+        self.prefix: str
+        self._rows_at: int
+        self._ctx: Any
+
+    def _prepare(self, stages: Sequence[StageSpec], realtime: bool, config: FlowConfig) -> None:
+        self.config = config
+        self.realtime = realtime
+        self.plan = build_plan(stages, config)
+        self.prefix = new_flow_prefix()
         ntasks = len(self.plan.tasks)
         counters = sum(1 for link in self.plan.links if link.window)
         self._rows_at = FLAGS + counters
@@ -134,8 +146,17 @@ class ProcessEngine:
         except Exception as exc:
             raise UnpicklableNodeError(unpicklable_node(spec.name, spec.node, exc)) from None
 
-    def start(self) -> None:
-        check_platform()
+    def start(self, stages: Sequence[StageSpec], realtime: bool, config: FlowConfig) -> None:
+        """Build the plan, create the queues and start every task; returns at once."""
+        if self._started:
+            raise RuntimeError("this engine already ran a flow: an engine runs one flow once")
+        self._started = True
+        try:
+            check_platform()
+            self._prepare(stages, realtime, config)
+        except BaseException:
+            self._done.set()
+            raise
         sweep_dead_owners()
         plan, cfg = self.plan, self.config
         node_bytes = {s.index: self._node_bytes(s.spec) for s in plan.stages}
@@ -151,6 +172,7 @@ class ProcessEngine:
         workers = sum(1 for stage, _ in plan.tasks if stage.spec.node is not None)
         opencv_threads = cfg.opencv_threads_per_task(workers, available_cpus())
         owner_copy = package_copy()
+        claim_prefix(self.prefix)
         try:
             self._queues = [
                 ControlQueue(
@@ -210,10 +232,13 @@ class ProcessEngine:
     # -- control ---------------------------------------------------------------------------
     def stop(self) -> None:
         """Graceful stop: the producer stops and everything already produced drains."""
-        self.control[STOP] = 1
+        if self.control is not None:
+            self.control[STOP] = 1
 
     def abort(self) -> None:
         """Immediate stop: tasks leave at their next check; stragglers are killed."""
+        if self.control is None:
+            return
         with self._lock:
             if not self._aborting:
                 self._aborting = True
@@ -227,7 +252,8 @@ class ProcessEngine:
         self._abort_now()
 
     def _abort_now(self) -> None:
-        self.control[ABORT] = 1
+        if self.control is not None:
+            self.control[ABORT] = 1
         for task in self._tasks:
             if task.process.is_alive():
                 task.process.kill()
@@ -237,7 +263,7 @@ class ProcessEngine:
 
     @property
     def running(self) -> bool:
-        return not self._done.is_set()
+        return self._started and not self._done.is_set()
 
     # -- monitor ---------------------------------------------------------------------------
     def _fail(self, err: FlowError) -> None:
@@ -368,7 +394,7 @@ class ProcessEngine:
             # one can reach them any more: the owner releases them, and counts them apart.
             self.slots_reclaimed = self._reclaim_pools()
         self.pool_slots_in_use = sum(self._pool_occupancy().values())
-        unlink_prefix(self.prefix)
+        release_prefix(self.prefix)
         for task in self._tasks:
             if task.conn is not None:
                 task.conn.close()
@@ -401,6 +427,8 @@ class ProcessEngine:
 
     def stats(self) -> FlowStats:
         """A snapshot of the counters; reads the control block, queues and pools, no task."""
+        if self.control is None:
+            raise RuntimeError("the engine has not started a flow: no statistics yet")
         running = self.running
         rows = list(self.control)
         now = time.monotonic()
@@ -437,7 +465,7 @@ class ProcessEngine:
                     node_stats(
                         spec.name, spec.kind, tasks,
                         inbox_queued=self._queued(stage.inbox.index) if stage.inbox else None,
-                        one_task=spec.kind != PROCESSOR or spec.name in self.one_task,
+                        one_task=spec.kind != PROCESSOR or spec.one_task,
                         elapsed_s=elapsed,
                     )
                 )

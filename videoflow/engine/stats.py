@@ -20,8 +20,11 @@ STOP, ABORT, GO = 0, 1, 2
 FLAGS = 3
 
 # Per-task counter row.
-FIELDS = ("messages_in", "messages_out", "dropped", "busy_ns", "wait_ns", "blocked_ns", "cpu_ns")
-IN, OUT, DROPPED, BUSY_NS, WAIT_NS, BLOCKED_NS, CPU_NS = range(len(FIELDS))
+FIELDS = (
+    "messages_in", "messages_out", "dropped", "busy_ns", "wait_ns", "blocked_ns", "cpu_ns",
+    "reconnects", "offline_ns",
+)  # fmt: skip
+IN, OUT, DROPPED, BUSY_NS, WAIT_NS, BLOCKED_NS, CPU_NS, RECONNECTS, OFFLINE_NS = range(len(FIELDS))
 ROW = len(FIELDS)
 
 
@@ -86,6 +89,7 @@ class TaskStats(_Rates):
     messages_in/out, dropped, busy_s, wait_s, blocked_s, cpu_s: as in :class:`NodeStats`, for
                    this task.
     errors:        1 when this task failed (its node raised, or its process died), else 0.
+    reconnects, offline_s: as in :class:`NodeStats`, for this task.
     slots_in_use:  slots of this task's shared-memory pools taken now (None: no pool, or the
                    flow has ended and its pools are gone: see ``FlowStats.pool_slots_in_use``).
     elapsed_s:     seconds the flow has run (the same for every task of a snapshot).
@@ -103,6 +107,8 @@ class TaskStats(_Rates):
     slots_in_use: int | None = None
     cpu_s: float = 0.0
     elapsed_s: float = 0.0
+    reconnects: int = 0
+    offline_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Fields and derived rates, JSON-ready."""
@@ -124,6 +130,8 @@ class NodeStats(_Rates):
     inbox_queued: messages waiting in the node's input queue now (None: a producer, or the
                   flow has ended).
     slots_in_use: slots of the node's shared-memory pools taken now, summed over its tasks.
+    reconnects:   times a live source (a stream or camera reader) was lost and opened again.
+    offline_s:    seconds such a source was away, summed over its reconnects.
     one_task:     the node can only run as one task (a producer, a consumer, a stateful
                   ``OneTaskProcessorNode``): raising nb_tasks is not a remedy for it.
     elapsed_s:    seconds the flow has run.
@@ -149,6 +157,8 @@ class NodeStats(_Rates):
     one_task: bool = False
     cpu_s: float = 0.0
     elapsed_s: float = 0.0
+    reconnects: int = 0
+    offline_s: float = 0.0
 
     @property
     def workers(self) -> int:
@@ -237,6 +247,7 @@ def task_stats(
         node, task, row[IN], row[OUT], row[DROPPED],
         row[BUSY_NS] / 1e9, row[WAIT_NS] / 1e9, row[BLOCKED_NS] / 1e9,
         errors=errors, slots_in_use=slots_in_use, cpu_s=row[CPU_NS] / 1e9, elapsed_s=elapsed_s,
+        reconnects=row[RECONNECTS], offline_s=row[OFFLINE_NS] / 1e9,
     )
 
 
@@ -262,4 +273,6 @@ def node_stats(
         one_task=one_task,
         cpu_s=sum(t.cpu_s for t in tasks),
         elapsed_s=elapsed_s,
+        reconnects=sum(t.reconnects for t in tasks),
+        offline_s=sum(t.offline_s for t in tasks),
     )

@@ -20,6 +20,8 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+import numpy as np
+
 from videoflow.config import FlowConfig
 from videoflow.engine.bootstrap import copy_mismatch, set_process_title
 from videoflow.engine.logs import EventSender, forward_to_owner
@@ -32,13 +34,16 @@ from videoflow.engine.stats import (
     DROPPED,
     GO,
     IN,
+    OFFLINE_NS,
     OUT,
+    RECONNECTS,
     STOP,
     WAIT_NS,
 )
 from videoflow.errors import StaleSlotError
 from videoflow.transport import message
 from videoflow.transport.codec import Codec, value_refs
+from videoflow.transport.names import sweep_prefix
 from videoflow.transport.queue import ControlQueue
 from videoflow.transport.shm import PoolRegistry, SlotAllocator, SlotRef
 
@@ -49,6 +54,37 @@ CPU_EVERY_NS = 50_000_000  # how often a task publishes its CPU time (a syscall,
 
 class Aborted(Exception):
     """The flow is being torn down: leave the loop without forwarding anything."""
+
+
+def _heap_array(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    return np.empty(shape, dtype=dtype)
+
+
+class TaskContext:
+    """What a node sees of its task (``Node.bind``): ``allocate`` takes a slot of the task's
+    pool (a task that sends nothing on allocates on the heap); ``meta`` is the metadata of the
+    message in hand, which the task sets before each call (one attribute store per message).
+
+    Beyond the NodeContext protocol, for live sources (the stream and camera readers, which
+    use them when their context has them): ``stopping()`` says whether the flow is ending, so
+    that a wait for a lost source gives way to a stop; ``reconnected(offline_s)`` counts a
+    reconnect in the task's counter row. Called from the task's main thread only (the row has
+    a single writer)."""
+
+    __slots__ = ("allocate", "control", "meta", "row")
+
+    def __init__(self, allocator: SlotAllocator | None, control: Any = None, row: int = 0) -> None:
+        self.allocate = allocator.array if allocator is not None else _heap_array
+        self.meta: dict[str, Any] = {}
+        self.control, self.row = control, row
+
+    def stopping(self) -> bool:
+        return self.control is not None and bool(self.control[STOP] or self.control[ABORT])
+
+    def reconnected(self, offline_s: float) -> None:
+        if self.control is not None:
+            self.control[self.row + RECONNECTS] += 1
+            self.control[self.row + OFFLINE_NS] += int(offline_s * 1e9)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,6 +359,7 @@ class Task:
             self.registry, self.allocator, spec.config.inline_max, spec.config.oob_min
         )
         self.node: Any = None
+        self.context = TaskContext(self.allocator, control, spec.row)
         self.inbox: Inbox | None = None
         self.outbox: Outbox | None = None
         self.phase = "start"
@@ -374,6 +411,7 @@ class Task:
                     if name is not None:  # the owner died before it could unlink them
                         with contextlib.suppress(Exception):
                             ControlQueue(name).unlink()
+                sweep_prefix(self.spec.pool_prefix)  # the rest, once the owner's lock is free
 
     def _let_go(self) -> None:
         """After an error or an abort, give back the slots this task still holds: the message
@@ -429,8 +467,7 @@ class Task:
         self.node = pickle.loads(self.spec.node_bytes)
         if self.spec.cpu_fallback:
             self.node.change_device("cpu")
-        if self.allocator is not None:
-            self.node._vf_allocator = self.allocator.array
+        self.node.bind(self.context)
 
     def _wait_go(self) -> None:
         while not self.control[GO]:
@@ -477,7 +514,7 @@ class Task:
 
     def _produce(self) -> None:
         node, control, row, life = self.node, self.control, self.row, self.life
-        allocator = self.allocator
+        allocator, context = self.allocator, self.context
         assert allocator is not None
         node_id = self.stage.spec.node_id
         index = 0
@@ -485,8 +522,7 @@ class Task:
             life.check()
             if control[STOP]:
                 break
-            meta: dict[str, Any] = {"index": index}
-            node._vf_meta = meta
+            context.meta = meta = {"index": index}
             t0 = _now()
             try:
                 value = node.next()
@@ -507,7 +543,7 @@ class Task:
         inbox, control, row = self.inbox, self.control, self.row
         stage = self.stage
         spec = stage.spec
-        node, codec, allocator = self.node, self.codec, self.allocator
+        node, codec, allocator, context = self.node, self.codec, self.allocator, self.context
         is_consumer = spec.kind == CONSUMER
         is_merge = spec.kind == MERGE
         reads, drop_after, node_id = spec.reads, stage.drop_after, spec.node_id
@@ -524,7 +560,7 @@ class Task:
             self.holding = values
             if not is_merge:
                 inputs = [codec.decode(values[nid]) for nid in reads]
-                node._vf_meta = meta
+                context.meta = meta
                 t0 = _now()
                 if is_consumer:
                     node.consume(*inputs)

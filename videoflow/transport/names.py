@@ -3,32 +3,31 @@
 Every shared-memory segment and message queue of a flow is named
 ``vf.<owner pid>.<flow token>.<what>``, the owner being the process that runs the flow. Whatever
 ends a flow, a later flow (or the owner's own cleanup) can find and unlink them by that prefix.
+
+Whether an owner is gone is decided by a lock, not by its pid: the owner creates
+``/dev/shm/<prefix>.lock`` before any other entry and holds ``flock`` on it for the whole run;
+the kernel drops the lock when the owner dies, however it dies. A pid means nothing across PID
+namespaces (containers that share /dev/shm but not pids: a Kubernetes pod with a memory-backed
+emptyDir, ``docker --ipc=host``), so a sweep that trusted pids would delete live flows of other
+containers. Entries with no lock file are never swept: their owner is not provably gone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import secrets
-from collections.abc import Callable
 
 SHM_DIR = "/dev/shm"
 MQUEUE_DIR = "/dev/mqueue"
 PREFIX = "vf."
+LOCK_SUFFIX = ".lock"
 
 
 def new_flow_prefix() -> str:
     """A prefix unique to one run of one flow: ``vf.<pid>.<token>``."""
     return f"{PREFIX}{os.getpid()}.{secrets.token_hex(4)}"
-
-
-def _owner_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def list_entries(prefix: str, directory: str = SHM_DIR) -> list[str]:
@@ -45,31 +44,74 @@ def owned_entries(pid: int | None = None) -> list[str]:
     return list_entries(prefix, SHM_DIR) + list_entries(prefix, MQUEUE_DIR)
 
 
-def _unlink_where(prefix: str, doomed: Callable[[str], bool]) -> list[str]:
-    """Unlink the entries starting with ``prefix`` for which ``doomed(name)``; return them."""
-    removed = []
-    for directory in (SHM_DIR, MQUEUE_DIR):
-        for name in list_entries(prefix, directory):
-            if not doomed(name):
-                continue
-            try:
-                os.unlink(os.path.join(directory, name))
-                removed.append(name)
-            except OSError:
-                pass
-    return removed
+_held: dict[str, int] = {}  # prefix -> descriptor of its lock, in the owner only
 
 
-def _owner_dead(name: str) -> bool:
-    parts = name.split(".")
-    return len(parts) >= 3 and parts[1].isdigit() and not _owner_alive(int(parts[1]))
+def _drop_inherited_locks() -> None:
+    # A forked child shares the owner's lock; it must not keep the flow "alive" past its owner.
+    for fd in _held.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
+def claim_prefix(prefix: str) -> None:
+    """Create the flow's lock entry and hold its lock until ``release_prefix``. Call it before
+    creating any other entry of the flow."""
+    path = os.path.join(SHM_DIR, prefix + LOCK_SUFFIX)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _held[prefix] = fd
+
+
+def release_prefix(prefix: str) -> list[str]:
+    """Unlink every entry of the flow (its lock last), then let go of the lock."""
+    try:
+        return unlink_prefix(prefix)
+    finally:
+        fd = _held.pop(prefix, None)
+        if fd is not None:
+            os.close(fd)
+
+
+def sweep_prefix(prefix: str) -> list[str]:
+    """Unlink the entries of the flow ``prefix`` if its owner is provably gone (its lock is
+    free); returns what was removed (nothing while the owner lives, in any PID namespace)."""
+    try:
+        fd = os.open(os.path.join(SHM_DIR, prefix + LOCK_SUFFIX), os.O_RDWR)
+    except OSError:
+        return []
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: the owner lives
+        os.close(fd)
+        return []
+    try:
+        return unlink_prefix(prefix + ".")
+    finally:
+        os.close(fd)
 
 
 def sweep_dead_owners() -> list[str]:
-    """Unlink segments and queues whose owner process is gone; returns what was removed."""
-    return _unlink_where(PREFIX, _owner_dead)
+    """Unlink the entries of every flow whose owner is provably gone; returns them."""
+    removed: list[str] = []
+    for name in list_entries(PREFIX, SHM_DIR):
+        if name.endswith(LOCK_SUFFIX):
+            removed += sweep_prefix(name[: -len(LOCK_SUFFIX)])
+    return removed
 
 
 def unlink_prefix(prefix: str) -> list[str]:
-    """Unlink every segment and queue that starts with ``prefix``; returns what was removed."""
-    return _unlink_where(prefix, lambda _: True)
+    """Unlink every segment and queue that starts with ``prefix``, a lock entry last (so that a
+    crash in between leaves a sweepable flow); returns what was removed."""
+    removed = []
+    for directory in (SHM_DIR, MQUEUE_DIR):
+        names = list_entries(prefix, directory)
+        for name in sorted(names, key=lambda n: n.endswith(LOCK_SUFFIX)):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+                removed.append(name)
+    return removed

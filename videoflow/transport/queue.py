@@ -26,6 +26,7 @@ from typing import Any
 import posix_ipc
 
 from videoflow.transport import native
+from videoflow.transport.shm import reserve
 
 _MSG_MAX_PATH = "/proc/sys/fs/mqueue/msg_max"
 
@@ -140,6 +141,7 @@ class RingQueue(ControlQueue):
             shm = posix_ipc.SharedMemory("/" + name, posix_ipc.O_CREX, size=0)
             try:
                 os.ftruncate(shm.fd, size)
+                reserve(shm.fd, 0, size, name, "the control queue")
                 self._mm = mmap.mmap(shm.fd, size)
             except BaseException:
                 shm.unlink()

@@ -96,7 +96,7 @@ class SlotPool:
         shm = posix_ipc.SharedMemory("/" + name, posix_ipc.O_CREX, size=0)
         try:
             os.ftruncate(shm.fd, size)
-            _reserve(shm.fd, 0, header, name)
+            reserve(shm.fd, 0, header, name, "the header of pool")
             mm = mmap.mmap(shm.fd, size)
         except BaseException:
             shm.close_fd()
@@ -131,7 +131,9 @@ class SlotPool:
 
     def _reserve_through(self, slot: int) -> None:
         start, end = self.slot_offset(self.reserved), self.slot_offset(slot + 1)
-        _reserve(self._fd, start, end - start, self.name, slot + 1 - self.reserved)
+        slots = slot + 1 - self.reserved
+        what = f"{slots} more slot{'s' if slots != 1 else ''} of pool"
+        reserve(self._fd, start, end - start, self.name, what)
         self.reserved = slot + 1
 
     def slot_offset(self, slot: int) -> int:
@@ -177,14 +179,14 @@ class SlotPool:
             self._fd = -1
 
 
-def _reserve(fd: int, offset: int, length: int, name: str, slots: int = 0) -> None:
-    """posix_fallocate, so that a full tmpfs fails here rather than with SIGBUS on a write."""
+def reserve(fd: int, offset: int, length: int, name: str, what: str) -> None:
+    """posix_fallocate ``length`` bytes of the segment ``name`` (``what`` says what for), so
+    that a full tmpfs fails here with PoolExhaustedError rather than with SIGBUS on a write."""
     try:
         os.posix_fallocate(fd, offset, length)
     except OSError as exc:
-        what = f"{slots} more slot{'s' if slots != 1 else ''}" if slots else "its header"
         raise PoolExhaustedError(
-            f"cannot reserve {length / 2**20:.1f} MiB of shared memory for {what} of pool "
+            f"cannot reserve {length / 2**20:.2f} MiB of shared memory for {what} "
             f"{name!r}: {exc.strerror}; free space in /dev/shm (df -h /dev/shm; a Docker "
             "container has 64 MiB unless run with --shm-size), lower queue_depth or make the "
             "frames smaller"
