@@ -15,7 +15,7 @@ import os
 
 from videoflow.consumers import JsonLinesWriter, VideofileWriter
 from videoflow.core import BATCH, Flow
-from videoflow.processors import BoundingBoxAnnotator, HogPeopleDetector, KalmanTracker
+from videoflow.processors import BoxAnnotator, HogPeopleDetector, KalmanTracker
 from videoflow.processors.vision import MotionDetector, hog_available
 from videoflow.producers import VideoReader
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         detector = MotionDetector(name="detector")(reader)
     tracker = KalmanTracker(name="tracker")(detector)
-    annotated = BoundingBoxAnnotator(name="annotator")(reader, tracker)
+    annotated = BoxAnnotator(name="annotator")(reader, tracker)
     writer = VideofileWriter(args.output, fourcc=fourcc, name="writer")(annotated)
     results = JsonLinesWriter(jsonl, keys=("detections", "tracks"), name="results")(
         detector, tracker

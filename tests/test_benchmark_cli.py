@@ -101,7 +101,7 @@ def test_bad_options_are_usage_errors():
 
 # -- a user's own flow -----------------------------------------------------------------------
 def make_flow() -> Flow:
-    a = IntProducer(0, 50)
+    a = IntProducer(0, 49)
     b = IdentityProcessor()(a)
     c = VoidConsumer()(b)
     return Flow([a], [c], flow_type=BATCH)
@@ -126,7 +126,7 @@ def test_bench_script(tmp_path, capsys):
         from videoflow.producers import IntProducer
 
         if __name__ == "__main__":
-            a = IntProducer(0, 30)
+            a = IntProducer(0, 29)
             c = VoidConsumer()(IdentityProcessor()(a))
             flow = Flow([a], [c], flow_type=BATCH)
             flow.run()

@@ -27,7 +27,7 @@ from videoflow.producers.basic import SyntheticFrameProducer
 
 
 def chain(*processors: ProcessorNode, count: int = 5, **flow_kw: Any) -> Flow:
-    source = IntProducer(0, count)
+    source = IntProducer(0, count - 1)  # count values: the end is included
     node: Any = source
     for p in processors:
         node = p(node)

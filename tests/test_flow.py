@@ -72,10 +72,10 @@ def run_script(tmp_path, source: str, timeout: float = 60) -> subprocess.Complet
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("flow_type", ["BATCH", "REALTIME"])
-def test_seed_example_prints_0_to_39_in_order(tmp_path, flow_type):
+def test_seed_example_prints_0_to_40_in_order(tmp_path, flow_type):
     done = run_script(tmp_path, SEED.format(flow_type=flow_type))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [str(i) for i in range(40)]
+    assert done.stdout.split() == [str(i) for i in range(41)]  # the end is included
 
 
 def run_flow(producer, consumer, flow_type=BATCH, **options):
@@ -88,7 +88,7 @@ def run_flow(producer, consumer, flow_type=BATCH, **options):
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("nb_tasks", [1, 3])
 def test_batch_delivers_10000_integers_in_order(output_file, nb_tasks):
-    a = IntProducer(0, 10_000)
+    a = IntProducer(0, 9_999)
     b = AddProcessor(1, nb_tasks=nb_tasks)(a)
     c = RecordingConsumer(output_file)(b)
     stats = run_flow(a, c)
@@ -102,7 +102,7 @@ def test_batch_delivers_10000_integers_in_order(output_file, nb_tasks):
 def test_queues_of_depth_one_lose_nothing(output_file, nb_tasks):
     """queue_depth=1 once hung at the first message with nb_tasks=2: the native ring of
     capacity 1 took a second record over the first, unread."""
-    a = IntProducer(0, 2000)
+    a = IntProducer(0, 1999)
     b = AddProcessor(1, nb_tasks=nb_tasks)(a)
     c = AddProcessor(1, nb_tasks=nb_tasks)(b)
     d = RecordingConsumer(output_file)(c)
@@ -150,7 +150,7 @@ def test_values_that_need_pickling_and_blobs(output_file):
 
 @pytest.mark.timeout(60)
 def test_several_parents_arrive_in_call_order_and_values_live_until_last_reader(output_file):
-    a = IntProducer(0, 100)
+    a = IntProducer(0, 99)
     b = AddProcessor(1000)(a)
     c = AddProcessor(2000)(a)
     j = PairProcessor()(c, a, b)
@@ -164,7 +164,7 @@ def test_several_parents_arrive_in_call_order_and_values_live_until_last_reader(
 
 @pytest.mark.timeout(60)
 def test_aggregators_and_stateful_nodes(output_file, tmp_path):
-    a = IntProducer(1, 11)
+    a = IntProducer(1, 10)
     s = SumAggregator()(a)
     m = MaxAggregator()(a)
     n = CountAggregator()(a)
@@ -178,7 +178,7 @@ def test_aggregators_and_stateful_nodes(output_file, tmp_path):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
 def test_start_methods(output_file, method):
-    a = IntProducer(0, 200)
+    a = IntProducer(0, 199)
     b = AddProcessor(5, nb_tasks=2)(a)
     c = RecordingConsumer(output_file)(b)
     run_flow(a, c, start_method=method)
@@ -191,7 +191,7 @@ def test_each_task_gives_opencv_its_share_of_the_cpus(output_file, monkeypatch, 
     """3 or 4 task processes: by default OpenCV gets the CPUs divided among them (at least 1),
     and an explicit opencv_threads wins."""
     monkeypatch.delenv("OPENCV_FOR_THREADS_NUM", raising=False)
-    a = IntProducer(0, 6)
+    a = IntProducer(0, 5)
     b = OpencvThreads(nb_tasks=nb_tasks)(a)
     c = RecordingConsumer(output_file)(b)
     flow = Flow([a], [c], flow_type=BATCH, flow_options={"opencv_threads": option})
@@ -250,7 +250,7 @@ def test_exception_in_open():
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("nb_tasks", [1, 3])
 def test_exception_in_processor(nb_tasks):
-    a = IntProducer(0, 1000)
+    a = IntProducer(0, 999)
     b = FailingProcessor(77, nb_tasks=nb_tasks, name="divider")(a)
     c = VoidConsumer()(b)
     err = _expect_flow_error(a, c, "divider")
@@ -262,7 +262,7 @@ def test_exception_in_processor(nb_tasks):
 def test_exception_in_consumer():
     # Paced: unpaced, realtime mode could drop every value from 10 on while the consumer took
     # its first four, and the flow ended without the error (seen once in CI).
-    a = IntProducer(0, 1000, 0.001)
+    a = IntProducer(0, 999, 0.001)
     c = FailingConsumer(10, name="sink")(a)
     err = _expect_flow_error(a, c, "sink", REALTIME)
     assert "KeyError" in str(err)
@@ -317,7 +317,7 @@ def test_stop_mid_run_delivers_everything_produced_in_batch(output_file, nb_task
 
 @pytest.mark.timeout(60)
 def test_context_manager_waits_and_aborts_on_error(output_file):
-    a = IntProducer(0, 20)
+    a = IntProducer(0, 19)
     c = RecordingConsumer(output_file)(a)
     with Flow([a], [c], flow_type=BATCH):
         pass
@@ -332,7 +332,7 @@ def test_context_manager_waits_and_aborts_on_error(output_file):
 
 @pytest.mark.timeout(30)
 def test_unpicklable_node_is_a_clear_error():
-    a = IntProducer(0, 3)
+    a = IntProducer(0, 2)
     b = AddProcessor(1)(a)
     b.hook = lambda v: v  # lambdas cannot be sent to forkserver/spawn tasks
     c = VoidConsumer()(b)

@@ -13,7 +13,7 @@ from videoflow.producers import IntProducer
 
 
 def test_call_wires_parents_in_order():
-    a = IntProducer(0, 3)
+    a = IntProducer(0, 2)
     b = IdentityProcessor()(a)
     c = IdentityProcessor()(a)
     j = JoinerProcessor()(c, b)
@@ -22,7 +22,7 @@ def test_call_wires_parents_in_order():
 
 
 def test_second_call_is_a_runtime_error():
-    a = IntProducer(0, 3)
+    a = IntProducer(0, 2)
     b = IdentityProcessor()(a)
     with pytest.raises(RuntimeError, match="already called"):
         b(a)
@@ -30,7 +30,7 @@ def test_second_call_is_a_runtime_error():
 
 def test_producer_takes_no_parents():
     with pytest.raises(RuntimeError, match="takes no parents"):
-        IntProducer(0, 3)(IntProducer(0, 3))
+        IntProducer(0, 2)(IntProducer(0, 2))
 
 
 def test_parents_must_be_nodes():
@@ -49,7 +49,7 @@ def test_one_task_processor_ignores_nb_tasks():
 
 
 def test_cycle_is_a_value_error():
-    a = IntProducer(0, 3)
+    a = IntProducer(0, 2)
     x = IdentityProcessor(name="x")
     y = IdentityProcessor(name="y")(x)
     x(a, y)
@@ -59,7 +59,7 @@ def test_cycle_is_a_value_error():
 
 
 def test_every_producer_feeding_the_flow_must_be_listed():
-    a, b = IntProducer(0, 3), IntProducer(0, 3, name="b")
+    a, b = IntProducer(0, 2), IntProducer(0, 2, name="b")
     j = JoinerProcessor()(a, b)
     c = VoidConsumer()(j)
     Flow([a, b], [c])  # several producers validate (running them: tests/test_join_api.py)
@@ -70,7 +70,7 @@ def test_every_producer_feeding_the_flow_must_be_listed():
 
 
 def test_consumer_used_as_parent_is_named():
-    a = IntProducer(0, 3)
+    a = IntProducer(0, 2)
     c = VoidConsumer(name="sink")(a)
     IdentityProcessor()(c)
     with pytest.raises(ValueError, match="'sink'"):
@@ -78,7 +78,7 @@ def test_consumer_used_as_parent_is_named():
 
 
 def test_unreachable_node_is_named():
-    a = IntProducer(0, 3)
+    a = IntProducer(0, 2)
     stray = IdentityProcessor(name="stray")
     stray_c = VoidConsumer(name="stray_sink")(stray)
     c = VoidConsumer()(a)
@@ -87,7 +87,7 @@ def test_unreachable_node_is_named():
 
 
 def test_dead_end_node_is_named():
-    a = IntProducer(0, 3)
+    a = IntProducer(0, 2)
     IdentityProcessor(name="dead_end")(a)
     c = VoidConsumer()(a)
     with pytest.raises(ValueError, match="'dead_end' leads to none"):
@@ -95,7 +95,7 @@ def test_dead_end_node_is_named():
 
 
 def test_unlisted_consumer_is_named():
-    a = IntProducer(0, 3)
+    a = IntProducer(0, 2)
     c = VoidConsumer()(a)
     VoidConsumer(name="forgotten")(a)
     with pytest.raises(ValueError, match="'forgotten'"):
@@ -103,7 +103,7 @@ def test_unlisted_consumer_is_named():
 
 
 def test_wrong_roles_and_names():
-    a = IntProducer(0, 3)
+    a = IntProducer(0, 2)
     b = IdentityProcessor(name="same")(a)
     c = IdentityProcessor(name="same")(b)
     d = VoidConsumer()(c)
@@ -116,7 +116,7 @@ def test_wrong_roles_and_names():
 
 
 def test_bad_flow_type_and_options():
-    a = IntProducer(0, 3)
+    a = IntProducer(0, 2)
     c = CommandlineConsumer()(a)
     with pytest.raises(ValueError, match="flow_type"):
         Flow([a], [c], flow_type="fast")
@@ -142,7 +142,7 @@ def test_opencv_threads_share_the_cpus_unless_told(monkeypatch):
 
 
 def test_join_before_run_and_run_twice():
-    a = IntProducer(0, 3)
+    a = IntProducer(0, 2)
     c = VoidConsumer()(a)
     flow = Flow([a], [c], flow_type=BATCH)
     with pytest.raises(RuntimeError, match="not been started"):
@@ -154,7 +154,7 @@ def test_join_before_run_and_run_twice():
 
 
 def test_topological_order_and_function_node():
-    a = IntProducer(0, 3)
+    a = IntProducer(0, 2)
     b = FunctionProcessorNode(abs)(a)
     c = IdentityProcessor()(b)
     j = JoinerProcessor()(a, c)

@@ -24,7 +24,7 @@ def run(producer, consumer, flow_type=BATCH):
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("nb_tasks", [2, 3, 4])
 def test_batch_order_with_random_delays(output_file, nb_tasks):
-    a = IntProducer(0, 10_000)
+    a = IntProducer(0, 9_999)
     b = JitterProcessor(0.0004, nb_tasks=nb_tasks)(a)
     c = RecordingConsumer(output_file)(b)
     stats = run(a, c)
@@ -36,7 +36,7 @@ def test_batch_order_with_random_delays(output_file, nb_tasks):
 
 @pytest.mark.timeout(120)
 def test_consecutive_multi_task_nodes_keep_order(output_file):
-    a = IntProducer(0, 3000)
+    a = IntProducer(0, 2999)
     b = JitterProcessor(0.0005, nb_tasks=2)(a)
     c = JitterProcessor(0.0005, nb_tasks=3)(b)
     d = RecordingConsumer(output_file)(c)
@@ -62,7 +62,7 @@ def test_realtime_output_increases_and_counts_add_up(output_file, nb_tasks):
 
 @pytest.mark.timeout(60)
 def test_each_worker_opens_and_closes_once_and_stop_reaches_child_once(tmp_path, output_file):
-    a = IntProducer(0, 500)
+    a = IntProducer(0, 499)
     b = LifecycleProcessor(str(tmp_path), nb_tasks=3)(a)
     c = SlowProcessor(0, nb_tasks=2)(b)
     d = RecordingConsumer(output_file)(c)
@@ -96,7 +96,7 @@ def test_gpu_assignment_gives_each_worker_its_own_gpu_then_cpu():
 @pytest.mark.timeout(60)
 def test_gpu_workers_get_their_own_device_or_fall_back_to_cpu(tmp_path, output_file, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    a = IntProducer(0, 50)
+    a = IntProducer(0, 49)
     b = LifecycleProcessor(str(tmp_path), nb_tasks=3, device_type=GPU)(a)
     c = RecordingConsumer(output_file)(b)
     run(a, c)

@@ -54,7 +54,7 @@ def assert_clean() -> None:
 
 def run_chain(*processors: ProcessorNode, producer: Any = None, flow_type: str = BATCH,
               options: dict[str, Any] | None = None) -> Flow:
-    source = producer if producer is not None else IntProducer(0, 40)
+    source = producer if producer is not None else IntProducer(0, 39)
     node: Any = source
     for p in processors:
         node = p(node)
@@ -82,7 +82,7 @@ def test_verdict_is_right_for_replicated_nodes():
     # Wide costs twice as much per message as Narrow but has four workers: Narrow holds the
     # flow back, although Wide's summed busy time is larger.
     wide, narrow = SlowProcessor(0.02, nb_tasks=4, name="Wide"), SlowProcessor(0.01, name="Narrow")
-    flow = run_chain(wide, narrow, producer=IntProducer(0, 60))
+    flow = run_chain(wide, narrow, producer=IntProducer(0, 59))
     stats = flow.stats()
     wide_stats, narrow_stats = stats.node("Wide"), stats.node("Narrow")
     assert wide_stats.busy_s > narrow_stats.busy_s
@@ -119,7 +119,7 @@ def test_verdict_for_a_one_task_node():
 def test_cpu_time_tells_computing_from_sleeping():
     flow = run_chain(
         BurnProcessor(0.01, name="Burn"), SlowProcessor(0.01, name="Sleep"),
-        producer=IntProducer(0, 30),
+        producer=IntProducer(0, 29),
     )
     stats = flow.stats()
     burn, sleep = stats.node("Burn"), stats.node("Sleep")
@@ -209,7 +209,7 @@ def test_stats_while_running_and_after_join():
 
 @pytest.mark.timeout(60)
 def test_report_on_an_empty_run():
-    flow = run_chain(SlowProcessor(0.0, name="Idle"), producer=IntProducer(0, 0))
+    flow = run_chain(SlowProcessor(0.0, name="Idle"), producer=IntProducer(0, -1))
     report = flow.report()
     assert report.bottleneck is None
     assert "nothing flowed" in str(report)
@@ -247,7 +247,7 @@ def test_task_log_records_reach_the_owner_with_node_and_task():
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        run_chain(Talker(nb_tasks=2, name="Talker"), producer=IntProducer(0, 10))
+        run_chain(Talker(nb_tasks=2, name="Talker"), producer=IntProducer(0, 9))
     finally:
         logger.removeHandler(handler)
         logger.setLevel(logging.NOTSET)
@@ -303,7 +303,7 @@ def test_progress_line_with_and_without_a_total():
 def test_progress_draws_on_a_terminal_and_not_when_asked(monkeypatch):
     tty = FakeTTY()
     monkeypatch.setattr("sys.stderr", tty)
-    flow = run_chain(SlowProcessor(0.01, name="Slow"), producer=IntProducer(0, 40))
+    flow = run_chain(SlowProcessor(0.01, name="Slow"), producer=IntProducer(0, 39))
     assert "40/40 100%" in tty.getvalue() and tty.getvalue().endswith("\n")
 
     tty = FakeTTY()
@@ -331,7 +331,7 @@ from videoflow.processors import IdentityProcessor
 from videoflow.producers import IntProducer
 
 if __name__ == "__main__":
-    a = IntProducer(0, 20)
+    a = IntProducer(0, 19)
     b = IdentityProcessor(name="Pass")(a)
     c = VoidConsumer()(b)
     flow = Flow([a], [c], flow_type=BATCH)

@@ -61,13 +61,17 @@ def test_synthetic_frames_outside_a_flow():
     assert stamp.next().dtype == np.uint16
 
 
-def test_int_producer_range_and_count():
+def test_int_producer_range_includes_its_end_as_the_original():
     producer = IntProducer(3, 6)
     producer.open()
-    assert [producer.next() for _ in range(3)] == [3, 4, 5]
+    assert [producer.next() for _ in range(4)] == [3, 4, 5, 6]
     with pytest.raises(StopIteration):
         producer.next()
-    assert producer.expected_count() == 3
+    assert producer.expected_count() == 4
+    assert IntProducer(start_value=2, end_value=1).expected_count() == 0
+    endless = IntProducer()
+    endless.open()
+    assert [endless.next() for _ in range(5)] == [0, 1, 2, 3, 4]
     assert IntProducer(0, None).expected_count() is None
     with pytest.raises(ValueError, match="wait_time"):
         IntProducer(0, 3, -1)

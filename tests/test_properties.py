@@ -58,7 +58,7 @@ def reference(graph) -> list[str]:
 
 
 def run_flow(graph, path: str) -> list[str]:
-    nodes = [IntProducer(0, COUNT)]
+    nodes = [IntProducer(0, COUNT - 1)]
     for parents, salt, big, nb_tasks, delay in graph:
         node = MixProcessor(salt, big, delay, nb_tasks=nb_tasks)
         nodes.append(node(*(nodes[p] for p in parents)))

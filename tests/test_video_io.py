@@ -26,8 +26,8 @@ from videoflow.errors import FlowError
 from videoflow.processors import GaussianBlur
 from videoflow.producers import (
     CameraReader,
+    ImageFileReader,
     ImageFolderReader,
-    ImageProducer,
     MovingShapesProducer,
     StreamReader,
     VideoDeviceReader,
@@ -115,7 +115,7 @@ def test_png_folder_round_trip_is_exact(tmp_path):
 def test_image_producer_repeats_one_image(tmp_path):
     path = str(tmp_path / "one.png")
     cv2.imwrite(path, expected_frame(5, W, H))
-    producer = ImageProducer(path, nb_frames=3)
+    producer = ImageFileReader(path, nb_frames=3)
     run_flow(producer, [FrameDump(str(tmp_path / "dump"))(producer)])
     frames, _ = load_dump(str(tmp_path / "dump"))
     assert len(frames) == 3
@@ -139,7 +139,7 @@ def test_missing_file_fails_at_creation_naming_it(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nope\.mp4"):
         VideoReader(path)
     with pytest.raises(FileNotFoundError, match=r"nope\.png"):
-        ImageProducer(str(tmp_path / "nope.png"))
+        ImageFileReader(str(tmp_path / "nope.png"))
     with pytest.raises(FileNotFoundError, match="nodir"):
         ImageFolderReader(str(tmp_path / "nodir"))
     with pytest.raises(FileNotFoundError, match="nodir"):

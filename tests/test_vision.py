@@ -11,7 +11,7 @@ from video_helpers import FrameDump, expected_frame, load_dump, run_flow
 
 from videoflow.consumers import JsonLinesWriter
 from videoflow.processors import (
-    BoundingBoxAnnotator,
+    BoxAnnotator,
     Crop,
     CvtColor,
     GaussianBlur,
@@ -210,13 +210,13 @@ def test_detect_track_write_flow(tmp_path):
 def test_box_annotator_draws_on_a_copy():
     frame = _readonly(FRAME)
     tracks = np.array([[30, 40, 90, 120, 0.9, 0, 7]], dtype=np.float32)
-    out = BoundingBoxAnnotator().process(frame, tracks)
+    out = BoxAnnotator().process(frame, tracks)
     assert out is not frame and np.array_equal(frame, FRAME)
     assert not np.array_equal(out[40, 30:90], FRAME[40, 30:90])
     assert np.array_equal(out[200:, 200:], FRAME[200:, 200:])
     dets = np.array([[30, 40, 90, 120, 0.9, 1]], dtype=np.float32)
-    assert not np.array_equal(BoundingBoxAnnotator().process(frame, dets), FRAME)
-    assert np.array_equal(BoundingBoxAnnotator().process(frame, np.zeros((0, 6))), FRAME)
+    assert not np.array_equal(BoxAnnotator().process(frame, dets), FRAME)
+    assert np.array_equal(BoxAnnotator().process(frame, np.zeros((0, 6))), FRAME)
 
 
 def test_text_annotator_formats_metadata():

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from videoflow import mainguard
 from videoflow.engine.engines import check_engine_name
 
 START_METHODS = ("forkserver", "spawn", "fork")
@@ -30,7 +31,9 @@ class FlowConfig:
     poll_interval:     seconds between checks of stop/abort flags while a task waits.
     stop_grace:        seconds the parent waits for tasks to exit after an abort before killing.
     start_timeout:     seconds tasks have to open their node and report ready.
-    start_method:      multiprocessing start method (forkserver, spawn or fork).
+    start_method:      multiprocessing start method (forkserver, spawn or fork). Left unset,
+                       ``Flow`` picks forkserver, or fork for a script that starts its flow
+                       at import without a main guard (see ``choose_start_method``).
     debug:             check slot generations on every read and of every message after each
                        call, fill released slots with 0xDB, and fail a node that keeps a view
                        of an input past its call (use after release); costs time per message.
@@ -95,6 +98,7 @@ class FlowConfig:
                     f"unknown flow option {name!r}; known options: {', '.join(sorted(fields))}"
                 )
             values[name] = value
+        values["start_method"] = choose_start_method(values.get("start_method"))
         return cls(**values)
 
     def _opencv_mode(self) -> str:
@@ -124,6 +128,29 @@ class FlowConfig:
         if mode == "share":
             return max(1, cpus // max(1, nb_tasks))
         return None
+
+
+def choose_start_method(requested: str | None) -> str:
+    """The start method for a flow being created now, ``requested`` being the one the user set
+    (flow_options or VIDEOFLOW_START_METHOD), or None.
+
+    forkserver by default. A main script that creates the flow while it is being imported,
+    outside ``if __name__ == "__main__":`` (the original videoflow's examples do), would be run
+    again by every forkserver or spawn task and start the flow once more there; it gets fork,
+    the original's method. Asking for forkserver or spawn in such a script is a ValueError
+    that names the guard, raised before any process starts.
+    """
+    unguarded = mainguard.unguarded_main_line()
+    if requested is None:
+        return "forkserver" if unguarded is None else "fork"
+    if unguarded is not None and requested in ("forkserver", "spawn"):
+        path, line = unguarded
+        raise ValueError(
+            f"{path} starts a flow at line {line} when it is imported, so start_method="
+            f"{requested!r} would start it again in every task: put that code under "
+            "`if __name__ == \"__main__\":`, or leave start_method unset to use fork"
+        )
+    return requested
 
 
 # Accepted ranges, inclusive: (type, lowest, highest). Floats must also be finite.

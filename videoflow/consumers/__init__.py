@@ -1,6 +1,7 @@
 """Consumers: the nodes that end the branches of a flow."""
 
 from videoflow.consumers.basic import CommandlineConsumer, VoidConsumer
+from videoflow.consumers.files import FileAppenderConsumer
 from videoflow.consumers.mjpeg import MjpegServer
 from videoflow.consumers.video import (
     ImageFolderWriter,
@@ -8,13 +9,16 @@ from videoflow.consumers.video import (
     VideoDisplay,
     VideofileWriter,
 )
+from videoflow.consumers.webhook import WebhookConsumer
 
 __all__ = [
     "CommandlineConsumer",
+    "FileAppenderConsumer",
     "ImageFolderWriter",
     "JsonLinesWriter",
     "MjpegServer",
     "VideoDisplay",
     "VideofileWriter",
     "VoidConsumer",
+    "WebhookConsumer",
 ]

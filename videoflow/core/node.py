@@ -7,6 +7,7 @@ producers, ``process(*inputs)`` for processors, ``consume(*inputs)`` for consume
 
 from __future__ import annotations
 
+import graphlib
 import itertools
 import os
 from collections.abc import Callable, Sequence
@@ -14,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from videoflow.core.constants import CPU, DEVICE_TYPES
+from videoflow.core.constants import CPU, DEVICE_TYPES, GPU
 from videoflow.core.join import Join, check_join
 from videoflow.engine.base import NodeContext
 
@@ -65,6 +66,7 @@ class Node:
         self._vf_context: NodeContext = LocalContext()
         self._join: Join | None = None
         self._items: tuple[int | None, ...] = ()
+        self._vf_module: TaskModuleNode | None = None  # the module that runs this node, if any
 
     def __getattr__(self, name: str) -> Any:
         # Reached only when normal lookup fails: a subclass whose __init__ skipped Node's.
@@ -90,11 +92,30 @@ class Node:
                     f"parents of {self._name!r} must be nodes, got {type(parent).__name__}"
                 )
         nodes = [p.node if isinstance(p, OutputItem) else p for p in parents]
+        for node in (self, *nodes):
+            module = getattr(node, "_vf_module", None)
+            if module is not None:
+                raise RuntimeError(
+                    f"node {node.name!r} runs inside {module.name!r}: wire the "
+                    "TaskModuleNode instead of the nodes it wraps"
+                )
         self._items = tuple(p.index if isinstance(p, OutputItem) else None for p in parents)
         self._parents = nodes
         for parent in nodes:
-            parent._children.append(self)
+            parent._children.append(self)  # once per edge: a parent given twice is listed twice
         return self
+
+    def add_child(self, child: Node) -> None:
+        """Record ``child`` as depending on this node, once (``__call__`` does it for you)."""
+        if not any(c is child for c in self._children):
+            self._children.append(child)
+
+    def remove_child(self, child: Node) -> None:
+        """Forget ``child`` (every edge to it); ValueError if it is not a child of this node."""
+        kept = [c for c in self._children if c is not child]
+        if len(kept) == len(self._children):
+            raise ValueError(f"{child!r} is not a child of {self!r}")
+        self._children = kept
 
     def __getitem__(self, index: int) -> OutputItem:
         """``node[i]``: item ``i`` of this node's output (a tuple or list), as a parent.
@@ -264,12 +285,16 @@ class ProcessorNode(Node):
 
 
 class OneTaskProcessorNode(ProcessorNode):
-    """A stateful processor: always one task, whatever nb_tasks says."""
+    """A stateful processor: always one task, whatever nb_tasks says.
+
+    device_type comes first, as in the original videoflow; nb_tasks is accepted and ignored.
+    """
 
     def __init__(
         self,
-        nb_tasks: int = 1,
         device_type: str = CPU,
+        *,
+        nb_tasks: int = 1,
         name: str | None = None,
         join: Join | None = None,
         **kwargs: Any,
@@ -280,48 +305,108 @@ class OneTaskProcessorNode(ProcessorNode):
 class FunctionProcessorNode(ProcessorNode):
     """A processor made from a function: ``process(*inputs)`` returns ``fn(*inputs)``.
 
-    The function travels to the task processes by pickling, under every start method (``fork``
-    included): define it at module level, not as a lambda or inside another function. A function
-    that needs a lock, a file or a model should be a node class that creates it in ``open()``.
+    processor_function: the function. It travels to the task processes by pickling, under
+                        every start method (``fork`` included): define it at module level,
+                        not as a lambda or inside another function. A function that needs a
+                        lock, a file or a model should be a node class that creates it in
+                        ``open()``.
+    nb_proc, device:    the original videoflow's names for ``nb_tasks`` and ``device_type``;
+                        either spelling works (keywords ``nb_tasks=``/``device_type=`` too).
+    name:               defaults to the function's name.
+    join:               as for every processor (see ``Join``).
     """
 
     def __init__(
         self,
-        fn: Callable[..., Any],
-        nb_tasks: int = 1,
-        device_type: str = CPU,
+        processor_function: Callable[..., Any],
+        nb_proc: int = 1,
+        device: str = CPU,
+        *,
+        nb_tasks: int | None = None,
+        device_type: str | None = None,
         name: str | None = None,
         join: Join | None = None,
+        **kwargs: Any,
     ) -> None:
-        if not callable(fn):
-            raise TypeError(f"FunctionProcessorNode needs a callable, got {type(fn).__name__}")
+        if not callable(processor_function):
+            raise TypeError(
+                "FunctionProcessorNode needs a callable, got "
+                f"{type(processor_function).__name__}"
+            )
         super().__init__(
-            nb_tasks=nb_tasks,
-            device_type=device_type,
-            name=name if name is not None else getattr(fn, "__name__", None),
+            nb_tasks=_one_of("nb_proc", nb_proc, 1, "nb_tasks", nb_tasks),
+            device_type=_one_of("device", device, CPU, "device_type", device_type),
+            name=name if name is not None else getattr(processor_function, "__name__", None),
             join=join,
+            **kwargs,
         )
-        self._fn = fn
+        self._fn = processor_function
 
     def process(self, *inputs: Any) -> Any:
         return self._fn(*inputs)
 
 
-class ConsumerNode(Node):
+def _one_of(old: str, old_value: Any, default: Any, new: str, new_value: Any) -> Any:
+    """The value of a setting that has an original name and a name of this project."""
+    if new_value is None:
+        return old_value
+    if old_value != default and old_value != new_value:
+        raise ValueError(f"{old}={old_value!r} and {new}={new_value!r} disagree: give one of them")
+    return new_value
+
+
+class Leaf(Node):
+    """A node that ends a branch: it has no children (a Flow rejects a Leaf used as a parent)."""
+
+
+class ConsumerNode(Leaf):
     """Ends a branch of the flow: ``consume(*inputs)`` returns nothing.
 
-    join: how to pair the messages of different producers when the consumer is where their
-          streams first meet (see ``Join``); the flow type's default when None.
+    metadata: when True, a flow calls ``consume`` with the metadata of the message instead of
+              the values: one dict per parent (a copy of ``self.meta``: ``index``, plus what
+              earlier nodes set, such as ``timestamp_ms``). Direct calls to an unbound node
+              are not changed.
+    join:     how to pair the messages of different producers when the consumer is where
+              their streams first meet (see ``Join``); the flow type's default when None.
     """
 
     kind = "consumer"
 
-    def __init__(self, name: str | None = None, join: Join | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        metadata: bool = False,
+        name: str | None = None,
+        join: Join | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name=name, **kwargs)
         self._join = check_join(join, repr(self))
+        self._metadata = bool(metadata)
+
+    @property
+    def metadata(self) -> bool:
+        """True when the flow hands this consumer the metadata of its inputs, not the inputs."""
+        return self._metadata
 
     def consume(self, *inputs: Any) -> None:
         raise NotImplementedError
+
+    def _consume_metadata(self, *inputs: Any) -> None:
+        type(self).consume(self, *(dict(self.meta) for _ in inputs))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("consume", None)
+        return state
+
+    def bind(self, context: NodeContext | None) -> None:
+        # Bound to an engine, which calls consume(*values): a metadata consumer gets the
+        # message's metadata in their place, through an instance attribute that shadows the
+        # class's consume for this object only (and goes when the node is unbound).
+        super().bind(context)
+        self.__dict__.pop("consume", None)
+        if context is not None and self._metadata:
+            self.consume = self._consume_metadata  # type: ignore[method-assign]
 
 
 class OutputItem:
@@ -338,3 +423,187 @@ class OutputItem:
 
     def __repr__(self) -> str:
         return f"{self.node.name}[{self.index}]"
+
+
+def _subgraph(entry: Node, exit: Node, what: str) -> list[Node]:
+    """The nodes reachable from ``entry`` without going past ``exit``, topologically sorted
+    (``entry`` first, ``exit`` last). ValueError for a cycle or an ``exit`` out of reach."""
+    inside: dict[int, Node] = {}
+    stack = [entry]
+    while stack:
+        node = stack.pop()
+        if node.id in inside:
+            continue
+        inside[node.id] = node
+        if node is not exit:
+            stack.extend(node.children)
+    if exit.id not in inside:
+        raise ValueError(f"{what}: {exit.name!r} is not a descendant of {entry.name!r}")
+    sorter: graphlib.TopologicalSorter[int] = graphlib.TopologicalSorter()
+    for node in inside.values():
+        sorter.add(node.id, *(p.id for p in node.parents if p.id in inside and node is not entry))
+    try:
+        order = [inside[i] for i in sorter.static_order()]
+    except graphlib.CycleError as exc:
+        raise ValueError(f"{what}: the graph from {entry.name!r} has a cycle") from exc
+    return order
+
+
+class TaskModuleNode(ProcessorNode):
+    """Runs a sub-graph of processors as one node: one task per worker for all of them.
+
+    entry_node: the sub-graph's first processor; the module takes over its parents (now or
+                when the module is called).
+    exit_node:  its last processor; the module's output is ``exit_node``'s, and the nodes wired
+                to ``exit_node`` are wired to the module instead.
+    nb_tasks:   worker processes for the whole module.
+
+    The module wraps every node reachable from ``entry_node`` up to ``exit_node``. Intermediate
+    values never leave the process: each worker calls the processors in topological order and
+    hands their outputs over in memory. ``open()`` and ``close()`` of every wrapped processor
+    run in the module's task. ValueError when a wrapped node is not a processor, is a
+    TaskModuleNode, reads a node outside the module (only the entry may), leads nowhere but to
+    the exit, runs on a GPU, or is a OneTaskProcessorNode while ``nb_tasks > 1``.
+    """
+
+    def __init__(
+        self,
+        entry_node: ProcessorNode,
+        exit_node: ProcessorNode,
+        nb_tasks: int = 1,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(nb_tasks=nb_tasks, device_type=CPU, name=name, **kwargs)
+        what = "TaskModuleNode"
+        for end in (entry_node, exit_node):
+            if not isinstance(end, Node):
+                raise TypeError(f"{what} wraps nodes, got {type(end).__name__}")
+        order = _subgraph(entry_node, exit_node, what)
+        ids = {n.id: i for i, n in enumerate(order)}
+        for node in order:
+            if not isinstance(node, ProcessorNode):
+                raise ValueError(
+                    f"{what}: {node.name!r} is not a processor (a module wraps every node "
+                    f"reachable from {entry_node.name!r} up to {exit_node.name!r})"
+                )
+            if isinstance(node, TaskModuleNode):
+                raise ValueError(f"{what}: {node.name!r} is a TaskModuleNode; they do not nest")
+            if node._vf_module is not None:
+                raise ValueError(f"{what}: {node.name!r} is already in {node._vf_module.name!r}")
+            if node.device_type == GPU:
+                raise ValueError(f"{what}: {node.name!r} runs on a GPU; modules run on the CPU")
+            if isinstance(node, OneTaskProcessorNode) and nb_tasks > 1:
+                raise ValueError(
+                    f"{what}: {node.name!r} is a OneTaskProcessorNode, so the module cannot "
+                    f"have nb_tasks={nb_tasks}"
+                )
+            if node is not entry_node:
+                for parent in node.parents:
+                    if parent.id not in ids:
+                        raise ValueError(
+                            f"{what}: {node.name!r} reads {parent.name!r}, which is outside "
+                            f"the module; only {entry_node.name!r} may have parents outside"
+                        )
+            if node is not exit_node and not node.children:
+                raise ValueError(
+                    f"{what}: the output of {node.name!r} goes nowhere; every wrapped "
+                    f"node must lead to {exit_node.name!r}"
+                )
+        assert exit_node is order[-1]  # the only node without children inside: the last
+        self._entry_node = entry_node
+        self._exit_node = exit_node
+        self._tsort: list[ProcessorNode] = order  # type: ignore[assignment]
+        # Where each wrapped node (after the entry) reads its inputs: (index into _tsort,
+        # item of that node's output or None for all of it), one per parent.
+        self._reads = [
+            tuple(
+                (ids[p.id], item)
+                for p, item in zip(node.parents, node.parent_items, strict=True)
+            )
+            for node in order[1:]
+        ]
+
+        # Take the entry's place under its parents and the exit's place above its children.
+        if entry_node._parents is not None:
+            self._parents = entry_node._parents
+            self._items = entry_node._items
+            entry_node._parents, entry_node._items = None, ()
+            for parent in set(self._parents):
+                parent._children = [self if c is entry_node else c for c in parent._children]
+        self._children, exit_node._children = exit_node._children, []
+        for child in set(self._children):
+            assert child._parents is not None
+            child._parents = [self if p is exit_node else p for p in child._parents]
+        if self._join is None:
+            self._join = entry_node._join  # where streams meet, the entry's rule is the module's
+        for node in order:
+            node._vf_module = self
+
+    @property
+    def nodes(self) -> list[ProcessorNode]:
+        """The wrapped processors in the order they run."""
+        return list(self._tsort)
+
+    def bind(self, context: NodeContext | None) -> None:
+        # The wrapped nodes allocate and see the message's metadata through the module's context.
+        super().bind(context)
+        for node in self._tsort:
+            node.bind(context)
+
+    def open(self) -> None:
+        for node in self._tsort:
+            node.open()
+
+    def close(self) -> None:
+        errors = []
+        for node in reversed(self._tsort):
+            try:
+                node.close()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def process(self, *inputs: Any) -> Any:
+        nodes = self._tsort
+        results = [nodes[0].process(*inputs)]
+        for node, reads in zip(nodes[1:], self._reads, strict=True):
+            args = (results[i] if item is None else results[i][item] for i, item in reads)
+            results.append(node.process(*args))
+        return results[-1]
+
+
+class ModuleNode(Node):
+    """Names a sub-graph of processors (and other ModuleNodes) from ``entry_node`` to
+    ``exit_node``, as the original videoflow did; ``nodes`` lists them in order.
+
+    It is not a node of a flow: wire its processors as usual, or wrap them in a
+    :class:`TaskModuleNode` to run them in one task. ValueError for a cycle, an ``exit_node``
+    out of reach, or a node that is neither a processor nor a ModuleNode.
+    """
+
+    def __init__(self, entry_node: Node, exit_node: Node, *args: Any, **kwargs: Any) -> None:
+        order = _subgraph(entry_node, exit_node, "ModuleNode")
+        nodes: list[Node] = []
+        for node in order:
+            if isinstance(node, ModuleNode):
+                nodes.extend(node.nodes)
+            elif isinstance(node, ProcessorNode):
+                nodes.append(node)
+            else:
+                raise ValueError(f"ModuleNode: {node.name!r} is neither a processor nor a module")
+        self._entry_node = entry_node
+        self._exit_node = exit_node
+        self._tsort = nodes
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, *parents: Node | OutputItem) -> Node:
+        raise TypeError(
+            f"ModuleNode {self.name!r} cannot be wired into a flow: call its entry node, or "
+            "wrap the sub-graph in TaskModuleNode(entry, exit) to run it in one task"
+        )
+
+    @property
+    def nodes(self) -> list[Node]:
+        return list(self._tsort)

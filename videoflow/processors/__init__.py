@@ -8,7 +8,7 @@ from videoflow.processors.aggregators import (
     MultiplicationAggregator,
     SumAggregator,
 )
-from videoflow.processors.annotate import BoundingBoxAnnotator, TextAnnotator
+from videoflow.processors.annotate import BoxAnnotator, TextAnnotator
 from videoflow.processors.basic import IdentityProcessor, JoinerProcessor
 from videoflow.processors.tracker import KalmanTracker, SortTracker
 from videoflow.processors.vision import (
@@ -23,7 +23,7 @@ from videoflow.processors.vision import (
 )
 
 __all__ = [
-    "BoundingBoxAnnotator",
+    "BoxAnnotator",
     "CountAggregator",
     "Crop",
     "CvtColor",

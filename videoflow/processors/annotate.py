@@ -1,4 +1,8 @@
-"""Annotators: draw boxes, track ids, labels and text onto a copy of the frame.
+"""This project's annotators: draw boxes, track ids, labels and text onto a copy of the frame.
+
+BoxAnnotator reads the x1, y1, x2, y2 rows of this project's detectors and KalmanTracker; the
+original videoflow's BoundingBoxAnnotator (ymin, xmin, ymax, xmax rows and label map files)
+is in videoflow.processors.vision.annotators.
 
 The input frame is a read-only view of shared memory; each annotator copies it once into its
 output slot (``self.allocate``) and draws there with OpenCV.
@@ -13,7 +17,7 @@ import cv2
 import numpy as np
 
 from videoflow.core.node import ProcessorNode
-from videoflow.processors.vision import CLASS_NAMES
+from videoflow.processors.vision.detectors import CLASS_NAMES
 
 
 def _colour(key: int) -> tuple[int, int, int]:
@@ -40,7 +44,7 @@ class _Annotator(ProcessorNode):
         return out
 
 
-class BoundingBoxAnnotator(_Annotator):
+class BoxAnnotator(_Annotator):
     """Draws boxes on a copy of the frame; called with two parents: (frame, boxes).
 
     boxes:  N x 6 detections (x1, y1, x2, y2, score, class) are labelled ``class score``;

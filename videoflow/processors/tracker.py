@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from videoflow.core.node import OneTaskProcessorNode
-from videoflow.processors.vision import iou_matrix
+from videoflow.processors.vision.detectors import iou_matrix
 
 # Constant-velocity model on (cx, cy, s, r): s and r are area and aspect ratio, r is constant.
 _F = np.eye(7)

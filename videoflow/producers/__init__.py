@@ -5,12 +5,12 @@ alone, with what is known about them in ``self.meta``; the readers named as in v
 (``VideoFileReader``, ``VideostreamReader``, ...) produce that release's ``(index, frame)``.
 """
 
-from videoflow.producers.basic import IntProducer, SyntheticFrameProducer
+from videoflow.producers.basic import ImageProducer, IntProducer, SyntheticFrameProducer
 from videoflow.producers.capture import CameraReader, CaptureReader, StreamReader, VideoReader
 from videoflow.producers.shapes import MovingShapesProducer, write_test_clip
 from videoflow.producers.video import (
+    ImageFileReader,
     ImageFolderReader,
-    ImageProducer,
     VideoDeviceReader,
     VideoFileReader,
     VideofileReader,
@@ -22,6 +22,7 @@ from videoflow.producers.video import (
 __all__ = [
     "CameraReader",
     "CaptureReader",
+    "ImageFileReader",
     "ImageFolderReader",
     "ImageProducer",
     "IntProducer",

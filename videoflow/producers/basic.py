@@ -1,50 +1,92 @@
-"""Producers of plain values and synthetic frames, for examples, tests and benchmarks."""
+"""Producers of plain values, one image and synthetic frames, for examples, tests and
+benchmarks."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
+import cv2
 import numpy as np
 
 from videoflow.core.node import ProducerNode
 
 
 class IntProducer(ProducerNode):
-    """Produces the integers ``start, start + 1, ..., end - 1``, pausing between them.
+    """Produces the integers ``start_value, start_value + 1, ..., end_value`` (both included).
 
-    end:  None produces forever (until the flow is stopped).
+    end_value:             None produces forever (until the flow is stopped).
+    wait_time_in_seconds:  pause between two values.
+    fps:                   when above 0, overrides the pause with ``1 / fps`` seconds.
     """
 
     def __init__(
         self,
-        start: int = 0,
-        end: int | None = None,
-        wait_time_in_seconds: float = 0.0,
+        start_value: int = 0,
+        end_value: int | None = None,
+        wait_time_in_seconds: float = 0,
+        fps: float = -1,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
         if wait_time_in_seconds < 0:
             raise ValueError(f"wait_time_in_seconds must be >= 0, got {wait_time_in_seconds}")
-        self._start = start
-        self._end = end
-        self._wait = wait_time_in_seconds
-        self._next = start
+        self._start = start_value
+        self._end = end_value
+        self._wait = 1.0 / fps if fps > 0 else float(wait_time_in_seconds)
+        self._next = start_value
 
     def open(self) -> None:
         self._next = self._start
 
     def expected_count(self) -> int | None:
-        return None if self._end is None else max(0, self._end - self._start)
+        return None if self._end is None else max(0, self._end - self._start + 1)
 
     def next(self) -> int:
-        if self._end is not None and self._next >= self._end:
+        if self._end is not None and self._next > self._end:
             raise StopIteration
         if self._wait and self._next != self._start:
             time.sleep(self._wait)
         value = self._next
         self._next += 1
         return value
+
+
+class ImageProducer(ProducerNode):
+    """Reads one image file and produces it once, in RGB order (the original videoflow's
+    ImageProducer). For BGR frames, or the same image several times, use ImageFileReader.
+
+    The path is checked at creation; the image is read in ``open()`` straight into the frame's
+    shared-memory slot, converted from OpenCV's BGR by ``cv2.cvtColor``.
+    """
+
+    def __init__(self, image_path: str | os.PathLike[str], name: str | None = None) -> None:
+        super().__init__(name=name)
+        path = os.fspath(image_path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image {path!r} does not exist")
+        self._image_path = path
+        self._image: np.ndarray | None = None
+        self._returned = False
+
+    def expected_count(self) -> int | None:
+        return 1
+
+    def open(self) -> None:
+        self._image = cv2.imread(self._image_path, cv2.IMREAD_COLOR)
+        if self._image is None:
+            raise OSError(f"OpenCV cannot read image {self._image_path!r}")
+        self._returned = False
+
+    def next(self) -> np.ndarray:
+        if self._returned or self._image is None:
+            raise StopIteration
+        out = self.allocate(self._image.shape, self._image.dtype)
+        cv2.cvtColor(self._image, cv2.COLOR_BGR2RGB, dst=out)
+        self._returned = True
+        self._image = None
+        return out
 
 
 class Pacer:

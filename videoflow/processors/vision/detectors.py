@@ -1,10 +1,10 @@
-"""Vision processors on OpenCV: frame transformers and object detectors.
+"""Object detectors: the original videoflow's ObjectDetector interface, and this project's
+detectors on OpenCV that need no model download.
 
-Transformers write their output through OpenCV's ``dst=`` into an array from
-``self.allocate(...)``, which lives in a shared-memory slot: the result travels downstream
-without a copy. ``Crop`` returns a view of its input, which costs nothing at all.
-
-Detectors return an N x 6 float32 array, one row per object: x1, y1, x2, y2, score, class.
+Two box layouts meet here. ``ObjectDetector`` (the original's interface) returns rows of
+``ymin, xmin, ymax, xmax, class_index, score``; this project's detectors (HogPeopleDetector,
+HaarFaceDetector, MotionDetector) return N x 6 float32 rows of ``x1, y1, x2, y2, score,
+class``, the layout of OpenCV's rectangles and of KalmanTracker and BoxAnnotator.
 The HOG people detector and the Haar cascades ship with OpenCV 4.x wheels; OpenCV 5 moved
 them out of the main module, and the detectors then raise a clear error when created.
 """
@@ -12,7 +12,6 @@ them out of the main module, and the detectors then raise a clear error when cre
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import cv2
@@ -32,137 +31,20 @@ def empty_boxes() -> np.ndarray:
     return np.zeros((0, 6), dtype=np.float32)
 
 
-def _size(width: int, height: int) -> tuple[int, int]:
-    if width < 1 or height < 1:
-        raise ValueError(f"width and height must be positive, got {width}x{height}")
-    return int(width), int(height)
+class ObjectDetector(ProcessorNode):
+    """The original videoflow's interface of object detectors: subclass it and implement
+    ``_detect(im)``; ``process(im)`` returns its result.
 
-
-class Resize(ProcessorNode):
-    """cv2.resize to ``width`` x ``height`` (interpolation: a cv2.INTER_* flag)."""
-
-    def __init__(
-        self, width: int, height: int, interpolation: int = cv2.INTER_LINEAR, **kw: Any
-    ) -> None:
-        super().__init__(**kw)
-        self.width, self.height = _size(width, height)
-        self.interpolation = interpolation
-
-    def process(self, frame: np.ndarray) -> np.ndarray:
-        out = self.allocate((self.height, self.width, *frame.shape[2:]), frame.dtype)
-        return cv2.resize(
-            frame, (self.width, self.height), dst=out, interpolation=self.interpolation
-        )
-
-
-class Crop(ProcessorNode):
-    """The region ``x, y, width, height`` of the frame (clipped to the frame).
-
-    The output is a view of the input slot: no pixel is copied. An empty region is an error.
+    ``_detect`` takes an (h, w, 3) image and returns an (nb_boxes, 6) array of rows
+    ``ymin, xmin, ymax, xmax, class_index, score`` in pixels of that image, the input of
+    BoundingBoxAnnotator and BoundingBoxTracker.
     """
 
-    def __init__(self, x: int, y: int, width: int, height: int, **kw: Any) -> None:
-        super().__init__(**kw)
-        if x < 0 or y < 0:
-            raise ValueError(f"x and y must be >= 0, got {x}, {y}")
-        self.x, self.y = int(x), int(y)
-        self.width, self.height = _size(width, height)
+    def _detect(self, im: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} must implement _detect(im)")
 
-    def process(self, frame: np.ndarray) -> np.ndarray:
-        region = frame[self.y : self.y + self.height, self.x : self.x + self.width]
-        if region.size == 0:
-            raise ValueError(
-                f"crop ({self.x}, {self.y}, {self.width}, {self.height}) lies outside the "
-                f"{frame.shape[1]}x{frame.shape[0]} frame"
-            )
-        return region
-
-
-class Mask(ProcessorNode):
-    """Keeps the pixels inside a mask and sets the others to ``fill``.
-
-    mask:      an (H, W) array, non-zero where pixels are kept; or
-    polygons:  a list of polygons (lists of (x, y) points) drawn as the kept area, on frames of
-               any size.
-    invert:    keep the pixels outside instead.
-    """
-
-    def __init__(
-        self,
-        mask: np.ndarray | None = None,
-        polygons: Sequence[Sequence[tuple[int, int]]] | None = None,
-        invert: bool = False,
-        fill: int = 0,
-        **kw: Any,
-    ) -> None:
-        super().__init__(**kw)
-        if (mask is None) == (polygons is None):
-            raise ValueError("Mask needs exactly one of mask= or polygons=")
-        if mask is not None:
-            mask = np.asarray(mask)
-            if mask.ndim != 2:
-                raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
-            mask = (mask != 0).astype(np.uint8) * 255
-        self.polygons = [np.asarray(p, dtype=np.int32) for p in (polygons or [])]
-        self.invert, self.fill = invert, fill
-        self._mask = None if mask is None else self._finish(mask)
-
-    def _finish(self, mask: np.ndarray) -> np.ndarray:
-        return cv2.bitwise_not(mask) if self.invert else mask
-
-    def _mask_for(self, shape: tuple[int, ...]) -> np.ndarray:
-        if self._mask is None or (self.polygons and self._mask.shape != shape[:2]):
-            mask = np.zeros(shape[:2], dtype=np.uint8)
-            cv2.fillPoly(mask, self.polygons, 255)
-            self._mask = self._finish(mask)
-        if self._mask.shape != shape[:2]:
-            raise ValueError(f"mask is {self._mask.shape}, frame is {shape[:2]}")
-        return self._mask
-
-    def process(self, frame: np.ndarray) -> np.ndarray:
-        mask = self._mask_for(frame.shape)
-        out = self.allocate(frame.shape, frame.dtype)
-        out.fill(self.fill)
-        return cv2.copyTo(frame, mask, dst=out)
-
-
-class CvtColor(ProcessorNode):
-    """cv2.cvtColor with ``code`` (a cv2.COLOR_* constant, e.g. cv2.COLOR_BGR2GRAY).
-
-    The output shape is learnt on the first frame of each input shape; after that OpenCV
-    converts straight into the output slot.
-    """
-
-    def __init__(self, code: int = cv2.COLOR_BGR2GRAY, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.code = code
-        self._shapes: dict[tuple[tuple[int, ...], str], tuple[tuple[int, ...], Any]] = {}
-
-    def process(self, frame: np.ndarray) -> np.ndarray:
-        key = (frame.shape, frame.dtype.str)
-        known = self._shapes.get(key)
-        if known is None:
-            converted = cv2.cvtColor(frame, self.code)
-            self._shapes[key] = (converted.shape, converted.dtype)
-            out = self.allocate(converted.shape, converted.dtype)
-            np.copyto(out, converted)
-            return out
-        out = self.allocate(*known)
-        return cv2.cvtColor(frame, self.code, dst=out)
-
-
-class GaussianBlur(ProcessorNode):
-    """cv2.GaussianBlur with a ``ksize`` x ``ksize`` kernel (odd) and ``sigma`` (0: from ksize)."""
-
-    def __init__(self, ksize: int = 15, sigma: float = 0.0, **kw: Any) -> None:
-        super().__init__(**kw)
-        if ksize < 1 or ksize % 2 == 0:
-            raise ValueError(f"ksize must be a positive odd number, got {ksize}")
-        self.ksize, self.sigma = int(ksize), float(sigma)
-
-    def process(self, frame: np.ndarray) -> np.ndarray:
-        out = self.allocate(frame.shape, frame.dtype)
-        return cv2.GaussianBlur(frame, (self.ksize, self.ksize), self.sigma, dst=out)
+    def process(self, im: np.ndarray) -> np.ndarray:
+        return self._detect(im)
 
 
 # -- detection helpers ------------------------------------------------------------------------
