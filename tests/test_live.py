@@ -446,7 +446,9 @@ def test_camera_sample_prints_its_addresses_and_serves_them(tmp_path):
     assert proc.returncode == 0, out
     lines = out.splitlines()
     assert "(reconnect on, gives up after 60 s away)" in lines[0], out
-    assert lines[1] == f"preview: http://127.0.0.1:{preview}/", out
-    assert lines[2] == f"metrics: http://127.0.0.1:{metrics}/metrics", out
-    assert "reconnects=0" in lines[-1], out
+    assert lines[1] == "realtime: a full queue drops the oldest frame (freshest frame first)"
+    assert lines[2] == f"preview: http://127.0.0.1:{preview}/", out
+    assert lines[3] == f"metrics: http://127.0.0.1:{metrics}/metrics", out
+    assert "reconnects=0" in lines[-1] and "sink: in=" in lines[-1], out
+    assert "age p50=" in lines[-1], out
     assert_clean()

@@ -43,14 +43,22 @@ class FlowError(VideoflowError):
         self.remote_traceback = remote_traceback
         self.exitcode = exitcode
 
-    def __reduce__(self):  # keep attributes across pickling
-        return (_rebuild_flow_error, (self.args[0], self.node, self.task, self.exitcode))
+    def __reduce__(self):  # keep attributes across pickling and copy.copy
+        return (
+            _rebuild_flow_error,
+            (self.args[0], self.node, self.task, self.exitcode, self.remote_traceback,
+             type(self)),
+        )
 
 
-def _rebuild_flow_error(text: str, node: str, task: int, exitcode: int | None) -> FlowError:
-    err = FlowError.__new__(FlowError)
+def _rebuild_flow_error(
+    text: str, node: str, task: int, exitcode: int | None, remote_traceback: str = "",
+    cls: type[FlowError] | None = None,
+) -> FlowError:
+    err = (cls or FlowError).__new__(cls or FlowError)
     VideoflowError.__init__(err, text)
-    err.node, err.task, err.remote_traceback, err.exitcode = node, task, "", exitcode
+    err.node, err.task, err.exitcode = node, task, exitcode
+    err.remote_traceback = remote_traceback
     return err
 
 
@@ -75,9 +83,10 @@ def read_only_write(message: str) -> str | None:
     if not _READ_ONLY.search(message):
         return None
     return (
-        "the frames a node receives are read-only views of shared memory that other nodes may "
-        "read too; draw on a writable copy (frame = frame.copy()) or fill an array from "
-        "self.allocate(shape, dtype), and return it"
+        "an input frame is read-only when a later node reads the same frame, so that nothing "
+        "this node writes changes what that node sees; draw on frame = "
+        "self.make_writable(frame) (one copy, or none when this node is the frame's last "
+        "reader) or fill an array from self.allocate(shape, dtype), and return it"
     )
 
 

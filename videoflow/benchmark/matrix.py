@@ -127,8 +127,17 @@ def _flow_row(section: str, params: dict[str, Any], m: Measurement, shape: tuple
         fps=m.fps, mb_s=_mb_s(m.fps, shape), hop_cpu_us=hop_cpu_us,
         latency_p50_ms=percentile(lat, 0.5), latency_p99_ms=percentile(lat, 0.99),
         drop_rate=m.drop_rate,
-        extra={"producer_cpu_us": 1e6 * m.producer_cpu_s / max(1, m.produced)},
+        extra={"producer_cpu_us": 1e6 * m.producer_cpu_s / max(1, m.produced), **_ages(m)},
     )
+
+
+def _ages(m: Measurement) -> dict[str, float]:
+    """The consumer's frame age as the engine counts it (``NodeStats.frame_age``, warm-up
+    frames included), beside the probe's own latency."""
+    age = m.stats.nodes[-1].frame_age
+    if age is None:
+        return {}
+    return {"frame_age_p50_ms": 1e3 * age.p50_s, "frame_age_p99_ms": 1e3 * age.p99_s}
 
 
 def _timing_row(section: str, impl: str, params: dict[str, Any], t: bl.Timing,
@@ -246,7 +255,9 @@ def scaling(opts: Options, progress: Progress) -> list[Row]:
 
 
 def realtime(opts: Options, progress: Progress) -> list[Row]:
-    """Latency at a fixed producer rate (hops 1 and 3), and drops behind a slow node."""
+    """Latency at a fixed producer rate (hops 1 and 3); then behind a slow node, the frames'
+    age and the drops, with either drop policy (``realtime_drop``: oldest, the default, and
+    newest, the engine's policy before freshest-frame realtime)."""
     rows: list[Row] = []
     hw = opts.realtime_size
     shape, size = (*hw, 3), size_name(hw)
@@ -270,13 +281,22 @@ def realtime(opts: Options, progress: Progress) -> list[Row]:
     def sleeper(reports: str, i: int) -> Node:
         return Sleep(slow, name=f"stage{i}")
 
-    params = {"size": size, "rate": opts.rate, "slow_node_ms": round(slow * 1e3, 3)}
-    progress(f"realtime {size} {opts.rate:g} fps, a node taking {slow * 1e3:.1f} ms")
-    m = measure(shape, [sleeper], duration=max(opts.duration, 30 / opts.rate), fps=opts.rate,
-                flow_type=REALTIME, flow_options=_flow_options(opts))
-    row = _flow_row("realtime", params, m, shape)
-    row.note = "a node slower than the producer: the excess is dropped, not queued"
-    rows.append(row)
+    notes = {
+        "oldest": "a node slower than the producer: the oldest queued frame is dropped, the "
+                  "node takes the freshest",
+        "newest": "the same, dropping the new frame instead: the queued ones grow stale",
+    }  # fmt: skip
+    for drop, note in notes.items():
+        params = {"size": size, "rate": opts.rate, "slow_node_ms": round(slow * 1e3, 3),
+                  "drop": drop}  # fmt: skip
+        progress(f"realtime {size} {opts.rate:g} fps, a node taking {slow * 1e3:.1f} ms, "
+                 f"drop {drop}")  # fmt: skip
+        options = {**(_flow_options(opts) or {}), "realtime_drop": drop}
+        m = measure(shape, [sleeper], duration=max(opts.duration, 30 / opts.rate), fps=opts.rate,
+                    flow_type=REALTIME, flow_options=options)
+        row = _flow_row("realtime", params, m, shape)
+        row.note = note
+        rows.append(row)
     return rows
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping
 from types import TracebackType
@@ -93,6 +94,9 @@ class Flow:
                 nb_tasks=node.nb_tasks,
                 device_type=node.device_type,
                 one_task=isinstance(node, OneTaskProcessorNode),
+                realtime_drop=node.realtime_drop,
+                every=node.every,
+                skip_when_busy=node.skip_when_busy and self._flow_type == REALTIME,
             )
             for node in self._nodes
         ]
@@ -160,7 +164,9 @@ class Flow:
                 engine.stop()
         self._end_progress()
         if engine.errors:
-            raise engine.errors[0]
+            # A copy: raised, an exception holds this frame, which holds the engine; raising
+            # the engine's own error object would tie them in a cycle only the gc breaks.
+            raise copy.copy(engine.errors[0])
         return True
 
     def stop(self) -> None:

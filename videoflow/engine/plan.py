@@ -19,7 +19,7 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
-from videoflow.config import FlowConfig
+from videoflow.config import DROP_OLDEST, FlowConfig
 
 PRODUCER, PROCESSOR, CONSUMER, MERGE = "producer", "processor", "consumer", "merge"
 GPU = "gpu"
@@ -31,6 +31,11 @@ class StageSpec:
 
     one_task: a processor that can only run as one task (a stateful one); the statistics then
               do not suggest more tasks for it. Producers and consumers are one task anyway.
+    realtime_drop: what a full queue in front of this node drops in a REALTIME flow, "oldest"
+              or "newest" (None: the flow's ``realtime_drop``).
+    every, skip_when_busy: a processor that runs on one message in ``every``, and (REALTIME)
+              skips the messages that wait while it is busy, passing its last output on for
+              the messages it does not run on (engine/skipping.py).
     """
 
     node: Any
@@ -41,17 +46,42 @@ class StageSpec:
     nb_tasks: int = 1
     device_type: str = "cpu"
     one_task: bool = False
+    realtime_drop: str | None = None
+    every: int = 1
+    skip_when_busy: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class Link:
-    """The queue between stage ``index`` and stage ``index + 1``."""
+    """The queue between stage ``index`` and stage ``index + 1``.
+
+    drop:           in a REALTIME flow, what its single sender drops when it is full:
+                    "oldest" (the queued message, then the new one is sent) or "newest".
+    realtime_depth: messages the queue holds in a REALTIME flow (``queue_depth`` in BATCH).
+    """
 
     index: int
     senders: int
     receivers: int
     window: int  # max messages between numbering and merge; 0 when receivers == 1
     counter: int  # index of the merge's progress counter in the control block (-1: none)
+    drop: str = DROP_OLDEST
+    realtime_depth: int = 4
+
+    def depth(self, realtime: bool, config: FlowConfig) -> int:
+        """Messages this link's queue holds in a flow of that type."""
+        return self.realtime_depth if realtime else config.queue_depth
+
+
+def link_policy(receiver: StageSpec, senders: int, config: FlowConfig) -> tuple[str, int]:
+    """(drop, realtime_depth) of the link into ``receiver``: its node's ``realtime_drop`` or
+    the flow's. A queue that drops the oldest holds ``realtime_depth`` messages, so that a
+    node becoming free takes a fresh frame, except in front of a node that skips when busy
+    (it must see the messages that wait, to pass them on) and where several senders feed
+    it (they never drop: the merge after them would wait for a gap)."""
+    drop = receiver.realtime_drop or config.realtime_drop
+    fresh = drop == DROP_OLDEST and senders == 1 and not receiver.skip_when_busy
+    return drop, config.realtime_depth if fresh else config.queue_depth
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,12 +121,15 @@ def build_plan(specs: Sequence[StageSpec], config: FlowConfig) -> Plan:
         for nid in spec.reads:
             last_reader[nid] = i
 
+    depth = max(config.queue_depth, config.realtime_depth)  # the deepest a queue may be
     links = []
     counters = 0
     for i in range(len(chain) - 1):
         receivers = chain[i + 1].nb_tasks
-        window = 2 * receivers + config.queue_depth + config.reorder_window if receivers > 1 else 0
-        links.append(Link(i, chain[i].nb_tasks, receivers, window, counters if window else -1))
+        window = 2 * receivers + depth + config.reorder_window if receivers > 1 else 0
+        drop, realtime_depth = link_policy(chain[i + 1], chain[i].nb_tasks, config)
+        counter = counters if window else -1
+        links.append(Link(i, chain[i].nb_tasks, receivers, window, counter, drop, realtime_depth))
         counters += 1 if window else 0
 
     stages = []
@@ -105,7 +138,7 @@ def build_plan(specs: Sequence[StageSpec], config: FlowConfig) -> Plan:
         nslots = (
             2
             + sum(s.nb_tasks for s in downstream)
-            + config.queue_depth * len(downstream)
+            + depth * len(downstream)
             + sum(link.window for link in links[i:])
         )
         stages.append(

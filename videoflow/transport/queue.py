@@ -19,8 +19,10 @@ Two implementations behind one interface, chosen once at import (see ``videoflow
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
+import resource
 from typing import Any
 
 import posix_ipc
@@ -87,12 +89,14 @@ class MessageQueue(ControlQueue):
     ) -> None:
         super().__init__(name)
         if create:
-            self._mq = posix_ipc.MessageQueue(
-                "/" + name,
-                posix_ipc.O_CREX,
-                max_messages=min(depth, kernel_msg_max()),
-                max_message_size=message_size,
-            )
+            depth = min(depth, kernel_msg_max())
+            try:
+                self._mq = posix_ipc.MessageQueue(
+                    "/" + name, posix_ipc.O_CREX, max_messages=depth,
+                    max_message_size=message_size,
+                )
+            except OSError as exc:
+                raise _explain_emfile(exc, name, depth, message_size) from exc
         else:
             self._mq = posix_ipc.MessageQueue("/" + name)
 
@@ -123,6 +127,31 @@ class MessageQueue(ControlQueue):
     def unlink(self) -> None:
         with contextlib.suppress(posix_ipc.ExistentialError):
             posix_ipc.unlink_message_queue("/" + self.name)
+
+
+def _explain_emfile(exc: OSError, name: str, depth: int, message_size: int) -> OSError:
+    """mq_open reports both the descriptor limit and RLIMIT_MSGQUEUE (the bytes of message
+    queues one user may have) as EMFILE, which posix_ipc words as "maximum number of files
+    open": tell which one it is, and the fix."""
+    if "files open" not in str(exc):
+        return exc
+    soft_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    try:
+        open_files = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        open_files = 0
+    if soft_files != resource.RLIM_INFINITY and open_files >= soft_files - 1:
+        return exc  # really out of descriptors
+    limit = resource.getrlimit(resource.RLIMIT_MSGQUEUE)[0]
+    return OSError(
+        errno.EMFILE,
+        f"cannot create the control queue {name!r}: RLIMIT_MSGQUEUE, the bytes of POSIX "
+        f"message queues one user may have ({limit} bytes), is used up (each queue of this "
+        f"flow takes about queue_depth x message_size = {depth} x {message_size} bytes). "
+        "Raise it (ulimit -q, prlimit --msgqueue, resource.setrlimit), lower the flow "
+        "options queue_depth or message_size, or use the native extension, which has no such "
+        "limit (videoflow info says whether it is built)",
+    )
 
 
 class RingQueue(ControlQueue):
