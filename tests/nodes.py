@@ -81,15 +81,16 @@ class JitterProcessor(ProcessorNode):
 
 
 class BurnProcessor(ProcessorNode):
-    """Computes (spins) for ``seconds`` per message: CPU time, where SlowProcessor sleeps."""
+    """Computes (spins) until it has used ``seconds`` of CPU per message, where SlowProcessor
+    sleeps: on a loaded machine the call takes longer, but its CPU time stays the same."""
 
     def __init__(self, seconds: float, **kw: Any) -> None:
         super().__init__(**kw)
         self.seconds = seconds
 
     def process(self, value: Any) -> Any:
-        end = time.perf_counter() + self.seconds
-        while time.perf_counter() < end:
+        end = time.thread_time() + self.seconds
+        while time.thread_time() < end:
             pass
         return value
 

@@ -384,8 +384,11 @@ class OneTaskProcessorNode(ProcessorNode):
 class FunctionProcessorNode(ProcessorNode):
     """A processor made from a function: ``process(*inputs)`` returns ``fn(*inputs)``.
 
-    processor_function: the function; define it at module level (a lambda or a local function
-                        cannot be sent to a task process).
+    processor_function: the function. It travels to the task processes by pickling, under
+                        every start method (``fork`` included): define it at module level,
+                        not as a lambda or inside another function. A function that needs a
+                        lock, a file or a model should be a node class that creates it in
+                        ``open()``.
     nb_proc, device:    the original videoflow's names for ``nb_tasks`` and ``device_type``;
                         either spelling works (keywords ``nb_tasks=``/``device_type=`` too).
     name:               defaults to the function's name.

@@ -30,6 +30,12 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, ClassVar
 
 from videoflow.config import FlowConfig, available_cpus
+from videoflow.engine.bootstrap import (
+    check_platform,
+    forkserver_preload,
+    package_copy,
+    unpicklable_node,
+)
 from videoflow.engine.join_task import JoinTask, JoinWiring
 from videoflow.engine.logs import handle_forwarded, level_snapshot
 from videoflow.engine.plan import (
@@ -68,7 +74,7 @@ from videoflow.engine.stats import (
     task_stats,
 )
 from videoflow.engine.task import STOP_SIGNAL, NodeParcel, TaskSpec, release_queued, task_main
-from videoflow.errors import FlowError, read_only_write
+from videoflow.errors import FlowError, UnpicklableNodeError, read_only_write
 from videoflow.transport import message
 from videoflow.transport.names import (
     claim_prefix,
@@ -98,10 +104,13 @@ def _context(method: str) -> Any:
     ctx = mp.get_context(method)
     if method == "forkserver":
         # Imported once in the server, inherited by every task: cv2 alone costs a task ~0.2 s
-        # of CPU, the node packages ~30 ms more. The forkserver skips a module that is missing.
+        # of CPU, the node packages ~30 ms more. The forkserver skips a module that is missing,
+        # and must not load one from another copy than ours (see engine/bootstrap.py).
         ctx.set_forkserver_preload(
-            ["videoflow.engine.task", "videoflow.engine.join_task", "numpy", "cv2",
-             *NODE_PACKAGES]
+            forkserver_preload(
+                ["videoflow.engine.task", "videoflow.engine.join_task", "numpy", "cv2",
+                 "setproctitle", *NODE_PACKAGES]
+            )
         )
     return ctx
 
@@ -224,10 +233,7 @@ class ProcessEngine:
         try:
             return pickle.dumps(spec.node, protocol=5)
         except Exception as exc:
-            raise ValueError(
-                f"node {spec.name!r} cannot be sent to its task process ({exc}); define its "
-                "class and functions at module level, or use start_method='fork'"
-            ) from exc
+            raise UnpicklableNodeError(unpicklable_node(spec.name, spec.node, exc)) from None
 
     def start(self, stages: Sequence[StageSpec], realtime: bool, config: FlowConfig) -> None:
         """Build the plan, create the queues and start every task; returns at once."""
@@ -235,6 +241,7 @@ class ProcessEngine:
             raise RuntimeError("this engine already ran a flow: an engine runs one flow once")
         self._started = True
         try:
+            check_platform()
             self._prepare(stages, realtime, config)
         except BaseException:
             self._done.set()
@@ -249,6 +256,7 @@ class ProcessEngine:
         opencv_threads = cfg.opencv_threads_per_task(workers, available_cpus())
         if cfg.profile:  # every task writes its profile there: a bad path fails here, at run()
             os.makedirs(cfg.profile, exist_ok=True)
+        owner_copy = package_copy()
         claim_prefix(self.prefix)
         try:
             self._queues = [
@@ -291,6 +299,7 @@ class ProcessEngine:
                     opencv_threads=opencv_threads,
                     owner_pid=os.getpid(),
                     **self._joins.task_fields(stage, queue_names),
+                    owner_copy=owner_copy,
                 )
                 reader, writer = self._ctx.Pipe(duplex=False)
                 cls = JoinTask if stage.spec.kind == JOIN else None
@@ -448,6 +457,10 @@ class ProcessEngine:
     def _on_threads(self, task: _TaskHandle, names: Sequence[str]) -> None:
         task.threads = tuple(names)
 
+    def _on_refused(self, task: _TaskHandle, text: str) -> None:
+        task.failed = True  # the task cannot run this flow (engine/bootstrap.py); text says why
+        self._fail(FlowError(text, node=task.name, task=task.worker))
+
     def _on_error(
         self, task: _TaskHandle, phase: str, type_name: str, text: str, tb: str
     ) -> None:
@@ -475,6 +488,7 @@ class ProcessEngine:
         message.READY: _on_ready,
         message.DONE: _on_done,
         message.THREADS: _on_threads,
+        message.REFUSED: _on_refused,
         message.ERROR: _on_error,
         message.THREADS: _on_threads,
     }

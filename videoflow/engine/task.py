@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from videoflow.config import DROP_OLDEST, FlowConfig
+from videoflow.engine.bootstrap import copy_mismatch, set_process_title
 from videoflow.engine.logs import EventSender, forward_to_owner
 from videoflow.engine.plan import CONSUMER, MERGE, PRODUCER, Link, Stage
 from videoflow.engine.profiling import run_profiled
@@ -162,6 +163,7 @@ class TaskSpec:
     inbox_queues: tuple[str, ...] = ()
     doorbell: DoorbellSpec | None = None
     join_at: int = -1
+    owner_copy: tuple[str, str] = ("", "")  # owner's bootstrap.package_copy(); "": no check
 
 
 def limit_opencv_threads(threads: int) -> None:
@@ -767,7 +769,12 @@ def task_main(
 ) -> None:
     """Entry point of a task process; ``cls``: a Task subclass (a JOIN stage's JoinTask)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    set_process_title(f"videoflow: {spec.stage.spec.name}[{spec.worker}]")
     sender = EventSender(conn)
+    mismatch = copy_mismatch(spec.owner_copy)
+    if mismatch is not None:  # before any queue: another copy could not open the owner's
+        sender.send(message.event(message.REFUSED, mismatch))
+        return
     forward_to_owner(sender, spec.stage.spec.name, spec.worker, spec.log_levels)
     task = (cls or Task)(spec, sender, control)
     if spec.config.profile:  # the ``profile`` flow option
