@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from videoflow.consumers import MjpegServer, VideoDisplay, VideofileWriter, VoidConsumer
+from videoflow.consumers import MjpegServer, VideoDisplay, VideoWriter, VoidConsumer
 from videoflow.core import REALTIME, Flow
 from videoflow.errors import FlowError
 from videoflow.processors import BoxAnnotator, GaussianBlur, HogPeopleDetector, TextAnnotator
@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--preview-port", type=int, help="serve a live preview on this port")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
-    parser.add_argument("--output", help="also write the frames to this video (.avi: MJPG)")
+    parser.add_argument(
+        "--output", help="also write the frames to this video (.mp4: H.264, .avi: MJPEG)"
+    )
     parser.add_argument("--display", action="store_true", help="show the frames (needs a GUI)")
     parser.add_argument(
         "--drop", choices=("oldest", "newest"), default="oldest",
@@ -80,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.display:
         sinks = [VideoDisplay(name="display")(label)]
     elif args.output:
-        fourcc = "MJPG" if args.output.lower().endswith(".avi") else "mp4v"
-        sinks = [VideofileWriter(args.output, fourcc=fourcc, name="writer")(label)]
+        sinks = [VideoWriter(args.output, name="writer")(label)]
     else:
         sinks = [VoidConsumer(name="sink")(label)]
     preview = None

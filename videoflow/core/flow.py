@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Mapping
 from types import TracebackType
@@ -188,8 +189,16 @@ class Flow:
         self._started().abort()
 
     def stats(self) -> FlowStats:
-        """Counters per node, live while running and final after ``join()``."""
-        return self._started().stats()
+        """Counters per node, live while running and final after ``join()``, with the
+        ``report_note()`` of the nodes that have one in ``notes``."""
+        stats = self._started().stats()
+        notes = {}
+        for node in self._nodes:
+            note = getattr(node, "report_note", None)
+            text = note() if callable(note) else None
+            if text:
+                notes[node.name] = str(text)
+        return dataclasses.replace(stats, notes=notes) if notes else stats
 
     def report(self) -> Report:
         """The bottleneck report: ``print(flow.report())`` shows a table per node (fps, busy,

@@ -64,6 +64,8 @@ class Report:
     joins:      the counters of every JOIN stage (a flow with several producers): the table
                 gets a section per JOIN, one line per input, and names the input it waited
                 on most (``waits_on``).
+    notes:      ``"node: note"`` lines from ``FlowStats.notes`` (a writer's encoder), printed
+                between the table and the verdict.
     """
 
     rows: tuple[ReportRow, ...]
@@ -80,6 +82,7 @@ class Report:
     cpus: int = 1
     stalled: tuple[str, ...] = ()
     joins: tuple[JoinStats, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @classmethod
     def from_stats(cls, stats: FlowStats, cpus: int | None = None) -> Report:
@@ -114,6 +117,7 @@ class Report:
             cpus=cpus,
             stalled=stalled,
             joins=stats.joins,
+            notes=tuple(f"{node}: {note}" for node, note in stats.notes.items()),
         )
 
     def table(self) -> str:
@@ -185,7 +189,7 @@ class Report:
 
     def __str__(self) -> str:
         joins = self.join_table()
-        return f"{self.table()}\n{joins + chr(10) if joins else ''}{self.verdict}"
+        return "\n".join((self.table(), *([joins] if joins else []), *self.notes, self.verdict))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""

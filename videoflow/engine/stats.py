@@ -426,6 +426,9 @@ class FlowStats:
                while it runs); anything else is a leak.
     slots_reclaimed: slots that tasks killed by a signal held when they died, which the owner
                gave back once every task had ended (0 unless a task was killed).
+    notes:     per node name, what the node says about how it runs (the line its
+               ``report_note()`` returns, such as the encoder a video writer chose), from the
+               node objects in the flow's owner; the report prints them under the table.
     """
 
     nodes: tuple[NodeStats, ...]
@@ -438,6 +441,7 @@ class FlowStats:
     errors: int = 0
     elapsed_s: float = 0.0
     joins: tuple[JoinStats, ...] = ()
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def produced_by(self) -> dict[str, int]:
