@@ -32,7 +32,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import cv2
 import numpy as np
 
-from videoflow.consumers import VideofileWriter
+from videoflow.consumers import VideoWriter
 from videoflow.core import BATCH, REALTIME, Flow, Join, ProcessorNode
 from videoflow.processors import BoxAnnotator
 from videoflow.producers import MovingShapesProducer
@@ -140,7 +140,7 @@ class CameraBoxes(BoxAnnotator):
         return super().process(frame, boxes)
 
 
-class CameraWriter(VideofileWriter):
+class CameraWriter(VideoWriter):
     """Writes a camera's annotated frames; skips the sets this camera was not in."""
 
     def consume(self, frame: Any) -> None:
