@@ -76,6 +76,8 @@ class FlowConfig:
                        (default) keeps one frame waiting, the newest; more absorbs bursts at
                        the cost of older frames. Queues that drop the newest, and every queue
                        of a BATCH flow, hold ``queue_depth``.
+    ray_address:       the Ray engine's cluster ("HEAD:6379", "ray://head:10001", "auto"); empty:
+                       RAY_ADDRESS, else a local instance. A RayEngine(address=...) wins.
     """
 
     queue_depth: int = 4
@@ -97,6 +99,7 @@ class FlowConfig:
     profile: str = ""
     realtime_drop: str = DROP_OLDEST
     realtime_depth: int = 1
+    ray_address: str = ""
 
     def __post_init__(self) -> None:
         for name, (kind, low, high) in _RANGES.items():

@@ -71,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cv2-threads", type=int, default=1,
                         help="OpenCV threads per process in the CPU-bound work (default 1; "
                              "0: OpenCV's own default)")
+    parser.add_argument("--engine", choices=("process", "ray"), default="process",
+                        help="engine of the videoflow rows (ray: the Ray engine, needs the ray "
+                             "extra; its rows are tagged engine=ray)")
     parser.add_argument("--start-method", choices=("forkserver", "spawn", "fork"),
                         help="multiprocessing start method (default: videoflow's)")
     parser.add_argument("--quick", action="store_true",
@@ -107,6 +110,7 @@ def options_from(args: argparse.Namespace) -> Options:
         cv2_threads=args.cv2_threads or None,
         start_method=args.start_method,
         repeat=args.repeat,
+        engine=args.engine,
     )
 
 

@@ -29,7 +29,10 @@ from videoflow.core import REALTIME, Node
 
 
 def _flow_options(opts: Options) -> dict[str, Any] | None:
-    return {"start_method": opts.start_method} if opts.start_method else None
+    options: dict[str, Any] = {"start_method": opts.start_method} if opts.start_method else {}
+    if opts.engine != "process":
+        options["engine"] = opts.engine
+    return options or None
 
 
 def _start_method(opts: Options) -> str:
@@ -261,6 +264,10 @@ def run_matrix(
             hw = SIZES["1080p"] if SIZES["1080p"] in opts.sizes or not opts.sizes else opts.sizes[0]
             rows += join_section(hw, opts.duration, opts.repeat, _flow_options(opts), say,
                                  size_name(hw))
+    if opts.engine != "process":
+        for row in rows:
+            if row.impl == VIDEOFLOW:
+                row.params["engine"] = opts.engine
     add_ratios(rows, VIDEOFLOW)
     return BenchResult(rows=rows, machine=machine_info(opts.start_method),
                        options=opts.to_dict(), skipped=skipped)

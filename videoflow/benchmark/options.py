@@ -62,6 +62,7 @@ class Options:
     cv2_threads: int | None = 1
     start_method: str | None = None
     repeat: int = 1  # runs per measurement; the fastest is kept (robust to a busy machine)
+    engine: str = "process"  # the engine of the videoflow rows ("ray": tagged engine=ray)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
