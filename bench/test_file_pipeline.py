@@ -35,7 +35,7 @@ from videoflow.benchmark.filebench import (
     run_loop,
     run_videoflow,
 )
-from videoflow.engine.report import available_cpus
+from videoflow.config import available_cpus
 from videoflow.producers import write_test_clip
 
 WIDTH, HEIGHT = 1920, 1080

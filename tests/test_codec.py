@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from videoflow.transport.codec import Codec, value_refs
+from videoflow.transport.codec import Codec
+from videoflow.transport.message import value_refs
 from videoflow.transport.shm import PoolRegistry, SlotAllocator, SlotPool, size_class
 
 
@@ -33,47 +34,53 @@ VIEWS = {
 @pytest.mark.parametrize("view", VIEWS)
 def test_views_of_a_held_slot_are_referenced_not_copied(codec, view):
     codec, allocator = codec
-    frame = allocator.array((120, 320, 3), np.uint8)
+    frame, ref = allocator.array((120, 320, 3), np.uint8)
     frame[...] = np.arange(frame.size, dtype=np.uint32).reshape(frame.shape) % 251
-    held = set(allocator.fresh)
     value = VIEWS[view](frame)
-    enc = codec.encode(value, held)
-    assert enc[0] == "a" and value_refs(enc) == list(held)
-    assert len(allocator.fresh) == 1  # no new slot: zero copies
-    out = codec.decode(enc)
+    taken: list = []
+    enc = codec.encode(value, {ref}, taken)
+    assert enc[0] == "a" and value_refs(enc) == [ref]
+    assert taken == []  # no new slot: zero copies
+    handed: list = []
+    out = codec.decode(enc, handed)
     assert np.array_equal(out, value) and out.strides == value.strides
-    assert not out.flags.writeable
+    assert not out.flags.writeable and handed == [(out, ref, enc)]
+    assert codec.decode(enc, [], writable=True).flags.writeable
 
 
 def test_arrays_outside_held_slots_cost_one_copy(codec):
     codec, allocator = codec
-    other = allocator.array((8, 8), np.float32)  # a slot this message does not hold
-    allocator.fresh.clear()
+    other, _ = allocator.array((8, 8), np.float32)  # a slot this message does not hold
     plain = np.arange(64, dtype=np.float32).reshape(8, 8)
     for value in (plain, other):
-        enc = codec.encode(value, set())
-        assert enc[0] == "a" and value_refs(enc) == [allocator.fresh[-1]]
-        assert np.array_equal(codec.decode(enc), value)
+        taken: list = []
+        enc = codec.encode(value, set(), taken)
+        assert enc[0] == "a" and value_refs(enc) == taken and len(taken) == 1
+        assert np.array_equal(codec.decode(enc, []), value)
 
 
 def test_objects_with_buffers_go_out_of_band_and_big_pickles_to_a_blob(codec):
     codec, _ = codec
     names = [f"name {i} " * 5 for i in range(100)]
     value = {"frame": np.ones((64, 64, 3), np.uint8), "names": names, "n": 3}
-    enc = codec.encode(value, set())
+    taken: list = []
+    enc = codec.encode(value, set(), taken)
     assert enc[0] == "b" and len(value_refs(enc)) == 2  # the pickle and one buffer
-    out = codec.decode(enc)
+    assert sorted(value_refs(enc)) == sorted(taken)
+    handed: list = []
+    out = codec.decode(enc, handed)
     assert out["names"] == value["names"] and np.array_equal(out["frame"], value["frame"])
-    assert codec.encode(7, set()) == ("o", 7)
-    small = codec.encode({"a": 1}, set())
-    assert small[0] == "p" and codec.decode(small) == {"a": 1}
+    assert [h[1] for h in handed] == [enc[-1][0][0]]  # the buffer, not the pickle bytes
+    assert codec.encode(7, set(), []) == ("o", 7)
+    small = codec.encode({"a": 1}, set(), [])
+    assert small[0] == "p" and codec.decode(small, []) == {"a": 1}
 
 
 def test_structured_dtypes_keep_their_fields(codec):
     codec, _ = codec
     value = np.zeros(4, dtype=[("a", "<i4"), ("b", "<f8")])
     value["a"] = [1, 2, 3, 4]
-    out = codec.decode(codec.encode(value, set()))
+    out = codec.decode(codec.encode(value, set(), []), [])
     assert out.dtype == value.dtype and list(out["a"]) == [1, 2, 3, 4]
 
 

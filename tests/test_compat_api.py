@@ -82,10 +82,6 @@ needs_original_source = pytest.mark.skipif(
 )
 API = json.loads((EXPECTED / "original_api.json").read_text())
 VARIADIC = ("VAR_POSITIONAL", "VAR_KEYWORD")
-# producers/video.py (owned by the stream readers' work) still defines this project's BGR
-# reader under the original's name; the original's ImageProducer is in producers.basic and
-# at videoflow.producers.ImageProducer until that module imports it.
-PENDING = {"videoflow.producers.video:ImageProducer"}
 
 
 def incompatibilities(ours: list[list[Any]], original: list[list[Any]]) -> list[str]:
@@ -109,15 +105,7 @@ def _resolve(key: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-@pytest.mark.parametrize(
-    "key",
-    [
-        pytest.param(
-            k, marks=pytest.mark.xfail(strict=True, reason="producers/video.py not yet updated")
-        ) if k in PENDING else k
-        for k in sorted(API["classes"])
-    ],
-)
+@pytest.mark.parametrize("key", sorted(API["classes"]))
 def test_constructor_arguments_match_the_original(key):
     ours = original_api.describe(inspect.signature(_resolve(key)))
     assert incompatibilities(ours, API["classes"][key]) == []
@@ -491,6 +479,8 @@ def test_metadata_consumer_gets_one_metadata_dict_per_parent(tmp_path):
     out = tmp_path / "meta.jsonl"
     _run(producer, JsonLines(str(out), metadata=True)(producer, a))
     records = _records(out)
+    stamps = [[m.pop("produced_ns") for m in r["values"]] for r in records]  # the frame's age
+    assert all(len(set(pair)) == 1 for pair in stamps)  # counts from it (engine/stats.py)
     assert [r["values"] for r in records] == [[{"index": i}, {"index": i}] for i in range(5)]
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from videoflow.consumers.video import VideoWriter
-from videoflow.core.constants import BATCH
-from videoflow.core.flow import Flow
-from videoflow.engine.stats import FlowStats
+from videoflow.core import BATCH, Flow, FlowStats
 from videoflow.processors.vision import GaussianBlur
 from videoflow.producers.shapes import MovingShapesProducer
 

@@ -2,11 +2,15 @@
 
     VideoflowError
     ├── FlowError             a task of a running flow failed: its node raised, or its process died
+    ├── UnpicklableNodeError  (also a ValueError) run() cannot send a node to its task processes
+    ├── UnsupportedPlatformError  run() on another system than Linux
     ├── PoolExhaustedError    a shared-memory pool could not be created or grown
     └── StaleSlotError        (debug mode) a node read a slot that had already been reused
 """
 
 from __future__ import annotations
+
+import re
 
 
 class VideoflowError(Exception):
@@ -39,15 +43,51 @@ class FlowError(VideoflowError):
         self.remote_traceback = remote_traceback
         self.exitcode = exitcode
 
-    def __reduce__(self):  # keep attributes across pickling
-        return (_rebuild_flow_error, (self.args[0], self.node, self.task, self.exitcode))
+    def __reduce__(self):  # keep attributes across pickling and copy.copy
+        return (
+            _rebuild_flow_error,
+            (self.args[0], self.node, self.task, self.exitcode, self.remote_traceback,
+             type(self)),
+        )
 
 
-def _rebuild_flow_error(text: str, node: str, task: int, exitcode: int | None) -> FlowError:
-    err = FlowError.__new__(FlowError)
+def _rebuild_flow_error(
+    text: str, node: str, task: int, exitcode: int | None, remote_traceback: str = "",
+    cls: type[FlowError] | None = None,
+) -> FlowError:
+    err = (cls or FlowError).__new__(cls or FlowError)
     VideoflowError.__init__(err, text)
-    err.node, err.task, err.remote_traceback, err.exitcode = node, task, "", exitcode
+    err.node, err.task, err.exitcode = node, task, exitcode
+    err.remote_traceback = remote_traceback
     return err
+
+
+class UnpicklableNodeError(VideoflowError, ValueError):
+    """A node cannot be pickled, so ``Flow.run()`` cannot send it to its task processes; the
+    message names the attribute (or the class) that does not pickle and what helps."""
+
+
+class UnsupportedPlatformError(VideoflowError):
+    """A flow was started on a system other than Linux (no /dev/shm, futexes or POSIX message
+    queues of the kind videoflow uses); the message says what to do instead."""
+
+
+_READ_ONLY = re.compile(r"\bread-only\b|marked as readonly")  # numpy's words; OpenCV's
+
+
+def read_only_write(message: str) -> str | None:
+    """When a node's error ``message`` says it wrote into a read-only array (numpy's
+    "assignment destination is read-only", OpenCV's "Bad argument ... marked as readonly"),
+    what the user needs to know instead; None otherwise. The one place that says what inputs
+    allow."""
+    if not _READ_ONLY.search(message):
+        return None
+    return (
+        "an input frame is read-only when a later node reads the same frame, so that nothing "
+        "this node writes changes what that node sees; draw on frame = "
+        "self.make_writable(frame) (one copy, or none when this node is the frame's last "
+        "reader) or fill an array from self.allocate(shape, dtype), and return it"
+    )
 
 
 class PoolExhaustedError(VideoflowError):

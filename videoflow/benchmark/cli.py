@@ -8,7 +8,8 @@ import json
 import sys
 from collections.abc import Callable, Iterable
 
-from videoflow.benchmark.matrix import BASELINES, SECTIONS, SIZES, Options, parse_size, run_matrix
+from videoflow.benchmark.matrix import run_matrix
+from videoflow.benchmark.options import BASELINES, SECTIONS, SIZES, Options, parse_size
 from videoflow.benchmark.result import SCHEMA, BenchResult, Row, compare
 from videoflow.benchmark.userflow import bench_flow
 
@@ -70,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cv2-threads", type=int, default=1,
                         help="OpenCV threads per process in the CPU-bound work (default 1; "
                              "0: OpenCV's own default)")
+    parser.add_argument("--engine", choices=("process", "ray"), default="process",
+                        help="engine of the videoflow rows (ray: the Ray engine, needs the ray "
+                             "extra; its rows are tagged engine=ray)")
     parser.add_argument("--start-method", choices=("forkserver", "spawn", "fork"),
                         help="multiprocessing start method (default: videoflow's)")
     parser.add_argument("--quick", action="store_true",
@@ -106,6 +110,7 @@ def options_from(args: argparse.Namespace) -> Options:
         cv2_threads=args.cv2_threads or None,
         start_method=args.start_method,
         repeat=args.repeat,
+        engine=args.engine,
     )
 
 
@@ -130,6 +135,8 @@ def format_table(rows: list[Row]) -> str:
             (x.params.get("hops", 0) for x in rows if x.section == "realtime"), default=0
         ):
             ratios = f"latency/hop {r.extra['hop_latency_us']:.0f} us " + ratios
+        if r.section == "join" and r.note:
+            ratios = r.note + (f"; {ratios}" if ratios else "")
         lines.append((
             r.section, r.impl, params, _num(r.fps, ".0f"), _num(r.mb_s, ".0f"),
             _num(r.us_per_frame), _num(r.hop_cpu_us), _num(r.latency_p50_ms, ".2f"),

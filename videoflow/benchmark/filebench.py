@@ -21,8 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from videoflow.benchmark.baselines import SINGLE
-from videoflow.benchmark.matrix import Options, Progress, best_of, core_counts
 from videoflow.benchmark.nodes import set_cv2_threads
+from videoflow.benchmark.options import Options, Progress, best_of, core_counts
 from videoflow.benchmark.result import Row
 
 FOURCC = "mp4v"

@@ -7,8 +7,10 @@ encode them in place, nothing here keeps a frame. The encoders themselves live i
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -237,29 +239,55 @@ class ImageFolderWriter(ConsumerNode):
             raise OSError(f"OpenCV cannot write image {path!r}")
 
 
+HEADLESS = "opencv-python-headless"  # the OpenCV that videoflow depends on (pyproject.toml)
+
+
+def gui_backend() -> str | None:
+    """The window backend this OpenCV was built with (GTK3, QT5, ...); None for a headless build
+    such as opencv-python-headless, videoflow's default, which has none."""
+    for line in cv2.getBuildInformation().splitlines():
+        key, _, value = line.strip().partition(":")
+        if key == "GUI":
+            value = value.strip()
+            return None if value.upper() in ("", "NONE", "NO") else value
+    return None
+
+
+def desktop_opencv_command() -> str:
+    """How to swap the headless OpenCV for the desktop build, within the versions videoflow
+    accepts (read from its installed requirements, the same as pyproject.toml's)."""
+    spec = ""
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        for req in importlib.metadata.requires("videoflow-shm") or ():
+            name = re.split(r"[<>=!~;\s\[]", req, maxsplit=1)[0]
+            if name == HEADLESS:
+                spec = req[len(name):].split(";")[0].strip()
+    return f'pip uninstall -y {HEADLESS} && pip install "opencv-python{spec}"'
+
+
 def display_problem() -> str | None:
-    """Why cv2.imshow cannot work here, or None when it may."""
+    """Why cv2.imshow cannot work here (every reason that applies), or None when it may."""
+    problems = []
     if sys.platform.startswith("linux") and not (
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
     ):
-        return "no display: neither DISPLAY nor WAYLAND_DISPLAY is set"
-    try:
-        cv2.namedWindow("videoflow-probe", cv2.WINDOW_AUTOSIZE)
-        cv2.destroyWindow("videoflow-probe")
-    except cv2.error:
-        return (
-            "this OpenCV build has no GUI support (opencv-python-headless?); "
-            "install opencv-python to use VideoDisplay"
+        problems.append("no display: neither DISPLAY nor WAYLAND_DISPLAY is set")
+    if gui_backend() is None:
+        problems.append(
+            f"this OpenCV has no window backend ({HEADLESS}, which videoflow installs, has "
+            f"none); on a desktop, swap it for the desktop build: {desktop_opencv_command()}"
         )
-    return None
+    return "; ".join(problems) or None
 
 
 class VideoDisplay(ConsumerNode):
     """Shows frames in a window with cv2.imshow.
 
     wait_ms:  cv2.waitKey delay after each frame (1 keeps the window responsive).
-    Without a display, or with a headless OpenCV build, open() raises a clear RuntimeError
-    (the flow fails naming this node) instead of crashing the process.
+    Needs an OpenCV with a window backend: videoflow installs opencv-python-headless, which has
+    none; ``desktop_opencv_command()`` (and ``videoflow info``) gives the swap. Without one, or
+    without a display, open() raises a clear RuntimeError (the flow fails naming this node)
+    instead of crashing the process.
     """
 
     def __init__(
@@ -271,9 +299,13 @@ class VideoDisplay(ConsumerNode):
 
     def open(self) -> None:
         problem = display_problem()
+        if problem is None:
+            try:
+                cv2.namedWindow(self.window_name, cv2.WINDOW_NORMAL)
+            except cv2.error as exc:
+                problem = f"OpenCV could not open a window ({exc})"
         if problem is not None:
             raise RuntimeError(f"VideoDisplay cannot show frames: {problem}")
-        cv2.namedWindow(self.window_name, cv2.WINDOW_NORMAL)
 
     def consume(self, frame: Any) -> None:
         cv2.imshow(self.window_name, frame)

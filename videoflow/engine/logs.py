@@ -17,6 +17,8 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
+from videoflow.transport import message
+
 _PLAIN = (str, int, float, bool, type(None))
 
 
@@ -78,7 +80,7 @@ class PipeHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.sender.send(("log", record_to_dict(record)))
+            self.sender.send(message.event(message.LOG, record_to_dict(record)))
         except (OSError, ValueError):  # the owner is gone, or the pipe is closed: drop it
             pass
         except Exception:

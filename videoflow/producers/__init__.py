@@ -9,6 +9,7 @@ from videoflow.producers.basic import ImageProducer, IntProducer, SyntheticFrame
 from videoflow.producers.capture import CameraReader, CaptureReader, StreamReader, VideoReader
 from videoflow.producers.shapes import MovingShapesProducer, write_test_clip
 from videoflow.producers.video import (
+    ImageFileReader,
     ImageFolderReader,
     VideoDeviceReader,
     VideoFileReader,
@@ -17,7 +18,6 @@ from videoflow.producers.video import (
     VideostreamReader,
     VideoUrlReader,
 )
-from videoflow.producers.video import ImageProducer as ImageFileReader
 
 __all__ = [
     "CameraReader",

@@ -131,7 +131,12 @@ class _CaptureThread(threading.Thread):
                 t0 = time.monotonic()
                 ok, frame = cap.read(image=buf) if buf is not None else cap.read()
                 took = time.monotonic() - t0
-                self._put(("frame", (ok, frame, cap.get(cv2.CAP_PROP_POS_MSEC), time.time(), took)))
+                result = ("frame", (ok, frame, cap.get(cv2.CAP_PROP_POS_MSEC), time.time(), took))
+                # Hand the frame over without keeping a reference: a frame (or slot) the node
+                # still references after next() counts as kept, which costs a copy.
+                buf = frame = None
+                self._put(result)
+                del result
         except BaseException as exc:  # reported to the task, which raises it
             self._put(("error", exc))
         finally:

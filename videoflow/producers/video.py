@@ -9,7 +9,7 @@ subclasses of :class:`~videoflow.producers.capture.CaptureReader`, so they read 
 project's own readers (``VideoReader``, ``StreamReader``, ``CameraReader``: frames alone, BGR,
 what is known about them in ``self.meta``), which new code should prefer.
 
-Images: ``ImageFolderReader`` and ``ImageProducer`` produce BGR frames, one copy each into a
+Images: ``ImageFolderReader`` and ``ImageFileReader`` produce BGR frames, one copy each into a
 slot; they add ``path`` to the metadata.
 """
 
@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from videoflow.core.node import ProducerNode
+from videoflow.producers.basic import ImageProducer as ImageProducer  # 0.2.10 had it here
 from videoflow.producers.capture import FILE, CaptureReader, _Lost
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -227,7 +228,7 @@ class ImageFolderReader(ProducerNode):
         return out
 
 
-class ImageProducer(ProducerNode):
+class ImageFileReader(ProducerNode):
     """Produces one image file, ``nb_frames`` times (default once).
 
     The image is read in open(); every frame is one copy of it into a slot.

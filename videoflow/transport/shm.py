@@ -2,14 +2,15 @@
 
 A pool is one POSIX shared-memory segment holding a header and ``nslots`` equal slots. It has
 exactly one owner, the task that writes into it; that task alone takes slots (``acquire``).
-Any process that read a slot may give it back (``release``): the engine arranges that exactly
-one task releases each slot, the last reader of the message holding it, so a single-byte store
-per transition is enough and no lock is needed.
+Any process that read a slot may give it back (``release``): the engine arranges that at any
+time exactly one process holds each used slot (the task that has the message referencing it,
+or the task whose node kept it, see engine/slots.py), so a single-byte store per transition is
+enough and no lock is needed.
 
 Header layout (little endian): magic u64, nslots u32, pad u32, slot_size u64, then one state
-byte per slot (0 free, 1 used), then one u32 generation per slot, padded to a page. The
-generation grows each time a slot is taken; handles carry it, so debug mode can tell a live
-slot from a reused one.
+byte per slot (0 free, 1 used by a message, 2 kept by a node past its call), then one u32
+generation per slot, padded to a page. The generation grows each time a slot is taken;
+handles carry it, so debug mode can tell a live slot from a reused one.
 
 ``nslots`` is what the plan proves a task may need at worst, not what it uses: a flow usually
 keeps far fewer frames alive. The owner therefore takes the lowest free slot, so that the slots
@@ -35,12 +36,14 @@ import numpy as np
 import posix_ipc
 
 from videoflow.errors import PoolExhaustedError, StaleSlotError
+from videoflow.transport.names import pool_name
 
 MAGIC = 0x31_4C_4F_4F_50_46_56  # "VFPOOL1"
 _HEAD = struct.Struct("<QIIQ")
 PAGE = mmap.PAGESIZE
-FREE, USED = 0, 1
+FREE, USED, KEPT = 0, 1, 2
 POISON = 0xDB  # debug mode fills released slots with it
+MAX_POOLS = 4  # pools of one size class a task may make before it waits for a free slot
 
 
 class SlotRef(NamedTuple):
@@ -149,18 +152,26 @@ class SlotPool:
             )
         self.mm[self.states_at + slot] = FREE
 
-    def check(self, slot: int, gen: int) -> None:
-        """Raise StaleSlotError unless ``slot`` still holds generation ``gen`` and is in use."""
-        if self.mm[self.states_at + slot] != USED or int(self.gens[slot]) != gen:
+    def keep(self, slot: int) -> None:
+        """Mark a used slot as kept by a node past its call (by the one process holding it)."""
+        self.mm[self.states_at + slot] = KEPT
+
+    def check(self, slot: int, gen: int, state: int = USED) -> None:
+        """Raise StaleSlotError unless ``slot`` still holds generation ``gen`` in ``state``."""
+        if self.mm[self.states_at + slot] != state or int(self.gens[slot]) != gen:
             raise StaleSlotError(
                 f"slot {slot} of pool {self.name!r} was read after it was released "
                 f"(handle generation {gen}, slot generation {int(self.gens[slot])})"
             )
 
-    def occupancy(self) -> int:
-        """Slots in use now."""
+    def count(self, state: int) -> int:
+        """Slots in ``state`` now."""
         at = self.states_at
-        return self.mm[at : at + self.nslots].count(USED)
+        return self.mm[at : at + self.nslots].count(state)
+
+    def occupancy(self) -> int:
+        """Slots in use now (by a message or kept by a node)."""
+        return self.nslots - self.count(FREE)
 
     def reclaim(self) -> int:
         """Mark every slot free; returns how many were in use. Only for a pool that no live
@@ -253,19 +264,30 @@ class PoolRegistry:
         offset: int,
         shape: tuple[int, ...],
         strides: tuple[int, ...],
-        dtype: str,
+        dtype: Any,
+        writable: bool = False,
     ) -> np.ndarray:
-        """A read-only ndarray onto a slot, without copying."""
+        """An ndarray onto a slot, without copying; read-only unless ``writable`` (for the
+        process that alone holds the slot and whose writes nobody else will read)."""
         pool = self.get(ref.pool)
         if self.debug:
             pool.check(ref.slot, ref.gen)
         return np.ndarray(
             shape,
             dtype=dtype,
-            buffer=pool.readonly,
+            buffer=pool.mm if writable else pool.readonly,
             offset=pool.slot_offset(ref.slot) + offset,
             strides=strides,
         )
+
+    def copy(self, ref: SlotRef, nbytes: int, allocator: SlotAllocator) -> SlotRef:
+        """Copy the first ``nbytes`` of slot ``ref`` into a new slot of ``allocator``'s."""
+        src = self.get(ref.pool)
+        new = allocator.take(max(nbytes, 1))
+        dst = self.get(new.pool)
+        at, start = dst.slot_offset(new.slot), src.slot_offset(ref.slot)
+        dst.mm[at : at + nbytes] = src.readonly[start : start + nbytes]
+        return new
 
     def pools(self) -> list[SlotPool]:
         return list(self._pools)
@@ -275,9 +297,12 @@ class SlotAllocator:
     """The owner side: takes slots from this task's pools, creating pools per size class.
 
     ``nslots`` is the planned number of messages this task can have alive at once; a pool of
-    that many slots never runs dry unless one message holds several slots, in which case a
-    second pool of the class is made, and beyond ``max_pools`` the allocator waits for
-    releases (calling ``on_wait`` so that the caller can bail out on a stop).
+    that many slots never runs dry unless one message holds several slots or later nodes keep
+    frames, in which case another pool of the class is made, and beyond ``max_pools`` the
+    allocator waits for releases (calling ``on_wait`` so that the caller can bail out on a
+    stop). It keeps no record of what it handed out: the caller owns every slot it takes.
+    ``prefix`` is the task's pool family (``names.pool_family``); its pools are
+    ``names.pool_name(prefix, n)``.
     """
 
     def __init__(
@@ -286,7 +311,7 @@ class SlotAllocator:
         prefix: str,
         nslots: int,
         on_wait: Callable[[], None],
-        max_pools: int = 4,
+        max_pools: int = MAX_POOLS,
     ) -> None:
         self.registry = registry
         self.prefix = prefix
@@ -295,20 +320,22 @@ class SlotAllocator:
         self.max_pools = max_pools
         self._classes: dict[int, list[SlotPool]] = {}
         self._count = 0
-        self.fresh: list[SlotRef] = []
 
     def owned(self) -> list[SlotPool]:
         return [p for pools in self._classes.values() for p in pools]
 
     def _new_pool(self, slot_size: int) -> SlotPool:
         self._count += 1
-        pool = SlotPool.create(f"{self.prefix}.{self._count}", self.nslots, slot_size)
+        pool = SlotPool.create(pool_name(self.prefix, self._count), self.nslots, slot_size)
         self.registry.add(pool)
         self._classes.setdefault(slot_size, []).append(pool)
         return pool
 
-    def take(self, nbytes: int) -> tuple[SlotPool, int]:
-        """A slot of at least ``nbytes``; waits when all are in use. Recorded in ``fresh``."""
+    def take(self, nbytes: int) -> SlotRef:
+        """A slot of at least ``nbytes``; waits when all are in use."""
+        return self._take(nbytes)[1]
+
+    def _take(self, nbytes: int) -> tuple[SlotPool, SlotRef]:
         cls = size_class(nbytes)
         pools = self._classes.get(cls) or [self._new_pool(cls)]
         delay = 20e-6
@@ -316,35 +343,42 @@ class SlotAllocator:
             for pool in pools:
                 slot = pool.acquire()
                 if slot is not None:
-                    self.fresh.append(SlotRef(pool.name, slot, int(pool.gens[slot])))
-                    return pool, slot
+                    return pool, SlotRef(pool.name, slot, int(pool.gens[slot]))
             if len(pools) < self.max_pools:
                 pools = [*pools, self._new_pool(cls)]
                 continue
+            if delay == 20e-6:
+                self._check_kept(pools)
             self.on_wait()
             time.sleep(delay)
             delay = min(delay * 2, 2e-3)
 
-    def array(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        """A writable C-contiguous array in a fresh slot."""
+    def _check_kept(self, pools: list[SlotPool]) -> None:
+        """A full class whose slots are mostly kept by later nodes will not drain: say so."""
+        kept = sum(pool.count(KEPT) for pool in pools)
+        total = sum(pool.nslots for pool in pools)
+        if total - kept < self.nslots:
+            raise PoolExhaustedError(
+                f"the shared memory of this node ran dry: later nodes keep {kept} of its "
+                f"{total} frames past their calls, and the flow needs {self.nslots} in flight; "
+                "a node that keeps many input frames should keep copies of them "
+                "(frame.copy()) or keep fewer"
+            )
+
+    def array(self, shape: tuple[int, ...], dtype: Any) -> tuple[np.ndarray, SlotRef]:
+        """A writable C-contiguous array in a new slot, and that slot."""
         dt = np.dtype(dtype)
         if dt.hasobject:
             raise TypeError("arrays of Python objects cannot live in shared memory")
         nbytes = math.prod(shape) * dt.itemsize
-        pool, slot = self.take(max(nbytes, 1))
-        return np.ndarray(shape, dtype=dt, buffer=pool.mm, offset=pool.slot_offset(slot))
+        pool, ref = self._take(max(nbytes, 1))
+        arr = np.ndarray(shape, dtype=dt, buffer=pool.mm, offset=pool.slot_offset(ref.slot))
+        return arr, ref
 
     def write(self, data: Any) -> tuple[SlotRef, int]:
-        """Copy a buffer into a fresh slot; returns its ref and the byte count."""
+        """Copy a buffer into a new slot; returns its ref and the byte count."""
         mv = memoryview(data).cast("B")
-        pool, slot = self.take(max(mv.nbytes, 1))
-        start = pool.slot_offset(slot)
+        pool, ref = self._take(max(mv.nbytes, 1))
+        start = pool.slot_offset(ref.slot)
         pool.mm[start : start + mv.nbytes] = mv
-        return self.fresh[-1], mv.nbytes
-
-    def end_call(self, used: set[SlotRef]) -> None:
-        """Give back the slots taken during a call that its output did not keep."""
-        for ref in self.fresh:
-            if ref not in used:
-                self.registry.release(ref)
-        self.fresh.clear()
+        return ref, mv.nbytes

@@ -1,0 +1,520 @@
+"""The Ray engine: the same semantics as the process engine, checked on both.
+
+Every semantic test runs on both engines (``engine`` parameter): batch order and exactly-once
+with K = 1..3 and random delays, realtime accounting, a node raising, stop(), SIGINT once and
+twice to a script, a killed worker. Ray-only: restarts, GPU requests, placement on a simulated
+two-node cluster. One local Ray instance serves the whole session (``ray.init`` costs seconds);
+after every test no actor of the test is alive and /dev/shm holds no new entry.
+
+Run with ``pytest -m ray`` (needs the ``ray`` extra); the default run leaves these out.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import nodes  # noqa: E402
+from conftest import read_lines  # noqa: E402
+from nodes import (  # noqa: E402
+    FailingConsumer,
+    FailingProcessor,
+    FailingProducer,
+    JitterProcessor,
+    LifecycleProcessor,
+    RecordingConsumer,
+    SlowProcessor,
+)
+
+from videoflow import FlowError  # noqa: E402
+from videoflow.consumers import VoidConsumer  # noqa: E402
+from videoflow.core import BATCH, REALTIME, ConsumerNode, Flow, ProcessorNode  # noqa: E402
+from videoflow.core.constants import GPU  # noqa: E402
+from videoflow.engine import ray_engine  # noqa: E402
+from videoflow.engine.ray_engine import RayEngine  # noqa: E402
+from videoflow.processors import IdentityProcessor  # noqa: E402
+from videoflow.producers import IntProducer, SyntheticFrameProducer  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
+
+ENGINES = ["process", "ray"]
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+FAKE_GPUS = 1  # the local instance declares one GPU, so that GPU requests can be placed
+END_WITHIN = 10.0  # seconds from a signal to the end of the script (Ray adds its own exit)
+
+
+# -- one local Ray instance for the session ----------------------------------------------------
+
+
+def _shm() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+_session: dict[str, Any] = {}
+
+
+def local_ray() -> str:
+    """Connect this process to the session's local Ray instance (started on first use, and
+    again after the cluster test replaced it); returns its address."""
+    if not ray.is_initialized():
+        from ray import cloudpickle
+
+        # Workers cannot import tests/ modules by name: send the test nodes by value.
+        cloudpickle.register_pickle_by_value(nodes)
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        ray.init(num_cpus=2, num_gpus=FAKE_GPUS, include_dashboard=False,
+                 log_to_driver=False)
+        _session["address"] = ray.get_runtime_context().gcs_address
+    return str(_session["address"])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_session():
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def no_actor_left():
+    """Every actor a test started is gone when it ends, and /dev/shm holds nothing new (other
+    than entries of the process engine's flows, which conftest checks by their owner)."""
+    local_ray()
+    before = _shm()
+    yield
+    running = list(ray_engine._running)  # flows a failed test left running: end them first
+    for engine in running:
+        engine.kill()
+        engine.wait(10)
+    assert not running, "a test left a Ray flow running"
+    deadline = time.monotonic() + 10
+    while (alive := _alive_actors()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive, f"actors left alive: {alive}"
+    new = {e for e in _shm() - before if not e.startswith("vf.")}
+    assert not new, f"new entries in /dev/shm: {sorted(new)}"
+
+
+def _alive_actors() -> list[tuple[str, int]]:
+    """(class, pid) of the actors this Ray instance still has alive."""
+    if not ray.is_initialized():
+        return []
+    from ray._private import state
+
+    return [(a.get("ActorClassName", "?"), a.get("Pid", 0))
+            for a in state.actors().values() if a.get("State") == "ALIVE"]
+
+
+def engine_of(name: str, **options: Any) -> Any:
+    """The ``engine=`` argument for a flow on ``name``: a RayEngine object when options are
+    given, else the name."""
+    return RayEngine(**options) if name == "ray" and options else name
+
+
+def run(producer, consumer, engine, flow_type=BATCH, timeout: float = 60) -> Flow:
+    flow = Flow([producer], [consumer], flow_type=flow_type, engine=engine)
+    flow.run()
+    assert flow.join(timeout), "the flow did not end in time"
+    if isinstance(flow.engine, RayEngine):  # its actors are gone when join() returns
+        pids = set(flow.engine.actor_pids())
+        assert pids and not _wait_gone(pids, 0), "actors outlived join()"
+    return flow
+
+
+def ints(path: str) -> list[int]:
+    return [int(x) for x in read_lines(path)]
+
+
+# -- batch: order and exactly once ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_batch_delivers_every_message_once_in_order(output_file, engine, k):
+    a = IntProducer(0, 149)
+    b = JitterProcessor(0.004, nb_tasks=k)(a)
+    c = JitterProcessor(0.002, nb_tasks=1)(b)
+    d = RecordingConsumer(output_file)(c)
+    flow = run(a, d, engine)
+    assert ints(output_file) == list(range(150))
+    stats = flow.stats()
+    assert stats.produced == stats.delivered == 150 and stats.dropped == 0
+    assert stats.node(b.name).nb_tasks == k and stats.node(b.name).messages_in == 150
+    assert not stats.running and stats.pool_slots_in_use == 0
+    assert len(flow.report().rows) == 4 and b.name in str(flow.report())
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_frames_and_metadata_travel_intact(output_file, engine):
+    a = SyntheticFrameProducer((120, 160, 3), count=60)
+    b = nodes.BigMeta(nb_tasks=2)(a)
+    c = nodes.CheckMeta()(b)
+    d = RecordingConsumer(output_file, frames=True)(c)
+    run(a, d, engine)
+    assert read_lines(output_file) == [f"{i}:ok" for i in range(60)]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_several_parents_arrive_in_call_order(output_file, engine):
+    a = IntProducer(0, 29)
+    b = nodes.AddProcessor(100, nb_tasks=2)(a)
+    c = nodes.PairProcessor()(b, a)
+    d = RecordingConsumer(output_file)(c)
+    run(a, d, engine)
+    assert read_lines(output_file) == [f"({i + 100},{i})" for i in range(30)]
+
+
+# -- realtime: drops to keep up, and counts them ---------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("k", [1, 2])
+def test_realtime_drops_add_up(output_file, engine, k):
+    a = SyntheticFrameProducer((60, 80, 3), count=300, fps=500)
+    b = IdentityProcessor(nb_tasks=k)(a)
+    c = RecordingConsumer(output_file, delay=0.02, frames=True)(b)
+    flow = run(a, c, engine, flow_type=REALTIME)
+    lines = read_lines(output_file)
+    indices = [int(line.split(":")[0]) for line in lines]
+    assert all(line.endswith(":ok") for line in lines)
+    assert indices == sorted(set(indices))
+    stats = flow.stats()
+    assert stats.produced == 300 and stats.dropped > 0
+    assert stats.produced == stats.delivered + stats.dropped
+    assert stats.delivered == len(lines)
+
+
+# -- a node raising --------------------------------------------------------------------------------
+
+
+def _failing(where: str):
+    if where == "producer":
+        a = FailingProducer(20, name="source")
+        return a, VoidConsumer()(IdentityProcessor()(a)), "source", ("ValueError", "next()")
+    if where == "open":
+        a = FailingProducer(20, where="open", name="camera")
+        return a, VoidConsumer()(a), "camera", ("RuntimeError", "open()", "cannot open")
+    if where == "processor":
+        a = IntProducer(0, 1000)
+        b = FailingProcessor(77, nb_tasks=2, name="divider")(a)
+        return a, VoidConsumer()(b), "divider", ("ZeroDivisionError", "process()", "77")
+    a = IntProducer(0, 1000, 0.001)
+    return a, FailingConsumer(10, name="sink")(a), "sink", ("KeyError", "consume()")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("where", ["producer", "open", "processor", "consumer"])
+def test_a_node_raising_is_a_flow_error_naming_it(engine, where):
+    a, c, name, words = _failing(where)
+    flow = Flow([a], [c], flow_type=BATCH, engine=engine)
+    flow.run()
+    with pytest.raises(FlowError) as info:
+        flow.join(60)
+    err = info.value
+    assert err.node == name, str(err)
+    for word in words:
+        assert word in str(err), str(err)
+    assert "Traceback" in err.remote_traceback
+    assert not flow.stats().running
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_output_that_cannot_be_sent_is_a_flow_error_naming_its_node(tmp_path, engine):
+    p = nodes.FaultyProducer("none", count=100, name="source")
+    x = nodes.FaultyProcessor("unpicklable", nb_tasks=2, name="middle")(p)
+    c = VoidConsumer()(x)
+    flow = Flow([p], [c], flow_type=BATCH, engine=engine)
+    flow.run()
+    with pytest.raises(FlowError) as info:
+        flow.join(60)
+    assert info.value.node == "middle" and "pickle" in str(info.value), str(info.value)
+
+
+# -- stop ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("flow_type", [BATCH, REALTIME])
+def test_stop_drains_what_was_produced(output_file, engine, flow_type):
+    a = IntProducer(0, None, 0.002)
+    b = SlowProcessor(0.002, nb_tasks=2)(a)
+    c = RecordingConsumer(output_file)(b)
+    flow = Flow([a], [c], flow_type=flow_type, engine=engine)
+    flow.run()
+    deadline = time.monotonic() + 60
+    while len(read_lines(output_file)) < 30 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    live = flow.stats()  # counters while it runs
+    assert live.running and live.produced >= live.delivered >= 30
+    flow.stop()
+    assert flow.join(30)
+    got = ints(output_file)
+    stats = flow.stats()
+    assert got == sorted(set(got)) and len(got) >= 30
+    if flow_type == BATCH:
+        assert got == list(range(stats.produced)) and stats.dropped == 0
+    assert stats.produced == stats.delivered + stats.dropped == len(got) + stats.dropped
+
+
+# -- Ctrl-C in the process that runs the flow -----------------------------------------------------
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    import nodes
+    from nodes import FaultyConsumer, FaultyProcessor, FaultyProducer
+    from videoflow.core import Flow
+
+    if __name__ == "__main__":
+        if {engine!r} == "ray":
+            from ray import cloudpickle
+            cloudpickle.register_pickle_by_value(nodes)
+        p = FaultyProducer("none", delay=0.002)
+        x = FaultyProcessor("none", nb_tasks=2)(p)
+        c = FaultyConsumer("none", {out!r}, delay={consumer_delay})(x)
+        options = {{"engine": {engine!r}, "ray_address": {address!r}}}  # the session's Ray
+        flow = Flow([p], [c], flow_type={flow_type!r}, flow_options=options)
+        flow.run()
+        pids = getattr(flow.engine, "actor_pids", lambda: [])
+        deadline = time.monotonic() + 60
+        while {engine!r} == "ray" and len(pids()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print("running", *pids(), flush=True)
+        try:
+            flow.join()
+            code = 0
+        except KeyboardInterrupt:
+            code = 130
+        s = flow.stats()
+        print("stats", s.produced, s.delivered, s.dropped, flush=True)
+        sys.exit(code)
+    """
+)
+
+
+def _start_script(tmp_path, engine: str, flow_type: str, consumer_delay: float = 0.0):
+    out = str(tmp_path / "out.txt")
+    script = tmp_path / "flow.py"
+    script.write_text(SCRIPT.format(tests=TESTS_DIR, out=out, engine=engine, address=local_ray(),
+                                    flow_type=flow_type, consumer_delay=consumer_delay))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    first = proc.stdout.readline().split()
+    assert first and first[0] == "running", proc.stderr.read()  # type: ignore[union-attr]
+    pids = {int(p) for p in first[1:]} or _descendants(proc.pid)
+    deadline = time.monotonic() + 60
+    while len(read_lines(out)) < 30 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(read_lines(out)) >= 30, "the flow did not get going"
+    return proc, out, pids
+
+
+def _descendants(pid: int) -> set[int]:
+    from test_faults import descendants
+
+    return descendants(pid)
+
+
+def _wait_gone(pids: set[int], seconds: float) -> set[int]:
+    from test_faults import wait_gone
+
+    return wait_gone(pids, seconds)
+
+
+def _interrupt(proc: subprocess.Popen, times: int) -> tuple[str, str]:
+    """Ctrl-C ``times`` times (50 ms apart); the script's output once it has ended, which
+    must be within END_WITHIN seconds of the last signal."""
+    for i in range(times):
+        if i:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert time.monotonic() - sent < END_WITHIN
+    return stdout, stderr
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("flow_type", [BATCH, REALTIME])
+def test_sigint_once_stops_cleanly(tmp_path, engine, flow_type):
+    proc, out, pids = _start_script(tmp_path, engine, flow_type)
+    stdout, stderr = _interrupt(proc, 1)
+    assert proc.returncode == 0, stderr
+    produced, delivered, dropped = map(int, stdout.split("stats", 1)[1].split()[:3])
+    lines = read_lines(out)
+    indices = [int(line.split(":")[0]) for line in lines]
+    assert all(line.endswith(":ok") for line in lines)
+    assert delivered == len(lines) and produced == delivered + dropped
+    if flow_type == BATCH:
+        assert dropped == 0 and indices == list(range(len(lines)))
+    else:
+        assert indices == sorted(set(indices))
+    assert not _wait_gone(pids, END_WITHIN)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sigint_twice_kills(tmp_path, engine):
+    # A slow consumer: the graceful stop of the first Ctrl-C still drains when the second comes.
+    proc, _, pids = _start_script(tmp_path, engine, BATCH, consumer_delay=0.05)
+    _, stderr = _interrupt(proc, 2)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr.replace("KeyboardInterrupt", ""), stderr
+    assert not _wait_gone(pids, END_WITHIN), "tasks or actors outlived a second Ctrl-C"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sigkill_of_the_owner_leaves_no_task_behind(tmp_path, engine):
+    proc, _, pids = _start_script(tmp_path, engine, BATCH)
+    proc.kill()
+    proc.wait(timeout=10)
+    assert not _wait_gone(pids, END_WITHIN), "tasks or actors outlived their owner"
+    proc.communicate(timeout=10)
+
+
+# -- a worker that dies ----------------------------------------------------------------------------
+
+
+class KillOnce(ProcessorNode):
+    """Kills its own process (SIGKILL) at message ``at``, once per test whatever restarts it;
+    records every open() in ``folder``."""
+
+    def __init__(self, folder: str, at: int = 40, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.folder, self.at = folder, at
+
+    def open(self) -> None:
+        with open(os.path.join(self.folder, f"open.{os.getpid()}"), "w"):
+            pass
+
+    def process(self, value: Any) -> Any:
+        marker = os.path.join(self.folder, "killed")
+        if self.meta["index"] >= self.at and not os.path.exists(marker):
+            with open(marker, "w"):
+                pass
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(0.002)
+        return value
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_killed_worker_ends_the_flow_with_an_error(tmp_path, engine):
+    a = IntProducer(0, 400)
+    b = KillOnce(str(tmp_path), nb_tasks=2, name="victim")(a)
+    c = VoidConsumer()(b)
+    flow = Flow([a], [c], flow_type=BATCH, engine=engine)
+    flow.run()
+    with pytest.raises(FlowError) as info:
+        flow.join(60)
+    assert info.value.node == "victim", str(info.value)
+    assert ("died" if engine == "ray" else "killed by signal SIGKILL") in str(info.value)
+    assert os.path.exists(tmp_path / "killed")
+
+
+def test_with_restarts_a_killed_actor_loses_nothing(tmp_path, output_file):
+    a = IntProducer(0, 299)
+    b = KillOnce(str(tmp_path), nb_tasks=2, name="victim")(a)
+    c = RecordingConsumer(output_file)(b)
+    flow = run(a, c, RayEngine(max_restarts=1))
+    assert os.path.exists(tmp_path / "killed")
+    assert ints(output_file) == list(range(300))  # every message once, in order
+    opens = [f for f in os.listdir(tmp_path) if f.startswith("open.")]
+    assert len(opens) == 3  # two actors, one of them opened again after its restart
+    stats = flow.stats()
+    assert stats.produced == stats.delivered == 300 and stats.dropped == 0
+
+
+# -- Ray specifics ---------------------------------------------------------------------------------
+
+
+def test_gpu_nodes_ask_ray_for_a_gpu_while_there_are_any(tmp_path, output_file):
+    # The session's instance declares one GPU: one task gets it, the other runs on the CPU.
+    a = IntProducer(0, 19)
+    b = LifecycleProcessor(str(tmp_path), nb_tasks=2, device_type=GPU)(a)
+    c = RecordingConsumer(output_file)(b)
+    run(a, c, "ray")
+    seen = sorted((tmp_path / m).read_text() for m in os.listdir(tmp_path) if m.startswith("open."))
+    assert seen == [" cpu", "0 gpu"]
+    assert b.device_type == GPU
+
+
+def test_bad_actor_options_and_unpicklable_nodes_are_clear_errors():
+    a = IntProducer(0, 5)
+    c = VoidConsumer()(a)
+    flow = Flow([a], [c], engine=RayEngine(actor_options={"nobody": {"num_cpus": 1}}))
+    with pytest.raises(ValueError, match="nobody"):
+        flow.run()
+    with pytest.raises(ValueError, match="max_restarts"):
+        RayEngine(max_restarts=-5)
+
+
+def test_allocate_and_meta_work_in_nodes(output_file):
+    a = SyntheticFrameProducer((32, 48, 3), count=40)  # writes into allocate()d frames
+    b = nodes.CopyProcessor(nb_tasks=2)(a)  # allocate() + copy
+    c = nodes.DictOfArrays()(b)  # reads meta["index"]
+    d = nodes.UnwrapDict()(c)  # checks it against meta
+    e = RecordingConsumer(output_file, frames=True)(d)
+    run(a, e, "ray")
+    assert read_lines(output_file) == [f"{i}:ok" for i in range(40)]
+
+
+class CheckFrame(ProcessorNode):
+    """Checks the frame it receives and says which Ray node it ran on."""
+
+    def process(self, frame: np.ndarray) -> tuple[bool, str]:
+        return nodes.check_frame(frame, self.meta["index"]), ray.get_runtime_context().get_node_id()
+
+
+class Collect(ConsumerNode):
+    def __init__(self, path: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.path = path
+
+    def consume(self, frame: np.ndarray, checked: tuple[bool, str]) -> None:
+        ok = nodes.check_frame(frame, self.meta["index"]) and checked[0]
+        with open(self.path, "a") as f:
+            f.write(f"{self.meta['index']}:{'ok' if ok else 'bad'}:{checked[1]}\n")
+
+
+@pytest.mark.timeout(240)
+def test_a_two_node_cluster_runs_stages_on_different_nodes(tmp_path):
+    """Last in the file: it replaces the session's instance by a simulated cluster."""
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {"camera_box": 1}, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1, resources={"gpu_box": 1})
+        ray.init(address=cluster.address, log_to_driver=False)
+        out = str(tmp_path / "out.txt")
+        a = SyntheticFrameProducer((240, 320, 3), count=50, name="camera")
+        b = CheckFrame(nb_tasks=2, name="detector")(a)
+        c = Collect(out, name="writer")(a, b)
+        engine = RayEngine(actor_options={
+            "camera": {"resources": {"camera_box": 0.1}},
+            "detector": {"resources": {"gpu_box": 0.1}},
+            "writer": {"resources": {"camera_box": 0.1}},
+        })
+        run(a, c, engine, timeout=120)
+        where = engine.placement()
+        assert where[("camera", 0)] == where[("writer", 0)]
+        assert where[("detector", 0)] == where[("detector", 1)] != where[("camera", 0)]
+        lines = [line.split(":") for line in read_lines(out)]
+        assert [int(i) for i, _, _ in lines] == list(range(50))
+        assert all(ok == "ok" and node == where[("detector", 0)] for _, ok, node in lines)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        _session.clear()

@@ -1,0 +1,307 @@
+"""What runs inside each actor of the Ray engine: one task of one node, its counters, its life.
+
+The driver (engine/ray_engine.py) is the single submitter: for every message it calls
+``take`` on the producer actor, then ``process`` or ``consume`` on one actor of every later
+stage, passing object refs from call to call. A message's metadata is a return value of its
+own (small, so Ray keeps it inline), threaded from each stage to the next in chain order, so
+the chain is ordered exactly as the process engine's; node outputs are separate returns that
+only their readers fetch.
+
+A data message's metadata is a dict. Two other values travel in its place and make every later
+call return at once without running its node: ``None`` (the producer has ended, or the flow is
+being torn down) and a ``Failure`` (a node raised; the driver turns it into a FlowError).
+
+This module imports ray: only the Ray engine imports it, and only once Ray is wanted.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import pickle
+import threading
+import time
+import traceback
+import warnings
+from typing import Any
+
+import numpy as np
+import ray
+
+from videoflow.engine.stats import BLOCKED_NS, BUSY_NS, CPU_NS, DROPPED, IN, OUT, ROW, WAIT_NS
+from videoflow.engine.task import limit_opencv_threads
+
+CONTROL = "control"  # the producer's concurrency group for calls that must not wait for takes
+_now = time.perf_counter_ns
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """A node (or its wrapper) raised: where, what, and the traceback text from the actor."""
+
+    node: str
+    task: int
+    phase: str  # load, open, next, process, consume, close
+    type_name: str
+    message: str
+    traceback: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorInfo:
+    """What an actor tells the driver once its node is open."""
+
+    pid: int
+    node_id: str  # Ray node id of the machine it runs on
+    cpus: int  # CPUs this actor's process may run on
+    gpus: str  # CUDA_VISIBLE_DEVICES as Ray set it ("" without a GPU)
+    restarted: bool  # Ray restarted this actor after it died (max_restarts > 0)
+    failure: Failure | None  # the node failed to load or open
+
+
+class RayNodeContext:
+    """The NodeContext of a node under Ray: the metadata of the message in hand, and plain
+    numpy buffers (Ray copies a returned array into its object store once, whatever it is)."""
+
+    def __init__(self) -> None:
+        self._meta: dict[str, Any] = {}
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self._meta
+
+    def allocate(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        return np.empty(shape, dtype=dtype)
+
+
+class NodeActor:
+    """One task of one node. Ray runs ``__init__`` again when it restarts a dead actor, so a
+    restarted actor opens its node again before it takes the calls Ray retries."""
+
+    def __init__(
+        self, node_bytes: bytes, name: str, kind: str, task: int, realtime: bool,
+        cpu_fallback: bool = False,
+    ) -> None:
+        self.name, self.kind, self.task = name, kind, task
+        self.realtime = realtime
+        self.row = [0] * ROW
+        self.failure: Failure | None = None
+        self.aborted = False
+        self.opened = False
+        self.cpu0: int | None = None
+        self.idle_since = 0
+        self.context = RayNodeContext()
+        self.node: Any = None
+        # producer side
+        self.cond = threading.Condition()
+        self.buffer: collections.deque[tuple[dict[str, Any], Any]] = collections.deque()
+        self.stopping = False
+        self.ended = False
+        self.thread: threading.Thread | None = None
+        phase = "load"
+        try:
+            if cpu_fallback:  # no GPU left for this task: hide the others from it
+                os.environ["CUDA_VISIBLE_DEVICES"] = ""
+            self.node = pickle.loads(node_bytes)
+            if cpu_fallback:
+                self.node.change_device("cpu")
+            self.node.bind(self.context)
+            phase = "open"
+            self.node.open()
+            self.opened = True
+        except BaseException as exc:
+            self.failure = self._failure(phase, exc)
+
+    def __repr__(self) -> str:  # Ray prefixes the actor's log lines with it
+        return f"{self.name}[{self.task}]"
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _failure(self, phase: str, exc: BaseException) -> Failure:
+        return Failure(self.name, self.task, phase, type(exc).__name__, str(exc),
+                       traceback.format_exc())
+
+    def _set_meta(self, meta: dict[str, Any]) -> None:
+        self.context._meta = meta
+
+    def _begin(self) -> int:
+        t0 = _now()
+        if self.idle_since:
+            self.row[WAIT_NS] += t0 - self.idle_since
+        return t0
+
+    def _end(self, t0: int) -> None:
+        t1 = _now()
+        self.row[BUSY_NS] += t1 - t0
+        self.idle_since = t1
+
+    # -- control: on a producer, in a thread of its own (answered while a take waits) --------
+    def info(self) -> ActorInfo:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cpus = os.cpu_count() or 1
+        context = ray.get_runtime_context()
+        with warnings.catch_warnings():  # Ray's own code uses a deprecated accessor here
+            warnings.simplefilter("ignore")
+            restarted = bool(context.was_current_actor_reconstructed)
+        return ActorInfo(
+            pid=os.getpid(), node_id=context.get_node_id(), cpus=cpus,
+            gpus=os.environ.get("CUDA_VISIBLE_DEVICES", ""), restarted=restarted,
+            failure=self.failure,
+        )
+
+    def go(self, opencv_threads: int | None) -> None:
+        """Every task is open: start the clocks (and the producer's loop)."""
+        if opencv_threads is not None:
+            limit_opencv_threads(opencv_threads)
+        self.cpu0 = time.process_time_ns()
+        self.idle_since = _now()
+        if self.kind == "producer" and self.realtime and self.failure is None and not self.thread:
+            self.thread = threading.Thread(target=self._produce, name="videoflow-producer",
+                                           daemon=True)
+            self.thread.start()
+
+    def stop(self) -> None:
+        """Producer: call ``next()`` no more; what it already produced is still taken."""
+        self._stop()
+
+    def _stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+
+    def abort(self) -> None:
+        """The flow is torn down: calls still queued return at once."""
+        with self.cond:
+            self.aborted = self.stopping = True
+            self.cond.notify_all()
+
+    def stats(self) -> list[int]:
+        """This task's counter row (engine/stats.py FIELDS)."""
+        return self._row()
+
+    def _row(self) -> list[int]:
+        if self.cpu0 is not None:
+            self.row[CPU_NS] = time.process_time_ns() - self.cpu0
+        return list(self.row)
+
+    # -- the producer ----------------------------------------------------------------------
+    def _next(self) -> tuple[dict[str, Any], Any] | None:
+        """Call ``next()`` once: (metadata, value), or None once the producer has ended
+        (StopIteration, or a failure kept in ``self.failure``)."""
+        meta: dict[str, Any] = {"index": self.row[IN]}
+        self._set_meta(meta)
+        t0 = _now()
+        try:
+            value = self.node.next()
+        except StopIteration:
+            self.ended = True
+            return None
+        except BaseException as exc:
+            self.failure = self._failure("next", exc)
+            self.ended = True
+            return None
+        self.row[BUSY_NS] += _now() - t0
+        self.row[IN] += 1
+        return meta, value
+
+    def _produce(self) -> None:
+        """REALTIME: call ``next()`` as fast as the source gives values, keeping only the
+        newest one not yet taken: a flow that cannot keep up gets fresh frames and counts the
+        ones it skipped as dropped."""
+        cond, buffer, row = self.cond, self.buffer, self.row
+        try:
+            while not self.stopping:
+                got = self._next()
+                if got is None:
+                    break
+                with cond:
+                    if buffer:
+                        buffer.popleft()
+                        row[DROPPED] += 1
+                    buffer.append(got)
+                    cond.notify_all()
+                del got
+        finally:
+            with cond:
+                self.ended = True
+                cond.notify_all()
+
+    def take(self) -> tuple[Any, Any]:
+        """The producer's next (metadata, value); (None, None) once it has ended, (failure,
+        None) when it failed. BATCH calls ``next()`` here: the driver keeps up to a window of
+        takes queued, so the producer runs that far ahead of the flow and no further."""
+        if not self.realtime:
+            if self.idle_since:  # waiting for the driver: room downstream
+                self.row[BLOCKED_NS] += _now() - self.idle_since
+            got = None if self.stopping or self.ended else self._next()
+            self.idle_since = _now()
+            if got is None:
+                return self.failure, None
+            self.row[OUT] += 1
+            return got
+        cond, buffer = self.cond, self.buffer
+        with cond:
+            while not buffer and not self.ended and not self.aborted:
+                cond.wait(0.1)
+            if buffer and not self.aborted:
+                self.row[OUT] += 1
+                return buffer.popleft()
+        return self.failure, None
+
+    # -- processors and consumers ----------------------------------------------------------
+    def call(self, result: tuple[Any, Any]) -> tuple[Any, Any]:
+        """Run the node on one message whose only input is the previous stage's output (the
+        common case, one argument per call): ``result`` is that stage's (metadata, output)."""
+        return self._run(result[0], (result[1],))
+
+    def call_with(self, where: tuple[int, ...], *results: tuple[Any, Any]) -> tuple[Any, Any]:
+        """Run the node on one message. ``results`` are (metadata, output) pairs returned by
+        earlier stages: the first is the previous stage's, whose metadata this message carries
+        on; the node's input ``i`` is the output of ``results[where[i]]``."""
+        return self._run(results[0][0], tuple(results[j][1] for j in where))
+
+    def _run(self, meta: Any, inputs: tuple[Any, ...]) -> tuple[Any, Any]:
+        """This stage's (metadata, output) pair (a consumer's output is None), or the marker
+        in hand."""
+        if not isinstance(meta, dict) or self.aborted:
+            return (None if self.aborted else meta), None
+        if self.failure is not None:
+            return self.failure, None
+        consumer = self.kind == "consumer"
+        row = self.row
+        row[IN] += 1
+        self._set_meta(meta)
+        t0 = self._begin()
+        try:
+            if consumer:
+                self.node.consume(*inputs)
+                output = None
+            else:
+                output = self.node.process(*inputs)
+        except BaseException as exc:
+            self.failure = self._failure("consume" if consumer else "process", exc)
+            return self.failure, None
+        finally:
+            self._end(t0)
+        if not consumer:
+            row[OUT] += 1
+        return meta, output
+
+    # -- the end ---------------------------------------------------------------------------
+    def close(self, wait_s: float) -> tuple[list[int], Failure | None]:
+        """Queued after every call of this actor: stop the producer loop (waiting ``wait_s``
+        at most for a ``next()`` in progress), close the node; returns the final counters and
+        the failure this task had, if any."""
+        if self.thread is not None:
+            self._stop()
+            self.thread.join(wait_s)
+        failure = self.failure
+        if self.opened:
+            self.opened = False
+            try:
+                self.node.close()
+            except BaseException as exc:
+                failure = failure or self._failure("close", exc)
+        return self._row(), failure

@@ -1,0 +1,671 @@
+"""The Ray engine: the same Flow on a Ray cluster, one actor per task, the owner as the driver.
+
+Every task of the flow (a node with nb_tasks = K has K) is a classic Ray actor. One thread of
+the flow's owner, the driver, is the only submitter: for message ``seq`` it calls ``take`` on
+the producer actor, then ``call`` on actor ``seq % K`` of every later stage. Every call returns
+one (metadata, output) pair, and a stage gets the ref of the previous stage's pair (the
+metadata it carries on) and of its other parents'. A Ray actor runs the calls of one submitter
+in submission order, and each message's calls are chained by refs, so every stage sees the
+messages in order whatever K is and however long each call takes: no reorder buffer is needed,
+and the last stage's results complete in order.
+
+At most ``window`` messages are in flight: the driver waits for the oldest before it submits
+another, so the object store holds a bounded number of frames. In BATCH the producer calls
+``next()`` inside ``take``, so it runs at most a window ahead and nothing is dropped. In
+REALTIME it calls ``next()`` in a thread of its own and keeps only the newest value not yet
+taken, counting the ones it replaced as dropped: a flow that cannot keep up skips frames
+instead of queueing them, and ``produced == delivered + dropped`` holds.
+
+``stop()`` stops the producer; what it produced drains, every actor closes its node and is then
+killed. A node raising travels as a marker in place of the message's metadata and ends the
+flow with a FlowError naming the node, with the traceback from the actor. A dead actor ends it
+likewise, unless ``max_restarts`` was given: then Ray restarts a processor's actor (its node is
+opened again) and retries the calls it had, and the chain of refs still delivers every message
+exactly once and in order. Producers and consumers are never restarted: their side effects
+(frames read from a camera, lines written to a file) cannot be replayed exactly once.
+
+``import ray`` happens in ``start()``: importing videoflow never imports Ray.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import dataclasses
+import importlib.util
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from videoflow.engine.plan import GPU, PROCESSOR, PRODUCER, StageSpec
+from videoflow.engine.stats import IN, ROW, FlowStats, NodeStats, node_stats, task_stats
+from videoflow.errors import FlowError
+
+if TYPE_CHECKING:
+    from videoflow.config import FlowConfig
+    from videoflow.engine.ray_actor import ActorInfo, Failure
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = 'the Ray engine needs Ray, which is not installed: pip install "videoflow-shm[ray]"'
+STATS_WAIT = 1.0  # seconds stats() waits for the actors' counters while the flow runs
+STATS_FRESH = 0.5  # seconds during which stats() reuses the counters it last asked for
+GONE_WITHIN = 5.0  # seconds to wait for the processes of killed local actors to exit
+_running: weakref.WeakSet[RayEngine] = weakref.WeakSet()
+_exit_hook = False
+
+
+def default_window(stages: Sequence[StageSpec], realtime: bool, queue_depth: int) -> int:
+    """Messages in flight at most when RayEngine(window=None). BATCH: two per actor plus
+    ``queue_depth``, so that every actor has its next call queued behind the one it runs,
+    whatever Ray's latency per call. REALTIME: one per actor plus one, so that the slowest
+    actor always has work while a message waits in front of it as little as possible (every
+    message in flight is one more frame of latency; the producer drops the rest)."""
+    actors = sum(s.nb_tasks for s in stages)
+    return actors + 1 if realtime else 2 * actors + queue_depth
+
+
+def ray_available() -> bool:
+    """True when Ray can be imported (without importing it)."""
+    return importlib.util.find_spec("ray") is not None
+
+
+@dataclasses.dataclass
+class _Task:
+    """One actor: a task of a stage, as the driver tracks it."""
+
+    stage: int
+    spec: StageSpec
+    worker: int
+    handle: Any
+    actor_id: str
+    info: ActorInfo | None = None
+    row: list[int] = dataclasses.field(default_factory=lambda: [0] * ROW)
+    submitted: int = 0  # data messages submitted to this actor
+    failed: bool = False  # its node raised, or its actor died
+    dead: bool = False  # its actor died: nothing more can be asked of it
+
+
+class RayEngine:
+    """Runs a flow on Ray: one actor per task, the flow's owner as the only submitter.
+
+    address:       the cluster to use (``"HEAD:6379"``, ``"ray://head:10001"``, ``"auto"``);
+                   None: the ``ray_address`` flow option, else RAY_ADDRESS, else a local Ray
+                   instance started when this process is not connected to one yet. A process
+                   already connected (``ray.init`` called before) keeps its connection.
+    max_restarts:  restarts Ray may give each processor actor that dies (0: a dead actor ends
+                   the flow with a FlowError). Calls in flight are retried on the restarted
+                   actor, which opens its node again; messages still arrive once, in order.
+    window:        messages in flight at most (default: see ``default_window``).
+    runtime_env:   Ray runtime environment for the actors (``pip``, ``py_modules``,
+                   ``env_vars``, ...), e.g. to ship the modules that define your nodes.
+    actor_options: per node name, extra ``ray.remote`` options for its actors, e.g.
+                   ``{"detector": {"num_gpus": 1, "resources": {"camera-box": 1}}}``. By
+                   default an actor reserves no CPU (``num_cpus=0``, like a task process) and
+                   a GPU node's actor one GPU while the cluster has GPUs left.
+    init_options:  extra ``ray.init`` keyword arguments when this engine connects.
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        max_restarts: int = 0,
+        window: int | None = None,
+        runtime_env: Mapping[str, Any] | None = None,
+        actor_options: Mapping[str, Mapping[str, Any]] | None = None,
+        init_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not ray_available():
+            raise ImportError(INSTALL_HINT)
+        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < -1:
+            raise ValueError(f"max_restarts must be -1 (no limit) or >= 0, got {max_restarts!r}")
+        if window is not None and (not isinstance(window, int) or window < 1):
+            raise ValueError(f"window must be a positive integer, got {window!r}")
+        self.address = address
+        self.max_restarts = max_restarts
+        self.window = window
+        self.runtime_env = dict(runtime_env) if runtime_env else None
+        self.actor_options = {k: dict(v) for k, v in (actor_options or {}).items()}
+        self.init_options = dict(init_options or {})
+        self.errors: list[FlowError] = []
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.submit_s = 0.0  # driver seconds spent submitting calls (its own cost per message)
+        self._polled_at = -STATS_FRESH  # monotonic time stats() last asked the actors
+        self._stages: list[StageSpec] = []
+        self._tasks: list[_Task] = []
+        self._chain: list[tuple[StageSpec, list[_Task]]] = []  # each stage and its actors
+        self._by_actor: dict[str, _Task] = {}
+        self._realtime = False
+        self._config: FlowConfig | None = None
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._abort = threading.Event()
+        self._killed = threading.Event()
+        self._started = False
+
+    # -- Engine protocol -------------------------------------------------------------------
+    def start(self, stages: Sequence[StageSpec], realtime: bool, config: FlowConfig) -> None:
+        """Connect to Ray, check the flow, create its actors and return; the driver thread
+        waits for them to open their nodes, then runs the flow."""
+        if self._started:
+            raise RuntimeError("this RayEngine was already started: an engine runs one flow")
+        self._started = True
+        self._stages, self._realtime, self._config = list(stages), realtime, config
+        try:
+            self._check(self._stages)
+            unknown = set(self.actor_options) - {s.name for s in self._stages}
+            if unknown:
+                raise ValueError("actor_options names nodes that are not in the flow: "
+                                 f"{', '.join(sorted(unknown))}")
+            node_bytes = [self._pickle(spec) for spec in self._stages]
+            self._create_actors(self._connect(), node_bytes)
+        except BaseException:  # nothing left behind, and wait() does not wait for a driver
+            self._kill_actors()
+            self._done.set()
+            raise
+        _running.add(self)
+        threading.Thread(target=self._drive, name="videoflow-ray-driver", daemon=True).start()
+
+    def stop(self) -> None:
+        """Graceful end: the producer stops, what it produced drains, every node closes."""
+        self._stop.set()
+
+    def abort(self) -> None:
+        """Immediate end: the producer stops at once, nothing more is submitted, nodes close
+        and every actor is killed ``stop_grace`` seconds later at most."""
+        self._abort.set()
+
+    def kill(self) -> None:
+        """Kill every actor of the flow now (the second Ctrl-C)."""
+        self._killed.set()
+        self._abort.set()
+        self._kill_actors()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._done.is_set()
+
+    # -- start -----------------------------------------------------------------------------
+    @staticmethod
+    def _check(stages: list[StageSpec]) -> None:
+        if not stages or stages[0].kind != PRODUCER:
+            raise ValueError("the Ray engine runs flows that start with one producer")
+        if any(s.kind == PRODUCER for s in stages[1:]):
+            raise ValueError("the Ray engine runs flows with one producer (not several yet)")
+        if stages[0].nb_tasks != 1 or stages[-1].nb_tasks != 1:
+            raise ValueError("the first and the last node of a flow run as a single task")
+
+    @staticmethod
+    def _pickle(spec: StageSpec) -> bytes:
+        from ray import cloudpickle
+
+        try:
+            return bytes(cloudpickle.dumps(spec.node))
+        except Exception as exc:
+            raise ValueError(
+                f"node {spec.name!r} cannot be sent to its Ray actor ({exc}); keep what it "
+                "holds before open() picklable (open files, models and locks in open())"
+            ) from exc
+
+    def _connect(self) -> Any:
+        global _exit_hook
+        try:
+            import ray
+        except ImportError as exc:
+            raise ImportError(INSTALL_HINT) from exc
+        if ray.is_initialized():
+            if self.address is not None:
+                log.debug("already connected to Ray: address %r not used", self.address)
+        else:
+            assert self._config is not None
+            address = self.address or self._config.ray_address or None
+            options: dict[str, Any] = {"address": address, "log_to_driver": True}
+            if address is None and not os.environ.get("RAY_ADDRESS"):
+                options["include_dashboard"] = False  # a local instance: no dashboard process
+            options.update(self.init_options)
+            ray.init(**options)
+        if not _exit_hook:  # registered after ray.init's own hook, so it runs before it
+            atexit.register(_shutdown_running)
+            _exit_hook = True
+        return ray
+
+    def _gpus_left(self, ray: Any) -> int:
+        try:
+            return int(ray.cluster_resources().get("GPU", 0))
+        except Exception:
+            return 0
+
+    def _create_actors(self, ray: Any, node_bytes: list[bytes]) -> None:
+        from videoflow.engine.ray_actor import CONTROL, NodeActor
+
+        assert self._config is not None
+        # Only the producer has a second thread, for control calls (stop, abort, stats) that
+        # must not wait behind the takes queued on it. The other actors run every call in
+        # their main thread, in order: a concurrency group costs each call a hand-over
+        # between threads (4-5 % of the frame rate at 1080p through 3 hops, measured).
+        node_actor = ray.remote(NodeActor)
+        producer_actor = ray.remote(concurrency_groups={CONTROL: 1})(NodeActor)
+        gpus = self._gpus_left(ray)
+        for index, spec in enumerate(self._stages):
+            user = self.actor_options.get(spec.name, {})
+            for worker in range(spec.nb_tasks):
+                options: dict[str, Any] = {"num_cpus": 0}
+                if spec.kind == PROCESSOR and self.max_restarts:
+                    options["max_restarts"] = self.max_restarts
+                    options["max_task_retries"] = -1
+                if self.runtime_env:
+                    options["runtime_env"] = self.runtime_env
+                cpu_fallback = False
+                if spec.device_type == GPU and "num_gpus" not in user:
+                    if gpus > 0:
+                        options["num_gpus"] = 1
+                        gpus -= 1
+                    else:
+                        cpu_fallback = True
+                        log.warning("no GPU left for task %d of node %r: it runs on the CPU",
+                                    worker, spec.name)
+                options.update(user)
+                actor_class = producer_actor if spec.kind == PRODUCER else node_actor
+                handle = actor_class.options(**options).remote(
+                    node_bytes[index], spec.name, spec.kind, worker, self._realtime,
+                    cpu_fallback,
+                )
+                task = _Task(index, spec, worker, handle, handle._actor_id.hex())
+                self._tasks.append(task)
+                self._by_actor[task.actor_id] = task
+
+    @staticmethod
+    def _control(task: _Task, method: str) -> Any:
+        """``task``'s actor method ``method`` for a control call: in the producer's control
+        thread, in the order of node calls on any other actor."""
+        from videoflow.engine.ray_actor import CONTROL
+
+        remote_method = getattr(task.handle, method)
+        if task.spec.kind == PRODUCER:
+            return remote_method.options(concurrency_group=CONTROL)
+        return remote_method
+
+    # -- the driver ------------------------------------------------------------------------
+    def _drive(self) -> None:
+        import ray
+
+        graceful = False
+        try:
+            if self._open(ray) and self._go(ray):
+                graceful = self._pump(ray)
+            self._finish(ray, graceful)
+        except BaseException as exc:  # never leave join() waiting on a dead driver
+            log.exception("videoflow Ray driver failed")
+            self.errors.append(FlowError(f"Ray driver failed: {exc}", node="<engine>"))
+            self._kill_actors()
+        finally:
+            self.ended_at = time.monotonic()
+            _running.discard(self)
+            self._done.set()
+
+    def _fail(self, err: FlowError, task: _Task | None = None) -> None:
+        with self._lock:
+            self.errors.append(err)
+        if task is not None:
+            task.failed = True
+        self._abort.set()
+
+    def _failure_error(self, failure: Failure) -> FlowError:
+        where = " at load" if failure.phase == "load" else f" in {failure.phase}()"
+        return FlowError(
+            f"node {failure.node!r} (task {failure.task}) raised {failure.type_name}{where}: "
+            f"{failure.message}",
+            node=failure.node, task=failure.task, remote_traceback=failure.traceback,
+        )
+
+    def _task_of(self, exc: BaseException) -> _Task | None:
+        """The task an exception from Ray is about: by its actor id, else by the actor's
+        ``repr`` in its text (Ray names every actor a task error went through there, the one
+        where it started last)."""
+        actor_id = getattr(exc, "actor_id", None) or getattr(exc, "_actor_id", None)
+        if isinstance(actor_id, bytes):
+            actor_id = actor_id.hex()
+        if actor_id and actor_id in self._by_actor:
+            return self._by_actor[actor_id]
+        text = str(exc)
+        found = [(text.rfind(f"repr={t.spec.name}[{t.worker}])"), t) for t in self._tasks]
+        at, task = max(found, key=lambda pair: pair[0], default=(-1, None))
+        return task if at >= 0 else None
+
+    def _ray_error(self, ray: Any, exc: BaseException, task: _Task | None = None) -> FlowError:
+        """A FlowError for an exception Ray raised in the driver (an actor died, a value could
+        not be serialized, an object was lost), naming the node when it can."""
+        task = self._task_of(exc) or task
+        node, worker = (task.spec.name, task.worker) if task else ("<engine>", 0)
+        if task is not None:
+            task.failed = True
+        detail = str(exc).strip()
+        if isinstance(exc, ray.exceptions.RayActorError):
+            if task is not None:
+                task.dead = True
+            if task is not None and task.spec.kind == PROCESSOR and not self.max_restarts:
+                hint = " (RayEngine(max_restarts=N) restarts a processor's actors)"
+            else:
+                hint = ""
+            return FlowError(
+                f"task {worker} of node {node!r} died: its Ray actor is gone{hint}\n{detail}",
+                node=node, task=worker,
+            )
+        if isinstance(exc, ray.exceptions.RayTaskError):
+            return FlowError(
+                f"node {node!r} (task {worker}) failed in Ray: "
+                f"{type(exc.cause).__name__}: {exc.cause}",
+                node=node, task=worker, remote_traceback=getattr(exc, "traceback_str", ""),
+            )
+        return FlowError(f"node {node!r} (task {worker}) failed in Ray: {detail}",
+                         node=node, task=worker)
+
+    def _open(self, ray: Any) -> bool:
+        """Wait until every actor has opened its node; False when the flow cannot go on."""
+        assert self._config is not None
+        pending = {self._control(task, "info").remote(): task for task in self._tasks}
+        deadline = time.monotonic() + self._config.start_timeout
+        poll = self._config.poll_interval
+        while pending:
+            if self._abort.is_set():
+                return False
+            ready = self._harvest(ray, pending, poll)
+            if ready is None:
+                return False
+            for task, info in ready:
+                task.info = info
+                if info.failure is not None:
+                    self._fail(self._failure_error(info.failure), task)
+                    return False
+            if pending and time.monotonic() > deadline:
+                task = next(iter(pending.values()))
+                self._fail(FlowError(
+                    f"node {task.spec.name!r} (task {task.worker}) did not open within "
+                    f"{self._config.start_timeout:g} s (its Ray actor may be waiting for "
+                    "resources no node of the cluster has: see actor_options)",
+                    node=task.spec.name, task=task.worker,
+                ), task)
+                return False
+        return True
+
+    def _go(self, ray: Any) -> bool:
+        """Share the CPUs of each machine among the flow's actors on it (OpenCV threads), start
+        the clocks, then the producer's loop; False when an actor died meanwhile."""
+        assert self._config is not None
+        on_node = collections.Counter(t.info.node_id for t in self._tasks if t.info)
+        calls = []
+        for task in reversed(self._tasks):  # the producer last
+            info = task.info
+            assert info is not None
+            threads = self._config.opencv_threads_per_task(on_node[info.node_id], info.cpus)
+            if self._stop.is_set() and task.spec.kind == PRODUCER:
+                calls.append(self._control(task, "stop").remote())
+            calls.append(self._control(task, "go").remote(threads))
+        try:
+            ray.get(calls, timeout=self._config.start_timeout)
+        except Exception as exc:
+            self._fail(self._ray_error(ray, exc))
+            return False
+        self.started_at = time.monotonic()
+        return True
+
+    def _submit(self, seq: int) -> Any:
+        """Submit every call of message ``seq``; returns the ref of its last stage's result.
+
+        Every call returns one (metadata, output) pair. A stage that reads only the previous
+        stage gets that pair (``call``); any other gets the previous stage's pair first (the
+        metadata it carries on), then those of its other parents, each ref once, and ``where``
+        says which pair holds each of its inputs (``call_with``)."""
+        t0 = time.perf_counter()
+        results: dict[int, Any] = {}
+        last: Any = None
+        previous = -1
+        for spec, actors in self._chain:
+            task = actors[seq % len(actors)]
+            task.submitted += 1
+            if spec.kind == PRODUCER:
+                last = task.handle.take.remote()
+            elif spec.reads == (previous,):
+                last = task.handle.call.remote(last)
+            else:
+                args = [last]
+                for node_id in spec.reads:
+                    if results[node_id] not in args:
+                        args.append(results[node_id])
+                where = tuple(args.index(results[node_id]) for node_id in spec.reads)
+                last = task.handle.call_with.remote(where, *args)
+            results[spec.node_id] = last
+            previous = spec.node_id
+        self.submit_s += time.perf_counter() - t0
+        return last
+
+    def _pump(self, ray: Any) -> bool:
+        """Run the flow until the producer has ended and every message has arrived (True), or
+        until an abort, a kill or a failure (False)."""
+        assert self._config is not None
+        by_stage: dict[int, list[_Task]] = collections.defaultdict(list)
+        for task in self._tasks:
+            by_stage[task.stage].append(task)
+        self._chain = [(spec, by_stage[i]) for i, spec in enumerate(self._stages)]
+        producer = by_stage[0][0]
+        window = self.window or default_window(self._stages, self._realtime,
+                                               self._config.queue_depth)
+        poll = self._config.poll_interval
+        inflight: collections.deque[Any] = collections.deque()  # last stage's refs, in order
+        seq = 0
+        ending = stop_sent = False
+        while True:
+            if self._abort.is_set():
+                return False
+            if self._stop.is_set() and not stop_sent:
+                self._control(producer, "stop").remote()
+                stop_sent = True
+            while not ending and len(inflight) < window:
+                inflight.append(self._submit(seq))
+                seq += 1
+            if not inflight:
+                return True
+            # One get per message, as a hand-written driver does; the timeout only bounds how
+            # long a stop, an abort or a kill waits to be seen. An actor that dies fails the
+            # calls queued for it, and every actor has calls queued while messages are in
+            # flight, so a death reaches this get too.
+            try:
+                meta = ray.get(inflight[0], timeout=poll)[0]
+            except ray.exceptions.GetTimeoutError:
+                continue
+            except Exception as exc:
+                self._fail(self._ray_error(ray, exc))
+                return False
+            inflight.popleft()
+            if meta is None:
+                ending = True
+            elif not isinstance(meta, dict):
+                self._fail(self._failure_error(meta))
+                return False
+
+    def _harvest(
+        self, ray: Any, pending: dict[Any, _Task], timeout: float
+    ) -> list[tuple[_Task, Any]] | None:
+        """The results among ``pending`` (ref -> task) ready within ``timeout``, taken out of
+        it; None when one of them raised (an actor died...): the flow has then failed."""
+        if not pending:
+            return []
+        done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout)
+        ready = []
+        for ref in done:
+            task = pending.pop(ref)
+            try:
+                ready.append((task, ray.get(ref)))
+            except Exception as exc:
+                self._fail(self._ray_error(ray, exc, task), task)
+                return None
+        return ready
+
+    def _poll_counters(self, timeout: float) -> None:
+        """Ask the actors for their counters, the last stage first and the producer last, so
+        that a snapshot never shows more messages delivered than produced. An actor answers
+        after the calls queued on it (the producer at once), so this takes up to ``timeout``;
+        the rows are kept only if every live actor answered in time: a snapshot stays whole."""
+        import ray
+
+        deadline = time.monotonic() + timeout
+        rows: list[tuple[_Task, list[int]]] = []
+        for index in reversed(range(len(self._stages))):
+            pending = {self._control(t, "stats").remote(): t for t in self._tasks
+                       if t.stage == index and t.info and not t.dead}
+            left = max(0.0, deadline - time.monotonic())
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=left)
+            if len(done) < len(pending):
+                return
+            try:
+                rows += [(pending[ref], ray.get(ref)) for ref in done]
+            except Exception:  # a dead actor: the driver reports it
+                return
+        for task, row in rows:
+            task.row = row
+
+    def _finish(self, ray: Any, graceful: bool) -> None:
+        """Close every node (after the calls queued on its actor), then kill the actors.
+        Graceful: wait for the closes as long as they take (an abort or a kill still cuts it
+        short); otherwise calls still queued return at once and closes get ``stop_grace``."""
+        assert self._config is not None
+        if self._killed.is_set():
+            self._kill_actors()
+            return
+        grace, poll = self._config.stop_grace, self._config.poll_interval
+        live = [t for t in self._tasks if not t.dead]
+        if not graceful and not self._tasks[0].dead:
+            # The producer stops at once; the calls already queued on the other actors still
+            # run (or return at once after a failure) before their close.
+            self._control(self._tasks[0], "abort").remote()
+        closes = {t.handle.close.remote(grace): t for t in live}
+        deadline = None if graceful else time.monotonic() + grace
+        while closes and not self._killed.is_set():
+            if deadline is None and self._abort.is_set():
+                deadline = time.monotonic() + grace
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            for task, (row, failure) in self._harvest(ray, closes, poll) or ():
+                task.row = row
+                if failure is not None and not task.failed:
+                    self._fail(self._failure_error(failure), task)
+        self._kill_actors()
+
+    def _kill_actors(self) -> None:
+        """Kill every actor of the flow and wait (a few seconds at most) for the processes of
+        those on this machine to exit."""
+        try:
+            import ray
+        except ImportError:
+            return
+        local_pids = []
+        here = None
+        with contextlib.suppress(Exception):
+            here = ray.get_runtime_context().get_node_id()
+        for task in self._tasks:
+            with contextlib.suppress(Exception):
+                ray.kill(task.handle, no_restart=True)
+            if task.info is not None and task.info.node_id == here:
+                local_pids.append(task.info.pid)
+        deadline = time.monotonic() + GONE_WITHIN
+        while local_pids and time.monotonic() < deadline:
+            local_pids = [pid for pid in local_pids if _alive(pid)]
+            if local_pids:
+                time.sleep(0.02)
+
+    # -- what it ran on, and its counters --------------------------------------------------
+    def placement(self) -> dict[tuple[str, int], str]:
+        """The Ray node id each task runs on, keyed by (node name, task), once open."""
+        return {(t.spec.name, t.worker): t.info.node_id for t in self._tasks if t.info}
+
+    def actor_pids(self) -> list[int]:
+        """Process ids of the flow's actors (on their own machines), once open."""
+        return [t.info.pid for t in self._tasks if t.info]
+
+    def stats(self) -> FlowStats:
+        """A snapshot of the counters: while the flow runs, asked of every actor unless they
+        were asked less than ``STATS_FRESH`` seconds ago (when not all of them answer within
+        ``STATS_WAIT`` seconds, the previous snapshot's rows stay); final once the flow has
+        ended. The actors count for themselves: a flow nobody asks about pays nothing for its
+        counters."""
+        if self.running and self.started_at is not None:
+            now = time.monotonic()
+            if now - self._polled_at >= STATS_FRESH:
+                self._polled_at = now
+                self._poll_counters(STATS_WAIT)
+        running = self.running
+        now = time.monotonic()
+        started = self.started_at
+        elapsed = 0.0 if started is None else max(0.0, (self.ended_at or now) - started)
+        failed: dict[tuple[str, int], int] = {}
+        for err in list(self.errors):
+            failed[(err.node, err.task)] = failed.get((err.node, err.task), 0) + 1
+        nodes: list[NodeStats] = []
+        for index, spec in enumerate(self._stages):
+            tasks = [t for t in self._tasks if t.stage == index]
+            rows = [
+                task_stats(spec.name, t.worker, t.row, errors=failed.get((spec.name, t.worker), 0),
+                           elapsed_s=elapsed)
+                for t in tasks
+            ]
+            queued = None
+            if running and index > 0:
+                queued = max(0, sum(t.submitted for t in tasks) - sum(t.row[IN] for t in tasks))
+            nodes.append(node_stats(
+                spec.name, spec.kind, rows, inbox_queued=queued,
+                one_task=spec.kind != PROCESSOR or spec.one_task,
+                elapsed_s=elapsed,
+            ))
+        if not nodes:
+            return FlowStats(nodes=(), produced=0, delivered=0, dropped=0, running=running)
+        return FlowStats(
+            nodes=tuple(nodes),
+            produced=nodes[0].messages_in,
+            delivered=nodes[-1].messages_in,
+            dropped=sum(n.dropped for n in nodes),
+            running=running,
+            pool_slots_in_use=None if running else 0,
+            errors=sum(failed.values()),
+            elapsed_s=elapsed,
+        )
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine still runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        if os.path.isdir("/proc"):
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
+def _shutdown_running() -> None:
+    """At interpreter exit, before Ray disconnects: end the Ray flows still running."""
+    for engine in list(_running):
+        engine.abort()
+        if not engine.wait(10):
+            engine.kill()
+            engine.wait(5)
+
+
+__all__ = ["INSTALL_HINT", "RayEngine", "default_window", "ray_available"]
