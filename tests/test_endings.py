@@ -260,10 +260,13 @@ def test_stop_interrupts_a_producer_blocked_in_next(tmp_path, k):
 
 CTRL_C_SCRIPT = textwrap.dedent(
     """
-    import sys
+    import signal, sys
     sys.path.insert(0, {tests!r})
     from nodes import Ints, RecordingConsumer
     from videoflow.core import BATCH, Flow
+
+    # Ctrl-C as in a terminal, even when the tests run in a background job (SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     if __name__ == "__main__":
         a = Ints(block_at=30, folder={folder!r})

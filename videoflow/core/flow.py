@@ -155,10 +155,16 @@ class Flow:
         Returns False only when ``timeout`` elapsed first.
         """
         engine = self._started()
-        interrupted = False
+        interrupted = stopping = False
         waited = 0.0
         while True:
             try:
+                if interrupted and not stopping:
+                    # Inside the try: a second Ctrl-C that comes while the stop is being
+                    # asked for, or right after the message, is a kill like any other.
+                    stopping = True
+                    engine.stop()
+                    log.warning("interrupted: stopping the flow (Ctrl-C again to kill it)")
                 if engine.wait(0.1):
                     break
                 waited += 0.1
@@ -171,8 +177,6 @@ class Flow:
                     self._end_progress()
                     raise
                 interrupted = True
-                log.warning("interrupted: stopping the flow (Ctrl-C again to kill it)")
-                engine.stop()
         self._end_progress()
         if engine.errors:
             # A copy: raised, an exception holds this frame, which holds the engine; raising
