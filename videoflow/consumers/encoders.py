@@ -350,6 +350,11 @@ class PyAVEncoder:
         ext = os.path.splitext(path)[1].lower()
         options = {"movflags": "+faststart"} if ext in _MP4_LIKE else {}
         self._container: Any = None
+        try:  # FFmpeg opens the file only when the first packet comes out: fail now instead
+            with open(path, "wb"):
+                pass
+        except OSError as exc:
+            raise OSError(f"cannot write video {path!r}: {exc.strerror or exc}") from None
         try:
             self._container = av.open(path, "w", options=options)
         except (av.FFmpegError, ValueError) as exc:
@@ -411,12 +416,12 @@ class PyAVEncoder:
 
         try:
             packets = self._stream.encode(vframe)
+            if packets:
+                self._container.mux(packets)
         except av.FFmpegError as exc:
             raise OSError(
-                f"{self._stream.codec_context.name} cannot encode {self.path!r}: {exc}"
+                f"{self._stream.codec_context.name} cannot write {self.path!r}: {exc}"
             ) from None
-        if packets:
-            self._container.mux(packets)
 
     def close(self) -> None:
         container = self._container
