@@ -11,6 +11,7 @@ Run with ``pytest -m ray`` (needs the ``ray`` extra); the default run leaves the
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -467,6 +468,20 @@ def test_allocate_and_meta_work_in_nodes(output_file):
     e = RecordingConsumer(output_file, frames=True)(d)
     run(a, e, "ray")
     assert read_lines(output_file) == [f"{i}:ok" for i in range(40)]
+
+
+def test_bench_runs_the_videoflow_rows_on_ray(tmp_path):
+    from videoflow.benchmark.result import validate
+    from videoflow.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--engine", "ray", "--quick", "--size", "64x48", "--only", "handoff",
+                 "--duration", "0.3", "--baselines", "single", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert validate(data) == []
+    ours = next(r for r in data["rows"] if r["impl"] == "videoflow")
+    assert ours["params"]["engine"] == "ray" and ours["frames"] > 0 and ours["hop_cpu_us"] > 0
+    assert "single process" in ours["ratios"]
 
 
 class CheckFrame(ProcessorNode):

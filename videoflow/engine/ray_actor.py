@@ -1,11 +1,11 @@
 """What runs inside each actor of the Ray engine: one task of one node, its counters, its life.
 
 The driver (engine/ray_engine.py) is the single submitter: for every message it calls
-``take`` on the producer actor, then ``process`` or ``consume`` on one actor of every later
-stage, passing object refs from call to call. A message's metadata is a return value of its
-own (small, so Ray keeps it inline), threaded from each stage to the next in chain order, so
-the chain is ordered exactly as the process engine's; node outputs are separate returns that
-only their readers fetch.
+``take`` on the producer actor, then ``call`` (or ``call_with``, for a node that reads more
+than the previous stage) on one actor of every later stage, passing object refs from call to
+call. Every call returns one (metadata, output) pair: the metadata is threaded from each stage
+to the next in chain order, so the chain is ordered exactly as the process engine's, and a
+node's output is read by the stages that name it.
 
 A data message's metadata is a dict. Two other values travel in its place and make every later
 call return at once without running its node: ``None`` (the producer has ended, or the flow is
@@ -23,12 +23,12 @@ import pickle
 import threading
 import time
 import traceback
-import warnings
 from typing import Any
 
 import numpy as np
 import ray
 
+from videoflow.engine.ray_engine import process_started
 from videoflow.engine.stats import BLOCKED_NS, BUSY_NS, CPU_NS, DROPPED, IN, OUT, ROW, WAIT_NS
 from videoflow.engine.task import limit_opencv_threads
 
@@ -53,10 +53,11 @@ class ActorInfo:
     """What an actor tells the driver once its node is open."""
 
     pid: int
+    started: int  # when its process started (/proc, clock ticks; 0 when unknown)
     node_id: str  # Ray node id of the machine it runs on
+    ip: str  # the address of that machine
     cpus: int  # CPUs this actor's process may run on
     gpus: str  # CUDA_VISIBLE_DEVICES as Ray set it ("" without a GPU)
-    restarted: bool  # Ray restarted this actor after it died (max_restarts > 0)
     failure: Failure | None  # the node failed to load or open
 
 
@@ -141,14 +142,11 @@ class NodeActor:
             cpus = len(os.sched_getaffinity(0))
         except AttributeError:  # not Linux
             cpus = os.cpu_count() or 1
-        context = ray.get_runtime_context()
-        with warnings.catch_warnings():  # Ray's own code uses a deprecated accessor here
-            warnings.simplefilter("ignore")
-            restarted = bool(context.was_current_actor_reconstructed)
         return ActorInfo(
-            pid=os.getpid(), node_id=context.get_node_id(), cpus=cpus,
-            gpus=os.environ.get("CUDA_VISIBLE_DEVICES", ""), restarted=restarted,
-            failure=self.failure,
+            pid=os.getpid(), started=process_started(os.getpid()) or 0,
+            node_id=ray.get_runtime_context().get_node_id(),
+            ip=ray.util.get_node_ip_address(), cpus=cpus,
+            gpus=os.environ.get("CUDA_VISIBLE_DEVICES", ""), failure=self.failure,
         )
 
     def go(self, opencv_threads: int | None) -> None:
@@ -164,9 +162,6 @@ class NodeActor:
 
     def stop(self) -> None:
         """Producer: call ``next()`` no more; what it already produced is still taken."""
-        self._stop()
-
-    def _stop(self) -> None:
         with self.cond:
             self.stopping = True
             self.cond.notify_all()
@@ -179,9 +174,6 @@ class NodeActor:
 
     def stats(self) -> list[int]:
         """This task's counter row (engine/stats.py FIELDS)."""
-        return self._row()
-
-    def _row(self) -> list[int]:
         if self.cpu0 is not None:
             self.row[CPU_NS] = time.process_time_ns() - self.cpu0
         return list(self.row)
@@ -295,7 +287,7 @@ class NodeActor:
         at most for a ``next()`` in progress), close the node; returns the final counters and
         the failure this task had, if any."""
         if self.thread is not None:
-            self._stop()
+            self.stop()
             self.thread.join(wait_s)
         failure = self.failure
         if self.opened:
@@ -304,4 +296,4 @@ class NodeActor:
                 self.node.close()
             except BaseException as exc:
                 failure = failure or self._failure("close", exc)
-        return self._row(), failure
+        return self.stats(), failure

@@ -36,6 +36,7 @@ import dataclasses
 import importlib.util
 import logging
 import os
+import signal
 import threading
 import time
 import weakref
@@ -539,7 +540,7 @@ class RayEngine:
     def _finish(self, ray: Any, graceful: bool) -> None:
         """Close every node (after the calls queued on its actor), then kill the actors.
         Graceful: wait for the closes as long as they take (an abort or a kill still cuts it
-        short); otherwise calls still queued return at once and closes get ``stop_grace``."""
+        short); otherwise the producer stops at once and the closes get ``stop_grace``."""
         assert self._config is not None
         if self._killed.is_set():
             self._kill_actors()
@@ -564,26 +565,35 @@ class RayEngine:
         self._kill_actors()
 
     def _kill_actors(self) -> None:
-        """Kill every actor of the flow and wait (a few seconds at most) for the processes of
-        those on this machine to exit."""
+        """Kill every actor of the flow and wait for the processes of those on this machine
+        to exit; one that Ray has not ended within ``GONE_WITHIN`` seconds (a busy machine
+        delays its kill) is killed here, known by its pid and start time."""
         try:
             import ray
         except ImportError:
             return
-        local_pids = []
-        here = None
+        here = None  # this machine's address (several Ray nodes may share a machine)
         with contextlib.suppress(Exception):
-            here = ray.get_runtime_context().get_node_id()
+            here = ray.util.get_node_ip_address()
+        local: dict[int, int] = {}
         for task in self._tasks:
             with contextlib.suppress(Exception):
                 ray.kill(task.handle, no_restart=True)
-            if task.info is not None and task.info.node_id == here:
-                local_pids.append(task.info.pid)
-        deadline = time.monotonic() + GONE_WITHIN
-        while local_pids and time.monotonic() < deadline:
-            local_pids = [pid for pid in local_pids if _alive(pid)]
-            if local_pids:
-                time.sleep(0.02)
+            if task.info is not None and task.info.ip == here and task.info.started:
+                local[task.info.pid] = task.info.started
+        for last_resort in (False, True):
+            deadline = time.monotonic() + (1.0 if last_resort else GONE_WITHIN)
+            while local and time.monotonic() < deadline:
+                local = {pid: t for pid, t in local.items() if process_started(pid) == t}
+                if local:
+                    time.sleep(0.02)
+            if not local or last_resort:
+                break
+            log.warning("Ray did not end %d actor(s) of the flow within %g s: killing them",
+                        len(local), GONE_WITHIN)
+            for pid in local:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
 
     # -- what it ran on, and its counters --------------------------------------------------
     def placement(self) -> dict[tuple[str, int], str]:
@@ -642,21 +652,15 @@ class RayEngine:
         )
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` of this machine still runs (a zombie counts as gone)."""
+def process_started(pid: int) -> int | None:
+    """When process ``pid`` of this machine started (clock ticks since boot, from /proc), or
+    None when it is gone, a zombie, or /proc is not there: with the pid it names one process."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        if os.path.isdir("/proc"):
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        pass
-    return True
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 def _shutdown_running() -> None:
