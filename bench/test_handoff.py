@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from videoflow.benchmark.baselines import PIPE, QUEUE
-from videoflow.benchmark.matrix import SIZES, Options, handoff
+from videoflow.benchmark.matrix import handoff
+from videoflow.benchmark.options import SIZES, Options
 
 ORIGINAL_FPS = 30.0  # the 2020 videoflow on this kind of machine
 

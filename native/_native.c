@@ -2,6 +2,8 @@
  *
  * Ring      a bounded MPMC ring of fixed-size records over a shared-memory mapping (ring.c),
  *           the native control queue: no system call when there is room or data.
+ * Doorbell  a counter word several rings' senders bump after each put (Ring.set_doorbell),
+ *           so that one receiver (a JOIN) sleeps on all its rings at once (ring.h, vf_bell).
  * dumps     control message -> bytes: a compact tagged encoding of the few types a control
  *           message holds (None, bool, int64, float, str, bytes, tuple, list, dict, SlotRef),
  *           falling back to pickle protocol 5 for anything else.
@@ -29,7 +31,125 @@ typedef struct {
     Py_buffer view; /* keeps the mapping alive while the ring is open */
     vf_ring_header *ring;
     int busy; /* calls in progress with the GIL released: close() must wait for them */
+    PyObject *bell_obj; /* the Doorbell rung after each put (NULL: none); keeps it alive */
+    vf_bell *bell;
 } RingObject;
+
+/* ======================================================================================== */
+/* Doorbell                                                                                 */
+/* ======================================================================================== */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view; /* the shared memory that holds the bell (a flow's control block) */
+    vf_bell *bell;
+} DoorbellObject;
+
+static PyTypeObject DoorbellType;
+
+static int Doorbell_init(DoorbellObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buffer", "offset", NULL};
+    PyObject *buffer;
+    Py_ssize_t offset = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|n", kwlist, &buffer, &offset))
+        return -1;
+    if (self->bell != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Doorbell already initialised");
+        return -1;
+    }
+    if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE) < 0)
+        return -1;
+    if (offset < 0 || offset % 8 != 0 || offset + (Py_ssize_t)sizeof(vf_bell) > self->view.len
+        || (((uintptr_t)self->view.buf + (uintptr_t)offset) & 7u) != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "a doorbell needs 8 aligned bytes at offset %zd of a %zd-byte buffer",
+                     offset, self->view.len);
+        PyBuffer_Release(&self->view);
+        return -1;
+    }
+    self->bell = (vf_bell *)((char *)self->view.buf + offset);
+    return 0;
+}
+
+static void Doorbell_dealloc(DoorbellObject *self)
+{
+    if (self->bell != NULL) {
+        self->bell = NULL;
+        PyBuffer_Release(&self->view);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int bell_ready(DoorbellObject *self)
+{
+    if (self->bell == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Doorbell not initialised");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Doorbell_ring(DoorbellObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (bell_ready(self) < 0)
+        return NULL;
+    vf_bell_ring(self->bell);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Doorbell_value(DoorbellObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (bell_ready(self) < 0)
+        return NULL;
+    return PyLong_FromUnsignedLong(vf_bell_value(self->bell));
+}
+
+static PyObject *Doorbell_wait(DoorbellObject *self, PyObject *args)
+{
+    unsigned long seen;
+    double timeout = 0.0;
+    if (!PyArg_ParseTuple(args, "k|d:wait", &seen, &timeout))
+        return NULL;
+    if (bell_ready(self) < 0)
+        return NULL;
+    int64_t deadline = vf_ring_deadline(timeout);
+    for (;;) {
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = vf_bell_wait(self->bell, (uint32_t)seen, deadline);
+        Py_END_ALLOW_THREADS
+        if (rc == VF_RING_OK)
+            Py_RETURN_TRUE;
+        if (rc == VF_RING_TIMEOUT)
+            Py_RETURN_FALSE;
+        if (PyErr_CheckSignals() < 0)
+            return NULL;
+    }
+}
+
+static PyMethodDef Doorbell_methods[] = {
+    {"ring", (PyCFunction)Doorbell_ring, METH_NOARGS,
+     "ring(): bump the counter, wake the receiver if it sleeps."},
+    {"value", (PyCFunction)Doorbell_value, METH_NOARGS,
+     "value() -> int: the counter now; read it before trying the rings."},
+    {"wait", (PyCFunction)Doorbell_wait, METH_VARARGS,
+     "wait(seen, timeout=0.0) -> bool: sleep until the counter differs from seen (True, or "
+     "a spurious wake-up) or timeout seconds passed (False)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject DoorbellType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "videoflow._native.Doorbell",
+    .tp_basicsize = sizeof(DoorbellObject),
+    .tp_dealloc = (destructor)Doorbell_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Doorbell(buffer, offset=0): a wake-up counter in 8 bytes of shared memory.",
+    .tp_methods = Doorbell_methods,
+    .tp_init = (initproc)Doorbell_init,
+    .tp_new = PyType_GenericNew,
+};
 
 static int ring_ready(RingObject *self)
 {
@@ -87,6 +207,8 @@ fail:
 
 static void Ring_dealloc(RingObject *self)
 {
+    Py_CLEAR(self->bell_obj);
+    self->bell = NULL;
     if (self->ring != NULL) {
         self->ring = NULL;
         PyBuffer_Release(&self->view);
@@ -132,6 +254,8 @@ static PyObject *Ring_put(RingObject *self, PyObject *args)
     for (;;) {
         int rc = vf_ring_try_put(self->ring, data.buf, (uint32_t)data.len);
         if (rc == VF_RING_OK) {
+            if (self->bell != NULL)
+                vf_bell_ring(self->bell);
             result = Py_True;
             break;
         }
@@ -207,6 +331,26 @@ static PyObject *Ring_close(RingObject *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+static PyObject *Ring_set_doorbell(RingObject *self, PyObject *bell)
+{
+    if (bell == Py_None) {
+        Py_CLEAR(self->bell_obj);
+        self->bell = NULL;
+        Py_RETURN_NONE;
+    }
+    if (!PyObject_TypeCheck(bell, &DoorbellType)) {
+        PyErr_SetString(PyExc_TypeError, "set_doorbell takes a Doorbell or None");
+        return NULL;
+    }
+    DoorbellObject *d = (DoorbellObject *)bell;
+    if (bell_ready(d) < 0)
+        return NULL;
+    Py_INCREF(bell);
+    Py_XSETREF(self->bell_obj, bell);
+    self->bell = d->bell;
+    Py_RETURN_NONE;
+}
+
 static Py_ssize_t Ring_len(RingObject *self)
 {
     if (ring_ready(self) < 0)
@@ -234,6 +378,8 @@ static PyMethodDef Ring_methods[] = {
     {"get", (PyCFunction)Ring_get, METH_VARARGS,
      "get(timeout=0.0) -> bytes | None: take the oldest record; None if none came."},
     {"close", (PyCFunction)Ring_close, METH_NOARGS, "Release the mapping (idempotent)."},
+    {"set_doorbell", (PyCFunction)Ring_set_doorbell, METH_O,
+     "set_doorbell(bell): ring this Doorbell after every put from here on (None: stop)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -615,7 +761,7 @@ static struct PyModuleDef native_module = {
 
 PyMODINIT_FUNC PyInit__native(void)
 {
-    if (PyType_Ready(&RingType) < 0)
+    if (PyType_Ready(&RingType) < 0 || PyType_Ready(&DoorbellType) < 0)
         return NULL;
     PyObject *pickle = PyImport_ImportModule("pickle");
     if (pickle == NULL)
@@ -631,6 +777,12 @@ PyMODINIT_FUNC PyInit__native(void)
     Py_INCREF(&RingType);
     if (PyModule_AddObject(m, "Ring", (PyObject *)&RingType) < 0) {
         Py_DECREF(&RingType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&DoorbellType);
+    if (PyModule_AddObject(m, "Doorbell", (PyObject *)&DoorbellType) < 0) {
+        Py_DECREF(&DoorbellType);
         Py_DECREF(m);
         return NULL;
     }

@@ -309,3 +309,37 @@ uint32_t vf_ring_count(const vf_ring_header *r)
     uint64_t n = tail - head;
     return n > r->capacity ? r->capacity : (uint32_t)n;
 }
+
+/* -- doorbell ------------------------------------------------------------------------------ */
+
+void vf_bell_ring(vf_bell *b)
+{
+    wake(&b->count, &b->waiters);
+}
+
+uint32_t vf_bell_value(const vf_bell *b)
+{
+    return __atomic_load_n(&b->count, __ATOMIC_SEQ_CST);
+}
+
+int vf_bell_wait(vf_bell *b, uint32_t seen, int64_t deadline)
+{
+    if (vf_bell_value(b) != seen)
+        return VF_RING_OK;
+    int64_t left = deadline - now_ns();
+    if (deadline == 0 || left <= 0)
+        return VF_RING_TIMEOUT;
+    __atomic_add_fetch(&b->waiters, 1u, __ATOMIC_SEQ_CST);
+    int rc = 0;
+    if (__atomic_load_n(&b->count, __ATOMIC_SEQ_CST) == seen) {
+        struct timespec ts = {(time_t)(left / 1000000000), (long)(left % 1000000000)};
+        rc = (int)syscall(SYS_futex, &b->count, FUTEX_WAIT, seen, &ts, NULL, 0);
+    }
+    int err = rc == -1 ? errno : 0;
+    __atomic_sub_fetch(&b->waiters, 1u, __ATOMIC_SEQ_CST);
+    if (err == EINTR)
+        return VF_RING_EINTR;
+    if (err == ETIMEDOUT)
+        return VF_RING_TIMEOUT;
+    return VF_RING_OK; /* woken, or the counter had moved (EAGAIN) */
+}

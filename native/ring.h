@@ -88,4 +88,21 @@ int vf_ring_get(vf_ring_header *r, void *out, uint32_t cap, uint32_t *length, do
 /* Records in the ring now (a snapshot). */
 uint32_t vf_ring_count(const vf_ring_header *r);
 
+/* A doorbell: one receiver watching several rings (a JOIN stage and its inboxes). A 32-bit
+ * counter and a waiter count side by side in shared memory; every sender rings it after each
+ * put (one atomic add, and a FUTEX_WAKE only while someone sleeps, as for the ring's own
+ * words). The receiver reads the counter, tries its rings, and if they had nothing sleeps
+ * until the counter moves from the value it read: a put after the read ends the wait at once,
+ * so no wake-up is lost, and a receiver that finds data makes no system call. */
+typedef struct {
+    uint32_t count;
+    uint32_t waiters;
+} vf_bell;
+
+void vf_bell_ring(vf_bell *b);
+uint32_t vf_bell_value(const vf_bell *b);
+/* VF_RING_OK once the counter differs from seen (or on a spurious wake-up), VF_RING_TIMEOUT
+ * at the deadline (monotonic ns, see vf_ring_deadline; 0: do not wait), VF_RING_EINTR. */
+int vf_bell_wait(vf_bell *b, uint32_t seen, int64_t deadline);
+
 #endif

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from videoflow.consumers import JsonLinesWriter, VideofileWriter
+from videoflow.consumers import JsonLinesWriter, VideoWriter
 from videoflow.core import BATCH, Flow
 from videoflow.processors import BoxAnnotator, HogPeopleDetector, KalmanTracker
 from videoflow.processors.vision import MotionDetector, hog_available
@@ -27,10 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jsonl", help="results file (default: OUT with .jsonl)")
     parser.add_argument("--detector", choices=("hog", "motion"), default=None)
     parser.add_argument("--nb-tasks", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--fourcc", default=None, help="codec (default: MJPG for .avi, else mp4v)")
+    parser.add_argument(
+        "--codec", default=None,
+        help="h264, hevc, vp9, av1, auto (NVENC where it works), mp4v, mjpeg "
+        "(default: H.264 for .mp4, MJPEG for .avi)",
+    )
     args = parser.parse_args(argv)
     jsonl = args.jsonl or os.path.splitext(args.output)[0] + ".jsonl"
-    fourcc = args.fourcc or ("MJPG" if args.output.lower().endswith(".avi") else "mp4v")
     detector_kind = args.detector or ("hog" if hog_available() else "motion")
     if detector_kind == "hog" and not hog_available():
         parser.error("this OpenCV build has no HOG detector; use --detector motion")
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         detector = MotionDetector(name="detector")(reader)
     tracker = KalmanTracker(name="tracker")(detector)
     annotated = BoxAnnotator(name="annotator")(reader, tracker)
-    writer = VideofileWriter(args.output, fourcc=fourcc, name="writer")(annotated)
+    writer = VideoWriter(args.output, codec=args.codec, name="writer")(annotated)
     results = JsonLinesWriter(jsonl, keys=("detections", "tracks"), name="results")(
         detector, tracker
     )

@@ -81,15 +81,16 @@ class JitterProcessor(ProcessorNode):
 
 
 class BurnProcessor(ProcessorNode):
-    """Computes (spins) for ``seconds`` per message: CPU time, where SlowProcessor sleeps."""
+    """Computes (spins) until it has used ``seconds`` of CPU per message, where SlowProcessor
+    sleeps: on a loaded machine the call takes longer, but its CPU time stays the same."""
 
     def __init__(self, seconds: float, **kw: Any) -> None:
         super().__init__(**kw)
         self.seconds = seconds
 
     def process(self, value: Any) -> Any:
-        end = time.perf_counter() + self.seconds
-        while time.perf_counter() < end:
+        end = time.thread_time() + self.seconds
+        while time.thread_time() < end:
             pass
         return value
 
@@ -477,6 +478,158 @@ class KeepsInput(ProcessorNode):
         return seen
 
 
+# -- endings (tests/test_endings.py) ----------------------------------------------------------
+
+
+def note(folder: str, what: str) -> None:
+    """Leave a file ``<what>.<pid>`` in ``folder``: which process did what (and when)."""
+    with open(os.path.join(folder, f"{what}.{os.getpid()}"), "a") as f:
+        f.write(f"{time.time()!r}\n")
+
+
+def block_forever() -> None:
+    """Wait for ever, as a node stuck on a lock or a device does."""
+    threading.Event().wait()
+
+
+class Ints(ProducerNode):
+    """0, 1, ... ``count - 1`` (forever when None), ``delay`` seconds apart; after ``block_at``
+    values its next() blocks for ever (a camera that stops delivering frames)."""
+
+    def __init__(
+        self, count: int | None = None, delay: float = 0.0, block_at: int | None = None,
+        folder: str | None = None, **kw: Any,
+    ) -> None:
+        super().__init__(**kw)
+        self.count, self.delay, self.block_at, self.folder = count, delay, block_at, folder
+
+    def open(self) -> None:
+        self.i = 0
+
+    def next(self) -> int:
+        if self.count is not None and self.i >= self.count:
+            raise StopIteration
+        if self.i == self.block_at:
+            if self.folder:
+                note(self.folder, "blocked")
+            block_forever()
+        if self.delay:
+            time.sleep(self.delay)
+        self.i += 1
+        return self.i - 1
+
+
+class Stuck(ProcessorNode):
+    """Passes values on; one task (the first to see message ``at`` or a later one: realtime
+    may drop ``at``) gets stuck in process(): "sigstop" (its process stops itself, as a
+    debugger or a ``kill -STOP`` would), "deadlock" (takes a lock it holds). Every task notes
+    its pid in ``folder`` at open()."""
+
+    def __init__(self, how: str, at: int | None, folder: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.how, self.at, self.folder = how, at, folder
+
+    def open(self) -> None:
+        note(self.folder, "pid")
+
+    def _first(self) -> bool:
+        """True in the one task that gets there first (of all the node's tasks)."""
+        try:
+            os.close(os.open(os.path.join(self.folder, "stuck"), os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return False
+        return True
+
+    def process(self, value: Any) -> Any:
+        if self.at is not None and self.meta["index"] >= self.at and self._first():
+            note(self.folder, "stuck")
+            if self.how == "sigstop":
+                os.kill(os.getpid(), signal.SIGSTOP)
+            else:
+                lock = threading.Lock()
+                lock.acquire()
+                lock.acquire()
+        return value
+
+
+class Lingers(ConsumerNode):
+    """Writes each value to ``path``, then does not let its process end: "close" (close()
+    never returns) or "thread" (a non-daemon thread named "grabber" runs for ever, as a
+    camera grabber would)."""
+
+    def __init__(self, how: str, path: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.how, self.path = how, path
+
+    def open(self) -> None:
+        self._f = open(self.path, "a", buffering=1)  # noqa: SIM115 (closed in close())
+        if self.how == "thread":
+            threading.Thread(target=block_forever, name="grabber").start()
+
+    def consume(self, value: Any) -> None:
+        self._f.write(f"{value}\n")
+
+    def close(self) -> None:
+        self._f.close()
+        if self.how == "close":
+            block_forever()
+
+
+class GrabbingProducer(Ints):
+    """Ints that leave a non-daemon "grabber" thread running after close()."""
+
+    def open(self) -> None:
+        super().open()
+        threading.Thread(target=block_forever, name="grabber").start()
+
+
+class Unloadable(ProcessorNode):
+    """Pickles in the owner, cannot be unpickled anywhere (its task cannot load it)."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        raise RuntimeError("this node cannot be restored (injected)")
+
+
+class BrokenStr(Exception):
+    def __str__(self) -> str:
+        raise TypeError("__str__ is broken too")
+
+
+class RaisesBrokenStr(ProcessorNode):
+    def process(self, value: Any) -> Any:
+        if self.meta["index"] == 3:
+            raise BrokenStr("unprintable")
+        return value
+
+
+class ExitsAt(ProcessorNode):
+    """At message ``at``, ends its own process with ``os._exit(0)`` (no cleanup, no error)."""
+
+    def __init__(self, at: int, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.at = at
+
+    def process(self, frame: Any) -> Any:
+        if self.meta["index"] == self.at:
+            os._exit(0)
+        return frame
+
+
+class CountsLoads(ProcessorNode):
+    """Notes in ``folder`` each time it is unpickled (``loaded.<pid>``, one line a time)."""
+
+    def __init__(self, folder: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.folder = folder
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        note(self.folder, "loaded")
+
+    def process(self, value: Any) -> Any:
+        return value
+
+
 # -- frames a node draws on or keeps (tests/test_frames.py) -----------------------------------
 MARK = 255  # what the drawing nodes write; frame_value never reaches it (index % 251)
 
@@ -608,3 +761,73 @@ class Hoarder(ConsumerNode):
 
     def consume(self, frame: np.ndarray) -> None:
         self.kept.append(frame)
+
+
+class MetaLog(ConsumerNode):
+    """Writes one JSON line per message: its index, its value (ints; for a frame, its first
+    byte), ``meta["skipped"]`` and whether ``meta["produced_ns"]`` lies in the past."""
+
+    def __init__(self, path: str, delay: float = 0.0, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.path, self.delay = path, delay
+
+    def open(self) -> None:
+        self._f = open(self.path, "a", buffering=1)  # noqa: SIM115 (closed in close())
+
+    def consume(self, value: Any) -> None:
+        import json
+
+        if self.delay:
+            time.sleep(self.delay)
+        if isinstance(value, np.ndarray):
+            value = [int(value.flat[0]), int(value.max())]
+        stamp = self.meta.get("produced_ns")
+        self._f.write(json.dumps({
+            "index": self.meta["index"], "value": value, "skipped": self.meta.get("skipped"),
+            "stamped": stamp is not None and stamp <= time.perf_counter_ns(),
+        }) + "\n")  # fmt: skip
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class CountCalls(ProcessorNode):
+    """Returns ``[input, calls so far in this task]``: shows which messages the node ran on."""
+
+    def open(self) -> None:
+        self.calls = 0
+
+    def process(self, value: Any) -> Any:
+        self.calls += 1
+        time.sleep(getattr(self, "delay", 0.0))
+        return [value, self.calls]
+
+
+class SlowCountCalls(CountCalls):
+    def __init__(self, delay: float, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.delay = delay
+
+
+class IndexFrame(ProcessorNode):
+    """Returns a new frame in shared memory (``allocate``) filled with the message's index."""
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        out = self.allocate((4, 4), np.uint16)
+        out[:] = self.meta["index"]
+        return out
+
+
+class OldStamps(ProducerNode):
+    """Produces ``count`` ints, each stamped as made ``age`` seconds before next() returns."""
+
+    def __init__(self, count: int, age: float, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.count, self.age, self.i = count, age, 0
+
+    def next(self) -> int:
+        if self.i >= self.count:
+            raise StopIteration
+        self.i += 1
+        self.meta["produced_ns"] = time.perf_counter_ns() - int(self.age * 1e9)
+        return self.i

@@ -6,14 +6,16 @@ No time is asserted here (figures depend on the machine); bench/ holds the speed
 from __future__ import annotations
 
 import json
+import pstats
 import textwrap
 
+import jsonschema
 import pytest
 
 from videoflow.benchmark import SCHEMA, BenchResult, Row, bench_flow, compare, validate
 from videoflow.benchmark.cli import format_table
 from videoflow.benchmark.flows import percentile
-from videoflow.benchmark.matrix import parse_size
+from videoflow.benchmark.options import parse_size
 from videoflow.benchmark.result import add_ratios, machine_info
 from videoflow.cli import main
 from videoflow.consumers import VoidConsumer
@@ -48,12 +50,6 @@ def test_quick_matrix_json_matches_schema(tmp_path, capsys):
     assert_clean()
     data = json.loads(out.read_text())
     assert validate(data) == []
-    try:
-        import jsonschema  # not a dependency: a second opinion where it is installed
-    except ImportError:
-        pass
-    else:
-        jsonschema.validate(data, SCHEMA)
     impls = {row["impl"] for row in data["rows"]}
     assert impls == {"videoflow", "mp.Queue+pickle", "single process"}
     ours = next(r for r in data["rows"] if r["impl"] == "videoflow")
@@ -62,6 +58,23 @@ def test_quick_matrix_json_matches_schema(tmp_path, capsys):
     assert data["machine"]["cores"] >= 1 and data["machine"]["start_method"]
     printed = capsys.readouterr().out
     assert "videoflow" in printed and "mp.Queue+pickle" in printed and "saved" in printed
+
+
+@pytest.mark.timeout(120)
+def test_join_section_measures_throughput_and_latency(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--quick", "--size", "64x48", "--only", "join", "--duration", "0.1",
+               "--json", str(out)])
+    assert rc == 0
+    assert_clean()
+    data = json.loads(out.read_text())
+    assert validate(data) == []
+    seq, latest = data["rows"]
+    assert seq["params"]["policy"] == "seq" and latest["params"]["policy"] == "latest"
+    assert seq["fps"] > 0 and seq["extra"]["join_cpu_us"] > 0
+    assert latest["latency_p50_ms"] is not None and "added_p50_ms" in latest["extra"]
+    text = capsys.readouterr().out
+    assert "joined/s" in text and "Join.latest adds" in text
 
 
 @pytest.mark.timeout(60)
@@ -82,6 +95,7 @@ def test_compare_prints_the_change(tmp_path, capsys):
 def test_schema_is_printed(capsys):
     assert main(["bench", "--schema"]) == 0
     assert json.loads(capsys.readouterr().out) == SCHEMA
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)  # a well-formed schema itself
 
 
 def test_compare_of_an_invalid_file_fails_cleanly(tmp_path, capsys):
@@ -152,12 +166,15 @@ def test_validate_reports_problems():
     bad["rows"][0]["drop_rate"] = 2.0
     bad["rows"][0]["surprise"] = 1
     bad["rows"][0]["section"] = "nope"
+    bad["rows"][0]["seconds"] = float("inf")  # JSON has no infinity: not a number here
     problems = "\n".join(validate(bad))
-    assert "missing 'cores'" in problems
-    assert "$.rows[0].fps: expected number" in problems
-    assert "drop_rate: 2.0 > maximum 1" in problems
-    assert "unexpected property 'surprise'" in problems
-    assert "'nope' is not one of" in problems
+    assert "$.machine: 'cores' is a required property" in problems
+    assert "$.rows[0].fps: 'fast' is not of type 'number'" in problems
+    assert "$.rows[0].seconds: inf is not of type 'number'" in problems
+    assert "$.rows[0].drop_rate: 2.0 is greater than the maximum of 1" in problems
+    assert "'surprise' was unexpected" in problems
+    assert "$.rows[0].section: 'nope' is not one of" in problems
+    assert len(validate(bad)) == 6
     with pytest.raises(ValueError, match="not a videoflow benchmark result"):
         BenchResult.from_dict(bad)
 
@@ -199,6 +216,28 @@ def test_small_helpers():
     assert percentile([], 0.5) is None
     assert percentile([3, 1, 2], 0.5) == 2
     assert percentile(list(range(101)), 0.99) == 99
+
+
+@pytest.mark.timeout(60)
+def test_profile_option_writes_the_statistics_of_each_task(tmp_path):
+    where = tmp_path / "prof"
+    a = IntProducer(0, 99, name="src")
+    b = IdentityProcessor(nb_tasks=2, name="mid")(a)
+    c = VoidConsumer(name="sink")(b)
+    flow = Flow([a], [c], flow_type=BATCH, flow_options={"profile": str(where)})
+    flow.run()
+    flow.join()
+    assert_clean()
+    files = sorted(p.name for p in where.iterdir())
+    assert files == ["mid.0.prof", "mid.1.prof", "sink.0.prof", "src.0.prof"]
+    table = pstats.Stats(str(where / "src.0.prof")).stats  # type: ignore[attr-defined]
+    assert any(func == "next" for (_file, _line, func) in table)
+    with pytest.raises(ValueError, match="flow option profile must be a directory"):
+        Flow([a], [c], flow_options={"profile": 1})
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError):  # in run(), before any task starts
+        Flow([a], [c], flow_options={"profile": str(tmp_path / "file" / "prof")}).run()
+    assert_clean()
 
 
 @pytest.mark.timeout(60)

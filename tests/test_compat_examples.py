@@ -68,7 +68,7 @@ def run_script(path: Path, cwd: Path, env: dict[str, str] | None = None, timeout
 
 # Realtime flows drop what a full queue cannot take; on a busy machine a deep queue keeps the
 # comparison about the API, not about the machine's load (the original drops the same way).
-DEEP = {"VIDEOFLOW_QUEUE_DEPTH": "64"}
+DEEP = {"VIDEOFLOW_QUEUE_DEPTH": "64", "VIDEOFLOW_REALTIME_DEPTH": "64"}
 
 
 @pytest.mark.timeout(300)

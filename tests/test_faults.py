@@ -9,15 +9,19 @@ child process, none of the flow's names in /dev/shm or /dev/mqueue, and pool occ
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import multiprocessing as mp
 import os
+import select
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -99,14 +103,15 @@ def expect_failure(tmp_path, flow: Flow, node: str, *words: str, lost: int = 0) 
 
 # -- a node raising -------------------------------------------------------------------------
 
-PHASES = [  # (where, fault, what the error says)
-    ("processor", "open", "in open()"),
-    ("producer", "call", "in next()"),
-    ("processor", "call", "in process()"),
-    ("consumer", "call", "in consume()"),
-    ("processor", "close", "in close()"),
-    ("producer", "close", "in close()"),
-    ("consumer", "open", "in open()"),
+PHASES = [  # (where, fault, the method that raised, the exception it raised)
+    ("producer", "open", "open", "RuntimeError"),
+    ("processor", "open", "open", "RuntimeError"),
+    ("consumer", "open", "open", "RuntimeError"),
+    ("producer", "call", "next", "ValueError"),
+    ("processor", "call", "process", "ValueError"),
+    ("consumer", "call", "consume", "KeyError"),
+    ("processor", "close", "close", "RuntimeError"),
+    ("producer", "close", "close", "RuntimeError"),
 ]
 NAMES = {"producer": "source", "processor": "middle", "consumer": "sink"}
 
@@ -114,12 +119,15 @@ NAMES = {"producer": "source", "processor": "middle", "consumer": "sink"}
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("flow_type", TYPES)
 @pytest.mark.parametrize("k", KS)
-@pytest.mark.parametrize(("where", "fault", "says"), PHASES)
-def test_exception(tmp_path, where, fault, says, k, flow_type):
+@pytest.mark.parametrize(("where", "fault", "method", "raised"), PHASES)
+def test_exception(tmp_path, where, fault, method, raised, k, flow_type):
     count = 60 if fault == "close" else None  # close() runs at the end of the run
     flow, _ = build(tmp_path, where, fault, k, flow_type, count=count)
-    err = expect_failure(tmp_path, flow, NAMES[where], says, "(injected)")
-    assert "Traceback" in err.remote_traceback
+    err = expect_failure(tmp_path, flow, NAMES[where], f"in {method}()", raised, "(injected)")
+    # the child's own traceback, down to the node's method that raised
+    assert "Traceback" in err.remote_traceback and f"in {method}" in err.remote_traceback
+    assert raised in err.remote_traceback
+    assert 0 <= err.task < (k if where == "processor" else 1)
 
 
 # -- a worker dying -------------------------------------------------------------------------
@@ -221,15 +229,25 @@ def test_stop_from_another_thread(tmp_path, k, flow_type):
 
 SCRIPT = textwrap.dedent(
     """
-    import sys, time
+    import os, signal, sys, time
     sys.path.insert(0, {tests!r})
     from nodes import FaultyConsumer, FaultyProcessor, FaultyProducer
     from videoflow.core import Flow
 
+    # Ctrl-C as in a terminal, even when the tests run in a background job (SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    class HeldConsumer(FaultyConsumer):
+        # Waits while the hold file exists: a graceful stop cannot end meanwhile.
+        def consume(self, *values):
+            while {hold!r} and os.path.exists({hold!r}):
+                time.sleep(0.005)
+            super().consume(*values)
+
     if __name__ == "__main__":
         p = FaultyProducer("none", delay={delay})
         x = FaultyProcessor("none", nb_tasks={k})(p)
-        c = FaultyConsumer("none", {out!r}, delay={consumer_delay})(x)
+        c = HeldConsumer("none", {out!r}, delay={consumer_delay})(x)
         flow = Flow([p], [c], flow_type={flow_type!r})
         flow.run()
         print("running", flush=True)
@@ -286,15 +304,36 @@ def alive(pids: set[int]) -> set[int]:
     return left
 
 
+@contextlib.contextmanager
+def running_script(
+    tmp_path, k: int, flow_type: str, delay: float, consumer_delay: float = 0.0,
+    hold: str | None = None,
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """SCRIPT, started (see start_script); killed on the way out if a test left it running,
+    so that a failed test leaves no flow behind (its tasks follow their owner)."""
+    proc, out = start_script(tmp_path, k, flow_type, delay, consumer_delay, hold)
+    try:
+        yield proc, out
+    finally:
+        if hold is not None and os.path.exists(hold):
+            os.unlink(hold)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def start_script(
-    tmp_path, k: int, flow_type: str, delay: float, consumer_delay: float = 0.0
+    tmp_path, k: int, flow_type: str, delay: float, consumer_delay: float = 0.0,
+    hold: str | None = None,
 ) -> tuple[subprocess.Popen, str]:
+    """Start SCRIPT and wait until 30 frames reached its consumer. While the file ``hold``
+    exists (create it after this returns) the consumer takes no more frames."""
     out = str(tmp_path / "out.txt")
     script = tmp_path / "flow.py"
     script.write_text(
         SCRIPT.format(
             tests=TESTS_DIR, out=out, k=k, flow_type=flow_type, delay=delay,
-            consumer_delay=consumer_delay,
+            consumer_delay=consumer_delay, hold=hold,
         )
     )
     proc = subprocess.Popen(
@@ -309,6 +348,20 @@ def start_script(
     return proc, out
 
 
+def read_until(stream: Any, text: str, seconds: float) -> str:
+    """Lines of ``stream`` up to the first that holds ``text`` (all, if it never comes)."""
+    deadline = time.monotonic() + seconds
+    got = ""
+    while text not in got and (left := deadline - time.monotonic()) > 0:
+        if not select.select([stream], [], [], left)[0]:
+            break
+        line = stream.readline()
+        if not line:
+            break
+        got += line
+    return got
+
+
 def script_stats(stdout: str) -> tuple[int, int, int, int]:
     produced, delivered, dropped, in_use = map(int, stdout.split("stats", 1)[1].split()[:4])
     return produced, delivered, dropped, in_use
@@ -318,12 +371,12 @@ def script_stats(stdout: str) -> tuple[int, int, int, int]:
 @pytest.mark.parametrize("flow_type", TYPES)
 @pytest.mark.parametrize("k", KS)
 def test_sigkill_of_the_parent_leaves_nothing(tmp_path, k, flow_type):
-    proc, _ = start_script(tmp_path, k, flow_type, delay=0.001)
-    tasks = descendants(proc.pid)
-    assert len(tasks) >= k + 2
-    proc.kill()
-    killed_at = time.monotonic()
-    proc.wait(timeout=10)  # not communicate(): the orphans may hold its pipes a little longer
+    with running_script(tmp_path, k, flow_type, delay=0.001) as (proc, _):
+        tasks = descendants(proc.pid)
+        assert len(tasks) >= k + 2
+        proc.kill()
+        killed_at = time.monotonic()
+        proc.wait(timeout=10)  # not communicate(): the orphans may hold its pipes a little longer
     left = wait_gone(tasks, 10)
     gone_after = time.monotonic() - killed_at
     assert not left, f"processes of the killed flow still alive: {sorted(left)}"
@@ -337,11 +390,11 @@ def test_sigkill_of_the_parent_leaves_nothing(tmp_path, k, flow_type):
 @pytest.mark.parametrize("flow_type", TYPES)
 @pytest.mark.parametrize("k", KS)
 def test_sigint_once_stops_cleanly(tmp_path, k, flow_type):
-    proc, out = start_script(tmp_path, k, flow_type, delay=0.001)
-    tasks = descendants(proc.pid)
-    proc.send_signal(signal.SIGINT)
-    sent = time.monotonic()
-    stdout, stderr = proc.communicate(timeout=20)
+    with running_script(tmp_path, k, flow_type, delay=0.001) as (proc, out):
+        tasks = descendants(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=20)
     assert time.monotonic() - sent < END_WITHIN
     assert proc.returncode == 0, stderr
     produced, delivered, dropped, in_use = script_stats(stdout)
@@ -364,15 +417,19 @@ def test_sigint_once_stops_cleanly(tmp_path, k, flow_type):
 @pytest.mark.parametrize("flow_type", TYPES)
 @pytest.mark.parametrize("k", KS)
 def test_sigint_twice_kills(tmp_path, k, flow_type):
-    # A slow consumer: the graceful stop that the first Ctrl-C starts is still draining when
-    # the second one comes.
-    proc, _ = start_script(tmp_path, k, flow_type, delay=0.001, consumer_delay=0.02)
-    tasks = descendants(proc.pid)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    sent = time.monotonic()
-    _, stderr = proc.communicate(timeout=20)
+    # The consumer is held: the graceful stop that the first Ctrl-C starts cannot end before
+    # the second one comes. The second is sent once the first was acknowledged: two SIGINTs
+    # that arrive before Python runs its handler are one KeyboardInterrupt.
+    hold = tmp_path / "hold"
+    with running_script(tmp_path, k, flow_type, delay=0.001, hold=str(hold)) as (proc, _):
+        tasks = descendants(proc.pid)
+        hold.touch()
+        proc.send_signal(signal.SIGINT)
+        said = read_until(proc.stderr, "Ctrl-C again to kill it", seconds=20)
+        assert "Ctrl-C again to kill it" in said, said
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, stderr = proc.communicate(timeout=20)
     assert time.monotonic() - sent < END_WITHIN
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr.replace("KeyboardInterrupt", ""), stderr

@@ -1,39 +1,31 @@
-"""End-to-end flows in task processes: delivery, order, drops, errors, stops, start methods."""
+"""End-to-end flows in task processes: delivery, order, drops, start methods, the context
+manager. How a flow fails (a node raising, a task killed, stop, Ctrl-C) is test_faults.py's."""
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
-from conftest import read_lines, wait_clean
+from conftest import read_lines
 from nodes import (
     AddProcessor,
     BigMeta,
     CheckMeta,
     CopyProcessor,
     DictOfArrays,
-    FailingConsumer,
-    FailingProcessor,
-    FailingProducer,
     NumpyCopyProcessor,
     OpencvThreads,
     PairProcessor,
     RecordingConsumer,
     RunningList,
-    SlowProcessor,
     UnwrapDict,
 )
 
-from videoflow import FlowError
+from videoflow.config import available_cpus
 from videoflow.consumers import VoidConsumer
 from videoflow.core import BATCH, REALTIME, Flow
-from videoflow.engine.report import available_cpus
 from videoflow.processors import (
     CountAggregator,
     IdentityProcessor,
@@ -218,102 +210,6 @@ def test_realtime_drops_add_up_under_a_slow_consumer(output_file, nb_tasks):
     assert stats.pool_slots_in_use == 0
 
 
-def _expect_flow_error(producer, consumer, node_name, flow_type=BATCH, **options) -> FlowError:
-    flow = Flow([producer], [consumer], flow_type=flow_type, flow_options=options or None)
-    flow.run()
-    with pytest.raises(FlowError) as info:
-        flow.join()
-    assert info.value.node == node_name
-    assert node_name in str(info.value)
-    return info.value
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("flow_type", [BATCH, REALTIME])
-def test_exception_in_producer(flow_type):
-    a = FailingProducer(50, name="source")
-    c = VoidConsumer()(IdentityProcessor()(a))
-    err = _expect_flow_error(a, c, "source", flow_type)
-    assert "ValueError" in str(err) and "bad frame 50" in str(err)
-    assert "Traceback" in err.remote_traceback and "in next" in err.remote_traceback
-
-
-@pytest.mark.timeout(60)
-def test_exception_in_open():
-    a = FailingProducer(50, where="open", name="camera")
-    c = VoidConsumer()(a)
-    err = _expect_flow_error(a, c, "camera")
-    assert "open()" in str(err) and "cannot open the source" in str(err)
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("nb_tasks", [1, 3])
-def test_exception_in_processor(nb_tasks):
-    a = IntProducer(0, 999)
-    b = FailingProcessor(77, nb_tasks=nb_tasks, name="divider")(a)
-    c = VoidConsumer()(b)
-    err = _expect_flow_error(a, c, "divider")
-    assert "ZeroDivisionError" in str(err) and "cannot handle 77" in str(err)
-    assert 0 <= err.task < nb_tasks
-
-
-@pytest.mark.timeout(60)
-def test_exception_in_consumer():
-    # Paced: unpaced, realtime mode could drop every value from 10 on while the consumer took
-    # its first four, and the flow ended without the error (seen once in CI).
-    a = IntProducer(0, 999, 0.001)
-    c = FailingConsumer(10, name="sink")(a)
-    err = _expect_flow_error(a, c, "sink", REALTIME)
-    assert "KeyError" in str(err)
-
-
-def _task_process(name: str, timeout: float = 10) -> mp.Process:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for child in mp.active_children():
-            if child.name.startswith(f"videoflow:{name}["):
-                return child
-        time.sleep(0.02)
-    raise AssertionError(f"no task process for {name}")
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("nb_tasks", [1, 3])
-def test_sigkill_of_a_worker_ends_the_flow_with_an_error(nb_tasks):
-    a = IntProducer(0, None)
-    b = SlowProcessor(0.01, nb_tasks=nb_tasks, name="victim")(a)
-    c = VoidConsumer()(b)
-    flow = Flow([a], [c], flow_type=BATCH)
-    flow.run()
-    victim = _task_process("victim")
-    time.sleep(0.3)
-    os.kill(victim.pid, signal.SIGKILL)
-    with pytest.raises(FlowError, match="killed by signal SIGKILL") as info:
-        flow.join()
-    assert info.value.node == "victim" and info.value.exitcode == -signal.SIGKILL
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("nb_tasks", [1, 2])
-def test_stop_mid_run_delivers_everything_produced_in_batch(output_file, nb_tasks):
-    a = IntProducer(0, None)
-    b = SlowProcessor(0.001, nb_tasks=nb_tasks)(a)
-    c = RecordingConsumer(output_file)(b)
-    flow = Flow([a], [c], flow_type=BATCH)
-    flow.run()
-    deadline = time.monotonic() + 20
-    while len(read_lines(output_file)) < 50 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    flow.stop()
-    flow.join()
-    stats = flow.stats()
-    lines = read_lines(output_file)
-    assert len(lines) >= 50
-    assert lines == [str(i) for i in range(len(lines))]
-    assert stats.produced == stats.delivered == len(lines)
-    assert stats.pool_slots_in_use == 0
-
-
 @pytest.mark.timeout(60)
 def test_context_manager_waits_and_aborts_on_error(output_file):
     a = IntProducer(0, 19)
@@ -338,65 +234,3 @@ def test_unpicklable_node_is_a_clear_error():
     flow = Flow([a], [c])
     with pytest.raises(ValueError, match="cannot be sent to its task process"):
         flow.run()
-
-
-SIGINT_SCRIPT = textwrap.dedent(
-    """
-    import sys
-    sys.path.insert(0, {tests!r})
-    from nodes import RecordingConsumer
-    from videoflow.core import Flow, BATCH
-    from videoflow.producers import IntProducer
-
-    if __name__ == "__main__":
-        A = IntProducer(0, None, 0.001)
-        C = RecordingConsumer({out!r}, delay={delay})(A)
-        flow = Flow([A], [C], flow_type=BATCH)
-        flow.run()
-        print("running", flush=True)
-        flow.join()
-        s = flow.stats()
-        print("stats", s.produced, s.delivered, s.dropped, s.pool_slots_in_use, flush=True)
-    """
-)
-
-
-def _start_script(tmp_path, output_file, delay):
-    script = tmp_path / "sigint.py"
-    tests = os.path.dirname(os.path.abspath(__file__))
-    script.write_text(SIGINT_SCRIPT.format(tests=tests, out=output_file, delay=delay))
-    proc = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "running"
-    deadline = time.monotonic() + 20
-    while len(read_lines(output_file)) < 20 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return proc
-
-
-@pytest.mark.timeout(60)
-def test_sigint_once_stops_gracefully_and_delivers_everything(tmp_path, output_file):
-    proc = _start_script(tmp_path, output_file, delay=0.002)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    lines = read_lines(output_file)
-    produced, delivered, dropped, in_use = map(int, out.split("stats", 1)[1].split()[:4])
-    assert produced == delivered == len(lines) and dropped == 0 and in_use == 0
-    assert lines == [str(i) for i in range(len(lines))]
-    entries, _ = wait_clean(proc.pid)
-    assert not entries
-
-
-@pytest.mark.timeout(60)
-def test_sigint_twice_kills(tmp_path, output_file):
-    proc = _start_script(tmp_path, output_file, delay=0.05)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=30)
-    assert proc.returncode != 0
-    entries, _ = wait_clean(proc.pid)
-    assert not entries

@@ -1,7 +1,5 @@
-"""Several producers, ``Join`` and ``node[i]``: the API and the graph rules (no processes).
-
-The engine's JOIN stage is not built yet, so these flows validate but ``run()`` refuses them
-with NotImplementedError; single-producer flows are unaffected (tests/test_graph.py, ...).
+"""Several producers, ``Join`` and ``node[i]``: the API, the graph rules and the plan (no
+processes; tests/test_joins.py runs such flows).
 """
 
 from __future__ import annotations
@@ -16,6 +14,7 @@ from videoflow.core import BATCH, REALTIME, Flow, FunctionProcessorNode, Join, O
 from videoflow.core.graph import join_inputs, join_points, resolve_joins
 from videoflow.core.join import REALTIME_TIMEOUT_MS
 from videoflow.core.node import OutputItem
+from videoflow.engine.plan import JOIN, MERGE, build_plan
 from videoflow.processors import IdentityProcessor, JoinerProcessor
 from videoflow.producers import IntProducer
 
@@ -121,7 +120,11 @@ def cameras(n=2):
     return [IntProducer(0, 5, name=f"cam{i + 1}") for i in range(n)]
 
 
-def test_the_multi_camera_graph_validates_and_waits_for_the_engine():
+def kinds(plan):
+    return [(s.spec.name, s.spec.kind) for s in plan.stages]
+
+
+def test_the_multi_camera_graph_validates_and_plans_one_join():
     cam1, cam2 = cameras()
     policy = Join.latest(timeout_ms=40)
     det = JoinerProcessor(join=policy, name="det")(cam1, cam2)
@@ -136,10 +139,28 @@ def test_the_multi_camera_graph_validates_and_waits_for_the_engine():
     assert join_inputs(flow.nodes, frozenset((cam1.id, cam2.id))) == [
         frozenset((cam1.id,)), frozenset((cam2.id,)),
     ]
-    with pytest.raises(NotImplementedError, match=r"several producers .*'cam1', 'cam2'"):
-        flow.run()
     with pytest.raises(RuntimeError, match="not been started"):
         flow.stats()
+    plan = build_plan(flow._specs(), flow.config)
+    # One segment per producer set: {cam1}, {cam2}, then {cam1, cam2} behind its JOIN.
+    assert [seg.sources for seg in plan.segments] == [("cam1",), ("cam2",), ("cam1", "cam2")]
+    assert [seg.parent for seg in plan.segments] == [2, 2, -1]
+    join = plan.stages[plan.segments[2].stages[0]]
+    assert join.spec.kind == JOIN and join.spec.name == "det.join" and join.spec.join == policy
+    assert [i.name for i in join.join_inputs] == ["cam1", "cam2"]
+    # Each camera's tail feeds its own inbox of the JOIN, and rings its doorbell.
+    assert [link.join for link in join.inboxes] == [join.index, join.index]
+    tails = [plan.stages[seg.stages[-1]] for seg in plan.segments[:2]]
+    assert [t.outbox for t in tails] == list(join.inboxes)
+    # The trackers read the camera frames after the join: the frames are carried through it.
+    assert join.join_inputs[0].carries == (cam1.id,)
+    assert join.join_inputs[1].carries == (cam2.id,)
+    trk1_stage = next(s for s in plan.stages if s.spec.name == "trk1")
+    assert trk1_stage.spec.items == (None, 0)
+    assert cam1.id in trk1_stage.drop_after
+    # A camera's pool covers its path: its queue, the JOIN's buffer and the joined chain.
+    cam1_stage = plan.stages[0]
+    assert cam1_stage.nslots > plan.stages[join.index].nslots + join.max_pending
 
 
 @pytest.mark.parametrize(("flow_type", "default"), [(BATCH, "Join.seq()"),
@@ -232,8 +253,9 @@ def test_producers_that_never_meet_are_a_valid_flow():
     w1, w2 = VoidConsumer()(cam1), VoidConsumer()(cam2)
     flow = Flow([cam1, cam2], [w1, w2], flow_type=BATCH)
     assert join_points(flow.nodes) == {}
-    with pytest.raises(NotImplementedError, match="several producers"):
-        flow.run()
+    plan = build_plan(flow._specs(), flow.config)
+    assert all(s.spec.kind != JOIN for s in plan.stages)
+    assert [seg.parent for seg in plan.segments] == [-1, -1]  # two chains side by side
 
 
 def test_producer_lists_are_checked():
@@ -256,10 +278,46 @@ def test_producer_lists_are_checked():
         Flow([cam1, cam2], [sink, stray_sink])
 
 
-def test_an_item_selector_in_a_single_producer_flow_waits_for_the_engine():
+def test_an_item_selector_is_planned_as_a_read_of_the_parent():
     a = IntProducer(0, 3, name="a")
     pair = JoinerProcessor(name="pair")(a, a)
     first = IdentityProcessor(name="first")(pair[0])
     flow = Flow([a], [VoidConsumer()(first)], flow_type=BATCH)
-    with pytest.raises(NotImplementedError, match=r"'first' reads an item .*node\[i\]"):
-        flow.run()
+    plan = build_plan(flow._specs(), flow.config)
+    stage = next(s for s in plan.stages if s.spec.name == "first")
+    assert stage.spec.reads == (pair.id,) and stage.spec.items == (0,)
+    assert stage.spec.read_names == ("pair",)
+    assert stage.spec.select_items([(10, 11)]) == [10]
+    assert stage.spec.select_items([None]) == [None]  # a set without that input
+    with pytest.raises(TypeError, match=r"'first' reads pair\[0\], but 'pair' returned a int"):
+        stage.spec.select_items([5])
+    with pytest.raises(IndexError, match=r"'first' reads pair\[0\], but 'pair' returned 0"):
+        stage.spec.select_items([()])
+
+
+def test_streams_that_meet_two_different_sets_are_refused():
+    cam1, cam2, cam3 = cameras(3)
+    left = JoinerProcessor(name="left")(cam1, cam2)
+    right = JoinerProcessor(name="right")(cam2, cam3)
+    with pytest.raises(ValueError, match=r"'cam1', 'cam2' meet at node 'left' and those of "
+                                         r"'cam2', 'cam3' at node 'right'.*share 'cam2'"):
+        Flow([cam1, cam2, cam3], [VoidConsumer()(left), VoidConsumer()(right)], flow_type=BATCH)
+
+
+def test_nested_joins_plan_a_join_per_set_and_multi_task_tails_get_a_merge():
+    cam1, cam2, cam3 = cameras(3)
+    heavy = IdentityProcessor(nb_tasks=2, name="heavy")(cam3)
+    pair = JoinerProcessor(name="pair", nb_tasks=2)(cam1, cam2)
+    alln = JoinerProcessor(name="all")(pair, heavy)
+    flow = Flow([cam1, cam2, cam3], [VoidConsumer(name="sink")(alln)], flow_type=BATCH)
+    plan = build_plan(flow._specs(), flow.config)
+    names = [s.spec.name for s in plan.stages]
+    assert "pair.join" in names and "all.join" in names
+    assert "heavy.merge" in names and "pair.merge" in names  # K=2 tails merge before a JOIN
+    outer = plan.stages[names.index("all.join")]
+    assert [i.name for i in outer.join_inputs] == ["cam1+cam2", "cam3"]
+    assert [i.sources for i in outer.join_inputs] == [("cam1", "cam2"), ("cam3",)]
+    inner = plan.stages[names.index("pair.join")]
+    assert inner.outbox.window > 0  # the JOIN numbers messages for the two workers of pair
+    assert plan.stages[names.index("pair.merge")].spec.kind == MERGE
+    assert plan.stages[names.index("heavy.merge")].outbox.join == outer.index

@@ -206,7 +206,8 @@ def test_frozen_stream_reconnects_then_gives_up_naming_the_url(tmp_path):
             reconnect_timeout=3.0, name="camera",
         )  # fmt: skip
         with pytest.raises(FlowError, match=re.escape(server.url) + ".*not back after") as info:
-            run_flow(reader, [MetaLog(log)(reader)], flow_type=REALTIME)
+            # (the 4 frames come in a burst: a queue of 4 that drops the newest keeps them all)
+            run_flow(reader, [MetaLog(log, realtime_drop="newest")(reader)], flow_type=REALTIME)
     assert info.value.node == "camera"
     assert server.accepted >= 2  # it did try again
     assert len(read_log(log)) == 4
@@ -222,7 +223,8 @@ def test_stop_during_an_outage_ends_the_flow_cleanly(tmp_path):
             server.url, read_timeout=1.0, open_timeout=1.0, reconnect_timeout=600.0,
             name="camera",
         )  # fmt: skip
-        flow = Flow([reader], [MetaLog(log)(reader)], flow_options={"progress": False})
+        sink = MetaLog(log, realtime_drop="newest")(reader)  # keeps a burst of 3 (REALTIME)
+        flow = Flow([reader], [sink], flow_options={"progress": False})
         flow.run()
         try:
             wait_until(lambda: server.accepted >= 2, 30, "a reconnect attempt")
@@ -446,7 +448,9 @@ def test_camera_sample_prints_its_addresses_and_serves_them(tmp_path):
     assert proc.returncode == 0, out
     lines = out.splitlines()
     assert "(reconnect on, gives up after 60 s away)" in lines[0], out
-    assert lines[1] == f"preview: http://127.0.0.1:{preview}/", out
-    assert lines[2] == f"metrics: http://127.0.0.1:{metrics}/metrics", out
-    assert "reconnects=0" in lines[-1], out
+    assert lines[1] == "realtime: a full queue drops the oldest frame (freshest frame first)"
+    assert lines[2] == f"preview: http://127.0.0.1:{preview}/", out
+    assert lines[3] == f"metrics: http://127.0.0.1:{metrics}/metrics", out
+    assert "reconnects=0" in lines[-1] and "sink: in=" in lines[-1], out
+    assert "age p50=" in lines[-1], out
     assert_clean()

@@ -38,12 +38,16 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return samples[name][tuple(sorted(labels.items()))]
 
 
+def shapes_flow(size: tuple[int, int], count: int, middle: IdentityProcessor) -> Flow:
+    """shapes -> ``middle`` -> last, BATCH."""
+    producer = MovingShapesProducer(*size, count=count, name="shapes")
+    sink = VoidConsumer(name="last")(middle(producer))
+    return Flow([producer], [sink], flow_type=BATCH, flow_options={"progress": False})
+
+
 @pytest.mark.timeout(90)
 def test_serve_metrics_exposes_the_flow_counters_per_node_and_task():
-    producer = MovingShapesProducer(160, 120, count=40, name="shapes")
-    ident = IdentityProcessor(nb_tasks=2, name="ident")(producer)
-    sink = VoidConsumer(name="last")(ident)
-    flow = Flow([producer], [sink], flow_type=BATCH, flow_options={"progress": False})
+    flow = shapes_flow((160, 120), 40, IdentityProcessor(nb_tasks=2, name="ident"))
     with flow.serve_metrics(0) as server:
         assert server.host == "127.0.0.1" and server.port > 0
         before = scrape(server.url)  # not started: the flow is left out
@@ -72,6 +76,41 @@ def test_serve_metrics_exposes_the_flow_counters_per_node_and_task():
     assert len(workers) == 2
     with pytest.raises(OSError):  # closed: the port is free again
         urllib.request.urlopen(server.url, timeout=5)
+    assert_clean()
+
+
+@pytest.mark.timeout(90)
+def test_metrics_give_the_frame_age_of_consumers_and_skipped_messages():
+    flow = shapes_flow((64, 48), 30, IdentityProcessor(every=3, name="every3"))
+    flow.run()
+    assert flow.join(60)
+    with flow.serve_metrics(0) as server:
+        samples = scrape(server.url)
+    age = flow.stats().node("last").frame_age
+    assert age is not None
+    last = {"flow": "1", "node": "last", "kind": "consumer"}
+    assert value(samples, "videoflow_node_frame_age_seconds_count", **last) == 30
+    assert value(samples, "videoflow_node_frame_age_seconds_sum", **last) == pytest.approx(
+        age.mean_s * 30
+    )
+    inf = value(samples, "videoflow_node_frame_age_seconds_bucket", le="+Inf", **last)
+    assert inf == 30
+    buckets = sorted(
+        (float(dict(k)["le"]), v)
+        for k, v in samples["videoflow_node_frame_age_seconds_bucket"].items()
+        if dict(k)["node"] == "last"
+    )
+    assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
+    below_max = [v for le, v in buckets if le >= age.max_s]
+    assert below_max and below_max[0] == 30
+    assert value(samples, "videoflow_node_frame_age_p99_seconds", **last) == age.p99_s
+    assert value(samples, "videoflow_node_frame_age_p50_seconds", **last) == age.p50_s
+    shapes = {"flow": "1", "node": "shapes", "kind": "producer"}
+    assert ("videoflow_node_frame_age_seconds_count", shapes) not in [
+        (name, dict(k)) for name, series in samples.items() for k in series
+    ]  # producers and processors have no frame age
+    assert value(samples, "videoflow_node_skipped_total", flow="1", node="every3",
+                 kind="processor") == 20  # fmt: skip
     assert_clean()
 
 

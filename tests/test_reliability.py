@@ -43,11 +43,11 @@ FRAMES_FLOW = textwrap.dedent(
     from videoflow.core.constants import BATCH
 
     class Frames(ProducerNode):
-        def __init__(self, n, delay):
+        def __init__(self, n, delay, until=None):
             super().__init__()
-            self.n, self.delay, self.i = n, delay, 0
+            self.n, self.delay, self.until, self.i = n, delay, until, 0
         def next(self):
-            if self.i == self.n:
+            if self.i == self.n or (self.until and os.path.exists(self.until)):
                 raise StopIteration
             self.i += 1
             time.sleep(self.delay)
@@ -72,7 +72,7 @@ FRAMES_FLOW = textwrap.dedent(
 
     if __name__ == "__main__":
         n, delay, out = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-        a = Frames(n, delay)
+        a = Frames(n, delay, *sys.argv[4:])  # (the file whose creation ends it)
         b = Brighten(nb_tasks=2)(a)
         c = Count(out)(b)
         flow = Flow([a], [c], flow_type=BATCH)
@@ -80,7 +80,8 @@ FRAMES_FLOW = textwrap.dedent(
             flow.run()
             print("running", os.getpid(), flush=True)
             flow.join()
-            print("ok", flow.stats().pool_slots_in_use, flush=True)
+            stats = flow.stats()
+            print("ok", stats.pool_slots_in_use, stats.produced, flush=True)
         except Exception as exc:
             print("error", type(exc).__name__, exc, flush=True)
     """
@@ -126,10 +127,11 @@ def test_flows_in_other_pid_namespaces_are_never_swept(tmp_path):
     script = _script(tmp_path)
     # Use up some pids so the long flow's owner pid is not alive in the sweepers' namespace.
     burn = "for i in $(seq 60); do /bin/true; done; "
-    long_out = tmp_path / "long"
+    long_out, until = tmp_path / "long", tmp_path / "enough"
+    # It runs until the sweeps are over (however slow a busy machine makes them).
     victim = subprocess.Popen(
         ["unshare", "-p", "-f", "sh", "-c",
-         f"{burn}cd {ROOT} && {sys.executable} {script} 600 0.01 {long_out}"],
+         f"{burn}cd {ROOT} && {sys.executable} {script} 100000 0.01 {long_out} {until}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -156,13 +158,15 @@ def test_flows_in_other_pid_namespaces_are_never_swept(tmp_path):
             assert "ok 0" in sweeper.stdout, sweeper.stdout + sweeper.stderr
         still = pools_and_lock()
         assert entries <= still, f"a sweep removed a live flow's entries: {entries - still}"
+        assert victim.poll() is None, "the long flow ended during the sweeps"
+        until.touch()
         out, err = victim.communicate(timeout=60)
     finally:
         if victim.poll() is None:
             victim.kill()
             victim.wait()
     assert "ok 0" in out, out + err
-    assert long_out.read_text() == "600"
+    assert long_out.read_text() == out.split()[-1]  # every frame it made arrived
 
 
 @pytest.mark.parametrize(

@@ -126,3 +126,37 @@ def test_run_demo_counts_every_frame(tmp_path):
     blur = [n for n in stats.nodes if n.nb_tasks == 2]
     assert len(blur) == 1 and blur[0].messages_in == 12
     assert frame_count(out) == (12, (1280, 720))
+
+
+@pytest.mark.timeout(120)
+def test_multi_camera_sends_each_cameras_result_to_its_own_writer_in_order(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "samples"))
+    try:
+        from multi_camera import camera_of, read_barcode
+    finally:
+        sys.path.pop(0)
+    out = str(tmp_path / "cams")
+    result = run_sample(
+        "multi_camera.py", out, "--cameras", "4", "--frames", "30", "--size", "320x180",
+        "--batch", "--measure", timeout=110,
+    )
+    assert result.returncode == 0, result.stdout
+    written = {}  # BATCH: every frame that joined a set reaches its writer
+    for line in result.stdout.splitlines():
+        if line.startswith("cam") and "joined a set" in line:
+            written[int(line[3])] = int(line.split(": ")[1].split()[0])
+    assert sorted(written) == [0, 1, 2, 3], result.stdout
+    for k in range(4):
+        cap = cv2.VideoCapture(os.path.join(out, f"cam{k}.avi"))
+        indices = []
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            assert camera_of(frame, 4) == k, f"cam{k}.avi holds a frame of another camera"
+            indices.append(read_barcode(frame))
+        cap.release()
+        # Every frame of camera k that went out in a set, in the order it was taken.
+        assert len(indices) == written[k] and written[k] >= 15, (k, indices)
+        assert indices == sorted(set(indices)) and max(indices) < 30, (k, indices)
+    assert "model cost per frame: batch 1" in result.stdout

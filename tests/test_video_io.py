@@ -20,7 +20,7 @@ from video_helpers import (
     run_flow,
 )
 
-from videoflow.consumers import ImageFolderWriter, JsonLinesWriter, VideoDisplay, VideofileWriter
+from videoflow.consumers import ImageFolderWriter, JsonLinesWriter, VideoDisplay, VideoWriter
 from videoflow.core import REALTIME, ConsumerNode
 from videoflow.errors import FlowError
 from videoflow.processors import GaussianBlur
@@ -86,7 +86,7 @@ def test_mp4v_written_by_a_flow_reads_back(tmp_path):
     path = str(tmp_path / "blurred.mp4")
     producer = MovingShapesProducer(W, H, count=40)
     blur = GaussianBlur(ksize=5, nb_tasks=2)(producer)
-    stats = run_flow(producer, [VideofileWriter(path, fps=25, fourcc="mp4v")(blur)])
+    stats = run_flow(producer, [VideoWriter(path, fps=25, fourcc="mp4v")(blur)])
     assert stats.delivered == 40
     frames = decoded(path)
     assert len(frames) == 40
@@ -127,7 +127,7 @@ def test_realtime_file_flow_accounts_for_every_frame(mjpg_clip, tmp_path):
     reader = VideoReader(mjpg_clip)
     blur = GaussianBlur(ksize=31)(reader)
     stats = run_flow(
-        reader, [VideofileWriter(str(tmp_path / "o.avi"), fourcc="MJPG")(blur)], flow_type=REALTIME
+        reader, [VideoWriter(str(tmp_path / "o.avi"), fourcc="MJPG")(blur)], flow_type=REALTIME
     )
     assert stats.produced == 30
     assert stats.produced == stats.delivered + stats.dropped
@@ -143,7 +143,7 @@ def test_missing_file_fails_at_creation_naming_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="nodir"):
         ImageFolderReader(str(tmp_path / "nodir"))
     with pytest.raises(FileNotFoundError, match="nodir"):
-        VideofileWriter(str(tmp_path / "nodir" / "out.mp4"))
+        VideoWriter(str(tmp_path / "nodir" / "out.mp4"))
 
 
 @pytest.mark.timeout(60)
@@ -222,7 +222,7 @@ def test_bad_parameters_are_rejected_at_creation(mjpg_clip):
     with pytest.raises(ValueError, match="URL"):
         StreamReader("not a url")
     with pytest.raises(ValueError, match="fourcc"):
-        VideofileWriter("/tmp/x.mp4", fourcc="h264x")
+        VideoWriter("/tmp/x.mp4", fourcc="h264x")
     with pytest.raises(ValueError, match="index"):
         ImageFolderWriter("/tmp/x", pattern="frame_{n}.png")
 
@@ -230,7 +230,7 @@ def test_bad_parameters_are_rejected_at_creation(mjpg_clip):
 @pytest.mark.timeout(60)
 def test_unknown_codec_fails_naming_the_output(tmp_path):
     producer = MovingShapesProducer(W, H, count=3)
-    writer = VideofileWriter(str(tmp_path / "out.xyz"), fourcc="ZZZZ", name="writer")(producer)
+    writer = VideoWriter(str(tmp_path / "out.xyz"), fourcc="ZZZZ", name="writer")(producer)
     with pytest.raises(FlowError, match=r"out\.xyz"):
         run_flow(producer, [writer])
 

@@ -16,6 +16,8 @@ from videoflow import mainguard
 from videoflow.engine.engines import check_engine_name
 
 START_METHODS = ("forkserver", "spawn", "fork")
+DROP_OLDEST, DROP_NEWEST = "oldest", "newest"
+REALTIME_DROPS = (DROP_OLDEST, DROP_NEWEST)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +30,22 @@ class FlowConfig:
     inline_max:        a value whose pickle is at most this many bytes rides inside the message.
     oob_min:           a buffer of at least this many bytes inside a value goes out of band.
     reorder_window:    extra in-flight messages a multi-task node may have beyond 2 * nb_tasks.
+    join_pending:      messages a JOIN stage may hold per input while it waits for the others
+                       (0, the default: queue_depth + 2). A full buffer holds back only that
+                       input's stream.
     poll_interval:     seconds between checks of stop/abort flags while a task waits.
     stop_grace:        seconds the parent waits for tasks to exit after an abort before killing.
+    stop_timeout:      seconds an ending may take before it is forced: from ``flow.stop()`` (or
+                       the first Ctrl-C) to the end of the flow, and from a task's last message
+                       to the exit of its process (its ``close()``, then its threads). Past it,
+                       the stop becomes an abort (and stop_grace later, a kill), the task is
+                       killed, and ``join()`` raises a FlowError naming the tasks that had not
+                       finished and what they were doing.
+    stall_timeout:     0 (default: off), or seconds after which a stalled flow fails with a
+                       FlowError naming the stalled task: a task that has been in one call of
+                       its node's code (or whose process has been stopped) that long, or a flow
+                       in which nothing moved that long. Set it above the longest call a node
+                       may make; a live source that sends nothing for that long stalls too.
     start_timeout:     seconds tasks have to open their node and report ready.
     start_method:      multiprocessing start method (forkserver, spawn or fork). Left unset,
                        ``Flow`` picks forkserver, or fork for a script that starts its flow
@@ -47,6 +63,19 @@ class FlowConfig:
                        task, the default), "ray" (needs the ray extra) or a registered name
                        (videoflow.engine.engines.register_engine). ``Flow(..., engine=...)``
                        also takes an engine object.
+    profile:           a directory: every task runs under cProfile and writes
+                       ``<node>.<worker>.prof`` there when it ends (videoflow.engine.profiling;
+                       ``videoflow bench --profile`` reads them). "" (default): no profiling.
+    realtime_drop:     which message a full queue of a REALTIME flow drops: "oldest" (default:
+                       the queued message goes and the new one is sent, so a node that becomes
+                       free takes the freshest frame; GStreamer's leaky=downstream) or "newest"
+                       (the new message goes; the ones already queued wait their turn). A node
+                       may choose for the queue in front of it (``realtime_drop=`` of
+                       ProcessorNode and ConsumerNode).
+    realtime_depth:    messages a queue holds in a REALTIME flow where it drops the oldest: 1
+                       (default) keeps one frame waiting, the newest; more absorbs bursts at
+                       the cost of older frames. Queues that drop the newest, and every queue
+                       of a BATCH flow, hold ``queue_depth``.
     ray_address:       the Ray engine's cluster ("HEAD:6379", "ray://head:10001", "auto"); empty:
                        RAY_ADDRESS, else a local instance. A RayEngine(address=...) wins.
     """
@@ -56,14 +85,20 @@ class FlowConfig:
     inline_max: int = 1024
     oob_min: int = 4096
     reorder_window: int = 4
+    join_pending: int = 0
     poll_interval: float = 0.1
     stop_grace: float = 3.0
+    stop_timeout: float = 5.0
+    stall_timeout: float = 0.0
     start_timeout: float = 60.0
     start_method: str = "forkserver"
     debug: bool = False
     progress: bool = True
     opencv_threads: int = 0
     engine: str = "process"
+    profile: str = ""
+    realtime_drop: str = DROP_OLDEST
+    realtime_depth: int = 1
     ray_address: str = ""
 
     def __post_init__(self) -> None:
@@ -85,6 +120,12 @@ class FlowConfig:
                 f"got {self.start_method!r}"
             )
         check_engine_name(self.engine)
+        if not isinstance(self.profile, str):
+            raise ValueError(
+                f"flow option profile must be a directory (a str), or \"\" for none, "
+                f"got {self.profile!r}"
+            )
+        check_realtime_drop(self.realtime_drop, "flow option realtime_drop")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None = None) -> FlowConfig:
@@ -133,6 +174,16 @@ class FlowConfig:
         return None
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, else every CPU of the machine): what
+    the tasks share OpenCV's threads over, what ``report()`` judges CPU use against, and what
+    ``videoflow bench`` scales up to."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def choose_start_method(requested: str | None) -> str:
     """The start method for a flow being created now, ``requested`` being the one the user set
     (flow_options or VIDEOFLOW_START_METHOD), or None.
@@ -163,11 +214,24 @@ _RANGES: dict[str, tuple[type, float, float]] = {
     "inline_max": (int, 1, 1 << 19),
     "oob_min": (int, 1, 1 << 30),
     "reorder_window": (int, 0, 4096),
+    "join_pending": (int, 0, 4096),
     "poll_interval": (float, 0.001, 10.0),
     "stop_grace": (float, 0.01, 3600.0),
+    "stop_timeout": (float, 0.01, 86400.0),
+    "stall_timeout": (float, 0.0, 86400.0),
     "start_timeout": (float, 0.1, 86400.0),
     "opencv_threads": (int, -1, 1024),
+    "realtime_depth": (int, 1, 64),
 }
+
+
+def check_realtime_drop(value: object, what: str) -> None:
+    """Raise ValueError unless ``value`` names a drop policy ("oldest" or "newest")."""
+    if value not in REALTIME_DROPS:
+        raise ValueError(
+            f"{what} must be {DROP_OLDEST!r} (keep the freshest frame) or {DROP_NEWEST!r} "
+            f"(keep the queued frames), got {value!r}"
+        )
 
 
 def _check(name: str, value: Any, kind: type, low: float, high: float) -> None:
@@ -178,6 +242,8 @@ def _check(name: str, value: Any, kind: type, low: float, high: float) -> None:
     )
     if name == "opencv_threads":
         accepted += " (-1: OpenCV's default, 0: share the CPUs among the tasks)"
+    elif name == "stall_timeout":
+        accepted += " (0: off)"
     ok = (
         not isinstance(value, bool)
         and isinstance(value, (int, float) if kind is float else int)

@@ -2,6 +2,8 @@
 
     VideoflowError
     ├── FlowError             a task of a running flow failed: its node raised, or its process died
+    ├── UnpicklableNodeError  (also a ValueError) run() cannot send a node to its task processes
+    ├── UnsupportedPlatformError  run() on another system than Linux
     ├── PoolExhaustedError    a shared-memory pool could not be created or grown
     └── StaleSlotError        (debug mode) a node read a slot that had already been reused
 """
@@ -41,15 +43,33 @@ class FlowError(VideoflowError):
         self.remote_traceback = remote_traceback
         self.exitcode = exitcode
 
-    def __reduce__(self):  # keep attributes across pickling
-        return (_rebuild_flow_error, (self.args[0], self.node, self.task, self.exitcode))
+    def __reduce__(self):  # keep attributes across pickling and copy.copy
+        return (
+            _rebuild_flow_error,
+            (self.args[0], self.node, self.task, self.exitcode, self.remote_traceback,
+             type(self)),
+        )
 
 
-def _rebuild_flow_error(text: str, node: str, task: int, exitcode: int | None) -> FlowError:
-    err = FlowError.__new__(FlowError)
+def _rebuild_flow_error(
+    text: str, node: str, task: int, exitcode: int | None, remote_traceback: str = "",
+    cls: type[FlowError] | None = None,
+) -> FlowError:
+    err = (cls or FlowError).__new__(cls or FlowError)
     VideoflowError.__init__(err, text)
-    err.node, err.task, err.remote_traceback, err.exitcode = node, task, "", exitcode
+    err.node, err.task, err.exitcode = node, task, exitcode
+    err.remote_traceback = remote_traceback
     return err
+
+
+class UnpicklableNodeError(VideoflowError, ValueError):
+    """A node cannot be pickled, so ``Flow.run()`` cannot send it to its task processes; the
+    message names the attribute (or the class) that does not pickle and what helps."""
+
+
+class UnsupportedPlatformError(VideoflowError):
+    """A flow was started on a system other than Linux (no /dev/shm, futexes or POSIX message
+    queues of the kind videoflow uses); the message says what to do instead."""
 
 
 _READ_ONLY = re.compile(r"\bread-only\b|marked as readonly")  # numpy's words; OpenCV's

@@ -9,10 +9,13 @@ those of the maintained ``prometheus_client`` package, an optional dependency:
 Every series has a ``flow`` label: the flow's place in start order (``"1"`` for the flow of
 ``serve_metrics``; the n-th flow a script started under ``videoflow run``). Per task
 (``node``, ``task``): messages in and out, drops, busy / wait / blocked / CPU seconds, busy
-share, reconnects and offline seconds of live sources, errors, slots in use. Per node
-(``node``, ``kind``): the same counters summed over its tasks, plus fps, capacity, busy share
-and queued messages. Per flow: produced, delivered, dropped, errors, running, elapsed seconds,
-fps and cores busy. The server listens on 127.0.0.1 unless given another address.
+share, reconnects and offline seconds of live sources, messages skipped (``every=``,
+``skip_when_busy``), errors, slots in use. Per node (``node``, ``kind``): the same counters
+summed over its tasks, plus fps, capacity, busy share and queued messages; for consumers, the
+age of the frames they received (``videoflow_node_frame_age_seconds``, a histogram with one
+bucket per doubling from 1.024 ms, and its p50 and p99 as gauges). Per flow: produced,
+delivered, dropped, errors, running, elapsed seconds, fps and cores busy. The server listens
+on 127.0.0.1 unless given another address.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from videoflow.engine.stats import FlowStats, NodeStats, TaskStats
+    from videoflow.engine.stats import FlowStats, FrameAge, NodeStats, TaskStats
 
 PREFIX = "videoflow"
 #: (name, help, value from a TaskStats or NodeStats): the counters tasks and nodes share
@@ -36,7 +39,32 @@ _COUNTS: tuple[tuple[str, str, Callable[[Any], float]], ...] = (
     ("cpu_seconds", "CPU seconds used by the task processes", lambda s: s.cpu_s),
     ("reconnects", "Times a live source was lost and opened again", lambda s: s.reconnects),
     ("offline_seconds", "Seconds a live source was away", lambda s: s.offline_s),
-)
+    ("skipped", "Messages passed on with the node's last output instead of running it",
+     lambda s: s.skipped),
+)  # fmt: skip
+# Frame-age histogram buckets: the stats buckets merged per doubling, from 2**10 us.
+AGE_OCTAVE_FROM, AGE_OCTAVES = 10, 16
+
+
+def age_histogram(age: FrameAge) -> tuple[list[tuple[str, float]], float]:
+    """(cumulative ``(le, count)`` buckets ending with ``+Inf``, sum of ages in seconds) of a
+    consumer's frame ages, for a Prometheus histogram."""
+    from videoflow.engine.stats import age_bucket_bounds
+
+    edges = [(1 << e) * 1e-6 for e in range(AGE_OCTAVE_FROM, AGE_OCTAVE_FROM + AGE_OCTAVES)]
+    counts = [0] * len(edges)
+    for i, n in enumerate(age.buckets):
+        high = age_bucket_bounds(i)[1]
+        for k, edge in enumerate(edges):  # bucket bounds fall on the edges: none straddles
+            if high <= edge * (1 + 1e-9):
+                counts[k] += n
+                break
+    buckets, total = [], 0
+    for edge, n in zip(edges, counts, strict=True):
+        total += n
+        buckets.append((repr(edge), float(total)))
+    buckets.append(("+Inf", float(age.frames)))
+    return buckets, age.mean_s * age.frames
 
 
 def _prometheus() -> Any:
@@ -110,6 +138,7 @@ class FlowCollector:
             yield fam
 
         yield from self._node_gauges(family, gauge, nodes, node_labels)
+        yield from self._frame_ages(family, core.HistogramMetricFamily, gauge, nodes, node_labels)
         yield from self._task_gauges(family, gauge, tasks, task_labels)
 
     @staticmethod
@@ -135,6 +164,27 @@ class FlowCollector:
                 v = value(node)
                 if v is not None:
                     fam.add_metric([label, node.name, node.kind], v)
+            yield fam
+
+    @staticmethod
+    def _frame_ages(
+        family: Callable[..., Any], histogram: Any, gauge: Any,
+        nodes: list[tuple[str, NodeStats]], labels: list[str],
+    ) -> Iterator[Any]:  # fmt: skip
+        aged = [(label, node) for label, node in nodes if node.frame_age is not None]
+        fam = family(histogram, "node_frame_age_seconds",
+                     "Age of the frames a consumer received, from their producer to its call",
+                     labels)  # fmt: skip
+        for label, node in aged:
+            assert node.frame_age is not None
+            buckets, total = age_histogram(node.frame_age)
+            fam.add_metric([label, node.name, node.kind], buckets, total)
+        yield fam
+        for q in ("p50", "p99"):
+            fam = family(gauge, f"node_frame_age_{q}_seconds",
+                         f"The {q} of the age of the frames a consumer received", labels)
+            for label, node in aged:
+                fam.add_metric([label, node.name, node.kind], getattr(node.frame_age, f"{q}_s"))
             yield fam
 
     @staticmethod

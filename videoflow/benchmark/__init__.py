@@ -7,11 +7,13 @@
 
     result = bench_flow("my_flow.py")   # or bench_flow(make_flow): a function returning a Flow
 
-The matrix (``matrix.py``) measures videoflow against baselines (``baselines.py``) in the same
-run; ``result.py`` holds the result types, their JSON schema and ``compare``.
+The matrix (``matrix.py``, its file section in ``filebench.py``) measures videoflow against
+baselines (``baselines.py``) in the same run, as ``options.py`` says; ``result.py`` holds the
+result types, their JSON schema (checked with the jsonschema package) and ``compare``.
 """
 
-from videoflow.benchmark.matrix import SECTIONS, SIZES, Options, run_matrix
+from videoflow.benchmark.matrix import run_matrix
+from videoflow.benchmark.options import SECTIONS, SIZES, Options
 from videoflow.benchmark.result import (
     SCHEMA,
     BenchResult,

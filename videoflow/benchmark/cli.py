@@ -8,7 +8,8 @@ import json
 import sys
 from collections.abc import Callable, Iterable
 
-from videoflow.benchmark.matrix import BASELINES, SECTIONS, SIZES, Options, parse_size, run_matrix
+from videoflow.benchmark.matrix import run_matrix
+from videoflow.benchmark.options import BASELINES, SECTIONS, SIZES, Options, parse_size
 from videoflow.benchmark.result import SCHEMA, BenchResult, Row, compare
 from videoflow.benchmark.userflow import bench_flow
 
@@ -134,6 +135,8 @@ def format_table(rows: list[Row]) -> str:
             (x.params.get("hops", 0) for x in rows if x.section == "realtime"), default=0
         ):
             ratios = f"latency/hop {r.extra['hop_latency_us']:.0f} us " + ratios
+        if r.section == "join" and r.note:
+            ratios = r.note + (f"; {ratios}" if ratios else "")
         lines.append((
             r.section, r.impl, params, _num(r.fps, ".0f"), _num(r.mb_s, ".0f"),
             _num(r.us_per_frame), _num(r.hop_cpu_us), _num(r.latency_p50_ms, ".2f"),

@@ -1,7 +1,9 @@
 """The ``file`` section: decode -> GaussianBlur -> encode on a generated clip.
 
-videoflow's own video nodes (VideoReader, GaussianBlur with nb_tasks = K, VideofileWriter)
-against one process doing the same with OpenCV in a loop. Both are timed end to end, start-up
+videoflow's own video nodes (VideoReader, GaussianBlur with nb_tasks = K, VideoWriter)
+against one process doing the same in a loop (OpenCV decodes and blurs; the frames are written
+with the same encoder as the flow's writer), once per writer codec in ``CODECS``: OpenCV's mp4v
+and PyAV's H.264 (libx264, frame-threaded). Both are timed end to end, start-up
 included (that is what a user waits for). The loop keeps OpenCV's default threads; each task of
 the flow gets its share of the CPUs (FlowConfig.opencv_threads). Both runs also count their CPU
 time, which bounds what any pipeline could do on the machine (``ceiling``), and the flow reports
@@ -19,11 +21,12 @@ from collections.abc import Callable
 from typing import Any
 
 from videoflow.benchmark.baselines import SINGLE
-from videoflow.benchmark.matrix import Options, Progress, best_of, core_counts
 from videoflow.benchmark.nodes import set_cv2_threads
+from videoflow.benchmark.options import Options, Progress, best_of, core_counts
 from videoflow.benchmark.result import Row
 
 FOURCC = "mp4v"
+CODECS = ("mp4v", "h264")
 KSIZE = 5
 CLIP_FPS = 25.0
 
@@ -72,12 +75,19 @@ def ceiling(loop: FileRun, flow: FileRun, cpus: int) -> float:
     return loop.seconds / fastest if fastest > 0 else math.inf
 
 
-def opencv_loop(src: str, dst: str, width: int, height: int, ksize: int = KSIZE) -> int:
-    """The baseline: one process reads, blurs and writes every frame."""
+def opencv_loop(
+    src: str, dst: str, width: int, height: int, ksize: int = KSIZE, codec: str = FOURCC
+) -> int:
+    """The baseline: one process reads, blurs and writes every frame (``codec`` as VideoWriter
+    takes it, written by the same encoder)."""
     import cv2
 
+    from videoflow.consumers import encoders
+
+    choice = encoders.choose_codec(codec, dst)
+    settings = encoders.check_settings(choice.codec, None, None, None, None)
     cap = cv2.VideoCapture(src)
-    writer = cv2.VideoWriter(dst, cv2.VideoWriter.fourcc(*FOURCC), CLIP_FPS, (width, height))
+    writer = encoders.open_encoder(dst, choice, settings, CLIP_FPS, width, height)
     count = 0
     try:
         while True:
@@ -88,12 +98,13 @@ def opencv_loop(src: str, dst: str, width: int, height: int, ksize: int = KSIZE)
             count += 1
     finally:
         cap.release()
-        writer.release()
+        writer.close()
     return count
 
 
 def run_loop(
-    src: str, dst: str, width: int, height: int, ksize: int = KSIZE, threads: int | None = None
+    src: str, dst: str, width: int, height: int, ksize: int = KSIZE, threads: int | None = None,
+    codec: str = FOURCC,
 ) -> FileRun:
     """``opencv_loop`` timed; ``threads`` pins OpenCV's pool for the run (None: its default)."""
     import cv2
@@ -102,16 +113,18 @@ def run_loop(
     set_cv2_threads(threads)
     try:
         t0, c0 = time.perf_counter(), time.process_time()
-        frames = opencv_loop(src, dst, width, height, ksize)
+        frames = opencv_loop(src, dst, width, height, ksize, codec)
         seconds, cpu_s = time.perf_counter() - t0, time.process_time() - c0
         return FileRun(frames, seconds, cpu_s, seconds, cpu_s)
     finally:
         cv2.setNumThreads(before)
 
 
-def run_videoflow(src: str, dst: str, nb_tasks: int, ksize: int = KSIZE) -> FileRun:
-    """videoflow's own nodes: VideoReader -> GaussianBlur(nb_tasks) -> VideofileWriter."""
-    from videoflow.consumers import VideofileWriter
+def run_videoflow(
+    src: str, dst: str, nb_tasks: int, ksize: int = KSIZE, codec: str = FOURCC
+) -> FileRun:
+    """videoflow's own nodes: VideoReader -> GaussianBlur(nb_tasks) -> VideoWriter(codec)."""
+    from videoflow.consumers import VideoWriter
     from videoflow.core import BATCH, Flow
     from videoflow.processors import GaussianBlur
     from videoflow.producers import VideoReader
@@ -119,7 +132,7 @@ def run_videoflow(src: str, dst: str, nb_tasks: int, ksize: int = KSIZE) -> File
     t0 = time.perf_counter()
     reader = VideoReader(src)
     blur = GaussianBlur(ksize, nb_tasks=nb_tasks)(reader)
-    writer = VideofileWriter(dst, fps=CLIP_FPS, fourcc=FOURCC)(blur)
+    writer = VideoWriter(dst, fps=CLIP_FPS, codec=codec)(blur)
     flow = Flow([reader], [writer], flow_type=BATCH, flow_options={"progress": False})
     flow.run()
     flow.join()
@@ -140,7 +153,7 @@ def _row(impl: str, params: dict[str, Any], run: FileRun, nbytes: int) -> Row:
 def file_section(opts: Options, say: Progress) -> tuple[list[Row], str | None]:
     """Rows of the file section, or no rows and the reason it was skipped."""
     try:
-        from videoflow.consumers import VideofileWriter  # noqa: F401
+        from videoflow.consumers import VideoWriter  # noqa: F401
         from videoflow.processors import GaussianBlur  # noqa: F401
         from videoflow.producers import (
             VideoReader,  # noqa: F401
@@ -159,15 +172,19 @@ def file_section(opts: Options, say: Progress) -> tuple[list[Row], str | None]:
             write_test_clip(src, width, height, nb_frames, CLIP_FPS, FOURCC)
         except RuntimeError as exc:
             return [], f"cannot write a test clip with OpenCV ({exc})"
-        base = {"size": f"{width}x{height}", "frames": nb_frames, "work": f"blur{KSIZE}x{KSIZE}"}
-        if "single" in opts.baselines:
-            say("file: single-process OpenCV loop")
-            rows.append(best_of(opts.repeat, _timed, SINGLE, base, nbytes,
-                                run_loop, src, os.path.join(tmp, "loop.mp4"), width, height))
-        for k in core_counts(opts):
-            say(f"file: videoflow, blur nb_tasks={k}")
-            rows.append(best_of(opts.repeat, _timed, "videoflow", {**base, "nb_tasks": k}, nbytes,
-                                run_videoflow, src, os.path.join(tmp, f"flow{k}.mp4"), k))
+        for codec in CODECS:
+            base = {"size": f"{width}x{height}", "frames": nb_frames,
+                    "work": f"blur{KSIZE}x{KSIZE}", "codec": codec}
+            if "single" in opts.baselines:
+                say(f"file: single-process loop, {codec}")
+                rows.append(best_of(opts.repeat, _timed, SINGLE, base, nbytes, run_loop, src,
+                                    os.path.join(tmp, "loop.mp4"), width, height, KSIZE, None,
+                                    codec))
+            for k in core_counts(opts):
+                say(f"file: videoflow, blur nb_tasks={k}, {codec}")
+                rows.append(best_of(opts.repeat, _timed, "videoflow", {**base, "nb_tasks": k},
+                                    nbytes, run_videoflow, src, os.path.join(tmp, f"flow{k}.mp4"),
+                                    k, KSIZE, codec))
     return rows, None
 
 

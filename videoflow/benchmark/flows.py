@@ -1,8 +1,9 @@
 """Measuring videoflow itself: a probe producer, the nodes under test, a probe consumer.
 
-``measure`` builds producer -> stages -> consumer, runs it, and returns what the probes saw:
-steady-state throughput (timed at the consumer, from the frame after the warm-up to the last,
-so process start-up is not counted), latency per frame, drops, and CPU time per stage task.
+``measure`` builds producer -> stages -> consumer, runs it, and returns what it saw:
+steady-state throughput and latency per frame (timed by the probe consumer, from the frame after
+the warm-up to the last, so process start-up is not counted), and, from ``Flow.stats()``,
+drops and the CPU time and messages of every stage.
 """
 
 from __future__ import annotations
@@ -13,13 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from videoflow.benchmark.nodes import BenchProducer, ProbeConsumer, read_reports
-from videoflow.core import Flow
-from videoflow.core.constants import BATCH
-from videoflow.core.node import Node
-from videoflow.engine.stats import FlowStats
+from videoflow.core import BATCH, Flow, FlowStats, Node
 
-# A stage factory gets the report directory and the stage's index and returns an unwired node.
-StageFactory = Callable[[str, int], Node]
+# A stage factory gets the stage's index and returns an unwired node named ``stage<index>``.
+StageFactory = Callable[[int], Node]
 
 MIN_TIMED = 20  # frames timed at the least, however short the duration
 
@@ -32,8 +30,8 @@ class Measurement:
     delivered: int
     dropped: int
     latency_ns: list[int]
-    stage_cpu_s: list[float]  # CPU seconds per stage, summed over its tasks
-    stage_frames: list[int]  # frames each stage handled, summed over its tasks
+    stage_cpu_s: list[float]  # CPU seconds per stage, summed over its tasks (NodeStats.cpu_s)
+    stage_frames: list[int]  # messages each stage received, summed over its tasks
     producer_cpu_s: float
     stats: FlowStats
 
@@ -69,14 +67,14 @@ def measure(
     warmup: int = 3,
     timeout: float = 120.0,
 ) -> Measurement:
-    """Run producer -> stages -> consumer once and collect the probes' reports."""
+    """Run producer -> stages -> consumer once and collect what the probe consumer and
+    ``Flow.stats()`` saw."""
     with tempfile.TemporaryDirectory(prefix="videoflow-bench-") as reports:
         producer = BenchProducer(shape, duration=duration, count=count, fps=fps,
-                                 min_frames=warmup + MIN_TIMED, report_dir=reports,
-                                 name="producer")
+                                 min_frames=warmup + MIN_TIMED, name="producer")
         node: Node = producer
         for i, make in enumerate(stages):
-            node = make(reports, i)(node)
+            node = make(i)(node)
         consumer = ProbeConsumer(report_dir=reports, warmup=warmup, name="consumer")(node)
         flow = Flow([producer], [consumer], flow_type=flow_type, flow_options=flow_options)
         flow.run()
@@ -92,12 +90,7 @@ def measure(
             raise TimeoutError(f"the benchmark flow did not end within {timeout} s")
         stats = flow.stats()
         (sink,) = read_reports(reports, "consumer")
-        produced = read_reports(reports, "producer")
-        stage_cpu, stage_frames = [], []
-        for i in range(len(stages)):
-            parts = read_reports(reports, f"stage{i}")
-            stage_cpu.append(sum(p["cpu_s"] for p in parts))
-            stage_frames.append(sum(p["frames"] for p in parts))
+    stage_stats = [stats.node(f"stage{i}") for i in range(len(stages))]
     return Measurement(
         frames=sink["timed_frames"],
         seconds=max(0, sink["last_ns"] - sink["first_ns"]) / 1e9,
@@ -105,8 +98,8 @@ def measure(
         delivered=stats.delivered,
         dropped=stats.dropped,
         latency_ns=sink["latency_ns"],
-        stage_cpu_s=stage_cpu,
-        stage_frames=stage_frames,
-        producer_cpu_s=produced[0]["cpu_s"] if produced else 0.0,
+        stage_cpu_s=[n.cpu_s for n in stage_stats],
+        stage_frames=[n.messages_in for n in stage_stats],
+        producer_cpu_s=stats.node("producer").cpu_s,
         stats=stats,
     )

@@ -1,84 +1,31 @@
-"""The standard benchmark matrix: handoff, scaling, realtime and file sections.
+"""The standard benchmark matrix: handoff, scaling, realtime, file and join sections.
 
 Each section returns rows for videoflow and for the baselines measured in the same run on the
-same frames; ``run_matrix`` runs the sections asked for and fills the ratios.
+same frames; ``run_matrix`` runs the sections asked for and fills the ratios. The file section
+lives in ``filebench.py``; what a run measures, in ``options.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from videoflow.benchmark import baselines as bl
+from videoflow.benchmark.filebench import file_section
 from videoflow.benchmark.flows import Measurement, StageFactory, measure, percentile
+from videoflow.benchmark.joinbench import join_section
 from videoflow.benchmark.nodes import Blur, PassThrough, Sleep
+from videoflow.benchmark.options import (
+    SECTIONS,
+    SIZES,
+    VIDEOFLOW,
+    Options,
+    Progress,
+    best_of,
+    core_counts,
+    size_name,
+)
 from videoflow.benchmark.result import BenchResult, Row, add_ratios, machine_info
-from videoflow.core.constants import REALTIME
-from videoflow.core.node import Node
-
-SECTIONS = ("handoff", "scaling", "realtime", "file")
-SIZES = {"480p": (480, 640), "720p": (720, 1280), "1080p": (1080, 1920), "4k": (2160, 3840)}
-BASELINES = ("queue", "pipe", "pool", "single")
-VIDEOFLOW = "videoflow"
-
-Progress = Callable[[str], None]
-
-
-class _HasFps(Protocol):
-    @property
-    def fps(self) -> float: ...
-
-
-T = TypeVar("T", bound=_HasFps)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"1920x1080"`` (width x height) or a name in ``SIZES`` -> (height, width)."""
-    if text in SIZES:
-        return SIZES[text]
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        known = ", ".join(SIZES)
-        raise ValueError(f"frame size must be WIDTHxHEIGHT or one of {known}: {text!r}") from None
-    if w <= 0 or h <= 0:
-        raise ValueError(f"frame size must be positive: {text!r}")
-    return h, w
-
-
-def size_name(hw: tuple[int, int]) -> str:
-    return f"{hw[1]}x{hw[0]}"
-
-
-@dataclasses.dataclass
-class Options:
-    """What ``run_matrix`` measures (the CLI maps its flags onto these)."""
-
-    sections: Sequence[str] = SECTIONS
-    sizes: Sequence[tuple[int, int]] = (SIZES["480p"], SIZES["720p"], SIZES["1080p"], SIZES["4k"])
-    hops: Sequence[int] = (1, 3)
-    duration: float = 1.0
-    baselines: Sequence[str] = BASELINES
-    nb_tasks: Sequence[int] | None = None  # scaling: None -> 1 .. usable cores
-    scaling_size: tuple[int, int] = SIZES["1080p"]
-    realtime_size: tuple[int, int] = SIZES["720p"]
-    rate: float = 60.0  # realtime: producer frames per second
-    cv2_threads: int | None = 1
-    start_method: str | None = None
-    repeat: int = 1  # runs per measurement; the fastest is kept (robust to a busy machine)
-    engine: str = "process"  # the engine of the videoflow rows ("ray": tagged engine=ray)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for k in ("sections", "hops", "baselines", "nb_tasks"):
-            if d[k] is not None:
-                d[k] = list(d[k])
-        d["sizes"] = [size_name(s) for s in self.sizes]
-        d["scaling_size"] = size_name(self.scaling_size)
-        d["realtime_size"] = size_name(self.realtime_size)
-        return d
+from videoflow.core import REALTIME, Node
 
 
 def _flow_options(opts: Options) -> dict[str, Any] | None:
@@ -92,23 +39,15 @@ def _start_method(opts: Options) -> str:
     return machine_info(opts.start_method)["start_method"]
 
 
-def pass_through(reports: str, i: int) -> Node:
-    return PassThrough(report_dir=reports, name=f"stage{i}")
+def pass_through(i: int) -> Node:
+    return PassThrough(name=f"stage{i}")
 
 
 def blur_stage(nb_tasks: int, cv2_threads: int | None) -> StageFactory:
-    def make(reports: str, i: int) -> Node:
-        return Blur(cv2_threads=cv2_threads, report_dir=reports, nb_tasks=nb_tasks,
-                    name=f"stage{i}")
+    def make(i: int) -> Node:
+        return Blur(cv2_threads=cv2_threads, nb_tasks=nb_tasks, name=f"stage{i}")
 
     return make
-
-
-def best_of(repeat: int, run: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``run(*args, **kwargs)`` ``repeat`` times; keep the fastest (others' load on the machine
-    only ever slows a run down)."""
-    results = [run(*args, **kwargs) for _ in range(max(1, repeat))]
-    return max(results, key=lambda r: r.fps)
 
 
 def _mb_s(fps: float, shape: tuple[int, ...]) -> float:
@@ -131,8 +70,17 @@ def _flow_row(section: str, params: dict[str, Any], m: Measurement, shape: tuple
         fps=m.fps, mb_s=_mb_s(m.fps, shape), hop_cpu_us=hop_cpu_us,
         latency_p50_ms=percentile(lat, 0.5), latency_p99_ms=percentile(lat, 0.99),
         drop_rate=m.drop_rate,
-        extra={"producer_cpu_us": 1e6 * m.producer_cpu_s / max(1, m.produced)},
+        extra={"producer_cpu_us": 1e6 * m.producer_cpu_s / max(1, m.produced), **_ages(m)},
     )
+
+
+def _ages(m: Measurement) -> dict[str, float]:
+    """The consumer's frame age as the engine counts it (``NodeStats.frame_age``, warm-up
+    frames included), beside the probe's own latency."""
+    age = m.stats.nodes[-1].frame_age
+    if age is None:
+        return {}
+    return {"frame_age_p50_ms": 1e3 * age.p50_s, "frame_age_p99_ms": 1e3 * age.p99_s}
 
 
 def _timing_row(section: str, impl: str, params: dict[str, Any], t: bl.Timing,
@@ -191,12 +139,6 @@ def _marginal_hop_cost(rows: list[Row]) -> None:
         r.extra["hop_wall_us"] = per_hop
 
 
-def core_counts(opts: Options) -> list[int]:
-    if opts.nb_tasks:
-        return list(opts.nb_tasks)
-    return list(range(1, machine_info()["usable_cores"] + 1))
-
-
 def scaling(opts: Options, progress: Progress) -> list[Row]:
     """cv2.GaussianBlur 5x5 with nb_tasks = K, against Pool(K).imap and a single-process loop.
 
@@ -250,7 +192,9 @@ def scaling(opts: Options, progress: Progress) -> list[Row]:
 
 
 def realtime(opts: Options, progress: Progress) -> list[Row]:
-    """Latency at a fixed producer rate (hops 1 and 3), and drops behind a slow node."""
+    """Latency at a fixed producer rate (hops 1 and 3); then behind a slow node, the frames'
+    age and the drops, with either drop policy (``realtime_drop``: oldest, the default, and
+    newest, the engine's policy before freshest-frame realtime)."""
     rows: list[Row] = []
     hw = opts.realtime_size
     shape, size = (*hw, 3), size_name(hw)
@@ -271,16 +215,25 @@ def realtime(opts: Options, progress: Progress) -> list[Row]:
             r.extra["hop_latency_us"] = per_hop_us
     slow = 1.5 / opts.rate
 
-    def sleeper(reports: str, i: int) -> Node:
+    def sleeper(i: int) -> Node:
         return Sleep(slow, name=f"stage{i}")
 
-    params = {"size": size, "rate": opts.rate, "slow_node_ms": round(slow * 1e3, 3)}
-    progress(f"realtime {size} {opts.rate:g} fps, a node taking {slow * 1e3:.1f} ms")
-    m = measure(shape, [sleeper], duration=max(opts.duration, 30 / opts.rate), fps=opts.rate,
-                flow_type=REALTIME, flow_options=_flow_options(opts))
-    row = _flow_row("realtime", params, m, shape)
-    row.note = "a node slower than the producer: the excess is dropped, not queued"
-    rows.append(row)
+    notes = {
+        "oldest": "a node slower than the producer: the oldest queued frame is dropped, the "
+                  "node takes the freshest",
+        "newest": "the same, dropping the new frame instead: the queued ones grow stale",
+    }  # fmt: skip
+    for drop, note in notes.items():
+        params = {"size": size, "rate": opts.rate, "slow_node_ms": round(slow * 1e3, 3),
+                  "drop": drop}  # fmt: skip
+        progress(f"realtime {size} {opts.rate:g} fps, a node taking {slow * 1e3:.1f} ms, "
+                 f"drop {drop}")  # fmt: skip
+        options = {**(_flow_options(opts) or {}), "realtime_drop": drop}
+        m = measure(shape, [sleeper], duration=max(opts.duration, 30 / opts.rate), fps=opts.rate,
+                    flow_type=REALTIME, flow_options=options)
+        row = _flow_row("realtime", params, m, shape)
+        row.note = note
+        rows.append(row)
     return rows
 
 
@@ -303,12 +256,14 @@ def run_matrix(
         elif section == "realtime":
             rows += realtime(opts, say)
         elif section == "file":
-            from videoflow.benchmark.filebench import file_section
-
             new, why = file_section(opts, say)
             rows += new
             if why:
                 skipped.append(f"file: {why}")
+        elif section == "join":
+            hw = SIZES["1080p"] if SIZES["1080p"] in opts.sizes or not opts.sizes else opts.sizes[0]
+            rows += join_section(hw, opts.duration, opts.repeat, _flow_options(opts), say,
+                                 size_name(hw))
     if opts.engine != "process":
         for row in rows:
             if row.impl == VIDEOFLOW:
@@ -317,6 +272,3 @@ def run_matrix(
     return BenchResult(rows=rows, machine=machine_info(opts.start_method),
                        options=opts.to_dict(), skipped=skipped)
 
-
-def default_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,8 +1,10 @@
 """Module-level nodes the benchmarks run (task processes import them by name).
 
-Each probe writes what it measured, as JSON, into ``report_dir`` when its task closes; the
-benchmark reads those files after ``join()``. Times are ``time.perf_counter_ns()``, which is
-CLOCK_MONOTONIC on Linux and so comparable between processes; CPU times are per process.
+The nodes under test count nothing themselves: CPU time and messages per node come from
+``Flow.stats()``. The probe consumer measures what only the end of the chain sees (when each
+frame arrived, how old it was) and writes it, as JSON, into ``report_dir`` when its task
+closes. Times are ``time.perf_counter_ns()``, which is CLOCK_MONOTONIC on Linux and so
+comparable between processes.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from videoflow.core import ConsumerNode, ProcessorNode
-from videoflow.producers.basic import SyntheticFrameProducer
+from videoflow.core import ConsumerNode, Join, ProcessorNode
+from videoflow.producers import SyntheticFrameProducer
 
 _now = time.perf_counter_ns
 
@@ -61,19 +63,15 @@ class BenchProducer(SyntheticFrameProducer):
         count: int | None = None,
         fps: float | None = None,
         min_frames: int = 0,
-        report_dir: str | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(shape, np.uint8, count=count, fps=fps, pattern="stamp", name=name)
         self.duration = duration
         self.min_frames = min_frames
-        self.report_dir = report_dir
         self._end_ns = 0
-        self._cpu0 = 0.0
 
     def open(self) -> None:
         super().open()
-        self._cpu0 = time.process_time()
         self._end_ns = 0
 
     def next(self) -> np.ndarray:
@@ -86,47 +84,12 @@ class BenchProducer(SyntheticFrameProducer):
         self.meta["t_ns"] = _now()
         return frame
 
-    def close(self) -> None:
-        write_report(self.report_dir, self.name, {
-            "frames": self._index, "cpu_s": time.process_time() - self._cpu0,
-        })
-
-
-class CpuProbe:
-    """CPU seconds a task spent from its first message to its close."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.cpu0 = 0.0
-
-    def tick(self) -> None:
-        if self.calls == 0:
-            self.cpu0 = time.process_time()
-        self.calls += 1
-
-    def report(
-        self, report_dir: str | None, name: str, extra: dict[str, Any] | None = None
-    ) -> None:
-        cpu = time.process_time() - self.cpu0 if self.calls else 0.0
-        write_report(report_dir, name, {"frames": self.calls, "cpu_s": cpu, **(extra or {})})
-
 
 class PassThrough(ProcessorNode):
-    """Returns its input (no copy: the frame stays in its slot), counting this task's CPU time."""
-
-    def __init__(self, report_dir: str | None = None, nb_tasks: int = 1, name: str | None = None):
-        super().__init__(nb_tasks=nb_tasks, name=name)
-        self.report_dir = report_dir
-
-    def open(self) -> None:
-        self._probe = CpuProbe()
+    """Returns its input (no copy: the frame stays in its slot)."""
 
     def process(self, frame: Any) -> Any:
-        self._probe.tick()
         return frame
-
-    def close(self) -> None:
-        self._probe.report(self.report_dir, self.name)
 
 
 class Blur(ProcessorNode):
@@ -136,29 +99,22 @@ class Blur(ProcessorNode):
         self,
         ksize: int = 5,
         cv2_threads: int | None = 1,
-        report_dir: str | None = None,
         nb_tasks: int = 1,
         name: str | None = None,
     ) -> None:
         super().__init__(nb_tasks=nb_tasks, name=name)
         self.ksize = ksize
         self.cv2_threads = cv2_threads
-        self.report_dir = report_dir
 
     def open(self) -> None:
         set_cv2_threads(self.cv2_threads)
-        self._probe = CpuProbe()
 
     def process(self, frame: np.ndarray) -> np.ndarray:
         import cv2
 
-        self._probe.tick()
         out = self.allocate(frame.shape, frame.dtype)
         cv2.GaussianBlur(frame, (self.ksize, self.ksize), 0, dst=out)
         return out
-
-    def close(self) -> None:
-        self._probe.report(self.report_dir, self.name)
 
 
 class Sleep(ProcessorNode):
@@ -176,28 +132,29 @@ class Sleep(ProcessorNode):
 class ProbeConsumer(ConsumerNode):
     """Records when frames arrive and how old they are (from the producer's ``t_ns``).
 
-    The first ``warmup`` frames are not timed. Latencies are kept for at most ``max_samples``
-    frames (evenly thinned beyond that) so the report stays small.
+    With several parents (a JOIN in front of it, ``join``), the latency is that of the first
+    input present in each set. The first ``warmup`` frames are not timed. Latencies are kept
+    for at most ``max_samples`` frames (evenly thinned beyond that) so the report stays small.
     """
 
     def __init__(
         self, report_dir: str | None = None, warmup: int = 3, max_samples: int = 20000,
-        name: str | None = None,
+        name: str | None = None, join: Join | None = None,
     ) -> None:
-        super().__init__(name=name)
+        super().__init__(name=name, join=join)
         self.report_dir = report_dir
         self.warmup = warmup
         self.max_samples = max_samples
 
     def open(self) -> None:
-        self._probe = CpuProbe()
+        self._calls = 0
         self._first_ns = self._last_ns = 0
         self._lat: list[int] = []
 
     def consume(self, *inputs: Any) -> None:
         now = _now()
-        self._probe.tick()
-        if self._probe.calls == self.warmup + 1:
+        self._calls += 1
+        if self._calls == self.warmup + 1:
             self._first_ns = now
         self._last_ns = now
         t0 = self.meta.get("t_ns")
@@ -207,8 +164,8 @@ class ProbeConsumer(ConsumerNode):
                 self._lat = self._lat[::2]
 
     def close(self) -> None:
-        self._probe.report(self.report_dir, self.name, {
-            "timed_frames": max(0, self._probe.calls - self.warmup - 1),
+        write_report(self.report_dir, self.name, {
+            "timed_frames": max(0, self._calls - self.warmup - 1),
             "first_ns": self._first_ns,
             "last_ns": self._last_ns,
             "latency_ns": self._lat,

@@ -1,7 +1,9 @@
 """Benchmark results: rows, the result of a run, its JSON schema, validation and comparison.
 
 A result is plain data: ``BenchResult.to_dict()`` is what ``videoflow bench --json`` writes and
-``SCHEMA`` documents it (a JSON Schema, checked here by ``validate`` without any dependency).
+``SCHEMA`` documents it (JSON Schema draft 2020-12). ``validate`` checks a result with the
+jsonschema package (the bench and test extras install it), numbers being finite ones, as JSON
+has no NaN or infinity.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ Number = int | float
 class Row:
     """One measurement.
 
-    section:      handoff, scaling, realtime, file or flow (a user's own flow).
+    section:      handoff, scaling, realtime, file, join or flow (a user's own flow).
     impl:         what moved the frames: ``videoflow`` or a baseline (see ``baselines.py``).
     params:       what was measured (size, hops, nb_tasks, rate, ...).
     frames:       frames timed (warm-up excluded); seconds: how long they took.
@@ -170,9 +172,8 @@ def machine_info(start_method: str | None = None) -> dict[str, Any]:
     """CPU, cores, Python and library versions, native extension, start method."""
     import numpy
 
-    from videoflow import __version__
-    from videoflow.config import FlowConfig
-    from videoflow.transport import native_status
+    from videoflow import __version__, native_status
+    from videoflow.config import FlowConfig, available_cpus
 
     try:
         import cv2
@@ -180,14 +181,10 @@ def machine_info(start_method: str | None = None) -> dict[str, Any]:
         opencv = str(cv2.__version__)
     except ImportError:
         opencv = None
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 1
     return {
         "cpu_model": _cpu_model(),
         "cores": os.cpu_count() or 1,
-        "usable_cores": usable,
+        "usable_cores": available_cpus(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "numpy": numpy.__version__,
@@ -212,7 +209,10 @@ ROW_SCHEMA: dict[str, Any] = {
                  "note"],
     "additionalProperties": False,
     "properties": {
-        "section": {"type": "string", "enum": ["handoff", "scaling", "realtime", "file", "flow"]},
+        "section": {
+            "type": "string",
+            "enum": ["handoff", "scaling", "realtime", "file", "join", "flow"],
+        },
         "impl": _STR,
         "params": {"type": "object", "additionalProperties": {"type": ["string", "number",
                                                                        "boolean", "null"]}},
@@ -263,63 +263,35 @@ SCHEMA: dict[str, Any] = {
     },
 }
 
-_TYPES: dict[str, Any] = {
-    "object": dict,
-    "array": list,
-    "string": str,
-    "boolean": bool,
-    "null": type(None),
-}
+def _finite_number(checker: Any, value: Any) -> bool:
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    )
 
 
-def _is(value: Any, type_name: str) -> bool:
-    if type_name == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if type_name == "number":
-        return (
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-        )
-    return isinstance(value, _TYPES[type_name])
+def _where(path: Iterable[Any]) -> str:
+    """A path into the result as ``$.rows[0].fps``."""
+    out = "$"
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
 
 
-def validate(data: Any, schema: dict[str, Any] = SCHEMA, path: str = "$") -> list[str]:
-    """Check ``data`` against ``schema``; returns the problems found (empty: valid).
-
-    Supports the keywords ``SCHEMA`` uses: type, enum, required, properties,
-    additionalProperties, items, minimum, maximum.
-    """
-    problems: list[str] = []
-    types = schema.get("type")
-    if types is not None:
-        names = [types] if isinstance(types, str) else list(types)
-        if not any(_is(data, t) for t in names):
-            return [f"{path}: expected {' or '.join(names)}, got {type(data).__name__}"]
-    if "enum" in schema and data not in schema["enum"]:
-        problems.append(f"{path}: {data!r} is not one of {schema['enum']}")
-    if isinstance(data, (int, float)) and not isinstance(data, bool):
-        if "minimum" in schema and data < schema["minimum"]:
-            problems.append(f"{path}: {data} < minimum {schema['minimum']}")
-        if "maximum" in schema and data > schema["maximum"]:
-            problems.append(f"{path}: {data} > maximum {schema['maximum']}")
-    if isinstance(data, dict):
-        for name in schema.get("required", []):
-            if name not in data:
-                problems.append(f"{path}: missing {name!r}")
-        props = schema.get("properties", {})
-        extra = schema.get("additionalProperties", True)
-        for name, value in data.items():
-            if name in props:
-                problems += validate(value, props[name], f"{path}.{name}")
-            elif extra is False:
-                problems.append(f"{path}: unexpected property {name!r}")
-            elif isinstance(extra, dict):
-                problems += validate(value, extra, f"{path}.{name}")
-    if isinstance(data, list) and "items" in schema:
-        for i, item in enumerate(data):
-            problems += validate(item, schema["items"], f"{path}[{i}]")
-    return problems
+def validate(data: Any, schema: dict[str, Any] = SCHEMA) -> list[str]:
+    """Check ``data`` against ``schema`` with jsonschema; returns the problems found, each as
+    ``$.path: message`` (empty: valid). ImportError, saying what to install, without it."""
+    try:
+        import jsonschema
+    except ImportError as exc:
+        raise ImportError(
+            "checking a benchmark result needs the jsonschema package: "
+            'pip install "videoflow-shm[bench]"'
+        ) from exc
+    base = jsonschema.validators.validator_for(schema)
+    checker = base.TYPE_CHECKER.redefine("number", _finite_number)
+    validator = jsonschema.validators.extend(base, type_checker=checker)(schema)
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    return [f"{_where(e.absolute_path)}: {e.message}" for e in errors]
 
 
 # -- comparison ------------------------------------------------------------------------------

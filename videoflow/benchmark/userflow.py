@@ -15,8 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from videoflow.benchmark.result import BenchResult, Row, machine_info
-from videoflow.core.flow import Flow
-from videoflow.engine.stats import FlowStats
+from videoflow.core import Flow, FlowStats
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ from videoflow.consumers.video import (
     JsonLinesWriter,
     VideoDisplay,
     VideofileWriter,
+    VideoWriter,
 )
 from videoflow.consumers.webhook import WebhookConsumer
 
@@ -18,6 +19,7 @@ __all__ = [
     "JsonLinesWriter",
     "MjpegServer",
     "VideoDisplay",
+    "VideoWriter",
     "VideofileWriter",
     "VoidConsumer",
     "WebhookConsumer",

@@ -1,4 +1,11 @@
-"""The graph API: nodes and Flow (no processes are started by this layer on import)."""
+"""The public API: nodes, Flow, and what a run reports (no processes start on import).
+
+``Flow.stats()`` returns a :class:`FlowStats` (one :class:`NodeStats` per node, one
+:class:`TaskStats` per task, a :class:`JoinStats` with :class:`JoinInputStats` per JOIN, a
+:class:`FrameAge` per consumer of a REALTIME flow) and ``Flow.report()`` a :class:`Report`;
+they are importable from here, the one public path to them (their modules under
+``videoflow.engine`` are internal).
+"""
 
 from videoflow.core.constants import BATCH, CPU, GPU, REALTIME
 from videoflow.core.flow import Flow
@@ -11,6 +18,15 @@ from videoflow.core.node import (
     ProcessorNode,
     ProducerNode,
 )
+from videoflow.engine.report import Report, ReportRow
+from videoflow.engine.stats import (
+    FlowStats,
+    FrameAge,
+    JoinInputStats,
+    JoinStats,
+    NodeStats,
+    TaskStats,
+)
 
 __all__ = [
     "BATCH",
@@ -19,10 +35,18 @@ __all__ = [
     "REALTIME",
     "ConsumerNode",
     "Flow",
+    "FlowStats",
+    "FrameAge",
     "FunctionProcessorNode",
     "Join",
+    "JoinInputStats",
+    "JoinStats",
     "Node",
+    "NodeStats",
     "OneTaskProcessorNode",
     "ProcessorNode",
     "ProducerNode",
+    "Report",
+    "ReportRow",
+    "TaskStats",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 from collections.abc import Mapping
 from types import TracebackType
@@ -9,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from videoflow.config import FlowConfig
 from videoflow.core.constants import BATCH, FLOW_TYPES, REALTIME
-from videoflow.core.graph import engine_unsupported, resolve_joins, sorted_nodes
+from videoflow.core.graph import resolve_joins, sorted_nodes
 from videoflow.core.node import Node, OneTaskProcessorNode, ProducerNode
 from videoflow.engine import progress
 from videoflow.engine.base import Engine
 from videoflow.engine.engines import make_engine
-from videoflow.engine.plan import StageSpec
+from videoflow.engine.plan import StageSpec, build_plan
 from videoflow.engine.report import Report
 from videoflow.engine.stats import FlowStats
 
@@ -25,10 +27,13 @@ log = logging.getLogger(__name__)
 
 
 class Flow:
-    """A graph from one producer to its consumers, run by an engine (by default one OS process
-    per task).
+    """A graph from its producers to its consumers, run by an engine (by default one OS
+    process per task).
 
-    producers:    a list with the flow's producer (exactly one for now).
+    producers:    the flow's producers; where the streams of several meet, a JOIN pairs their
+                  messages (``join=`` on that node, or the flow type's default: see
+                  :class:`videoflow.core.Join`). Each stream ends when its producer does; the
+                  flow ends when every producer has ended.
     consumers:    the consumers that end its branches.
     flow_type:    REALTIME (drop messages that downstream cannot take in time) or BATCH
                   (never drop: a full queue makes its sender wait).
@@ -38,8 +43,9 @@ class Flow:
                   or an object implementing :class:`videoflow.engine.base.Engine`. Unset, the
                   ``engine`` flow option or the VIDEOFLOW_ENGINE environment variable decides.
 
-    The graph is checked here: a cycle, a number of producers other than one, a consumer used
-    as a parent or a node cut off from the producer or from every consumer raise ValueError.
+    The graph is checked here: a cycle, no producer, a consumer used as a parent, a node cut
+    off from the producers or from every consumer, ``join=`` where streams do not first meet,
+    or a stream that meets two different sets of streams raise ValueError.
     """
 
     def __init__(
@@ -60,6 +66,7 @@ class Flow:
         self._joins = resolve_joins(self._nodes, flow_type)  # join point id -> its policy
         self._flow_type = flow_type
         self._config = FlowConfig.from_options(flow_options)
+        build_plan(self._specs(), self._config)  # streams that overlap without nesting: refused
         self._chosen: Engine = make_engine(engine, self._config)
         self._engine: Engine | None = None  # the chosen engine, once run() started it
         self._progress: progress.Progress | None = None
@@ -93,6 +100,12 @@ class Flow:
                 nb_tasks=node.nb_tasks,
                 device_type=node.device_type,
                 one_task=isinstance(node, OneTaskProcessorNode),
+                items=node.parent_items,
+                read_names=tuple(p.name for p in node.parents),
+                join=self._joins.get(node.id),
+                realtime_drop=node.realtime_drop,
+                every=node.every,
+                skip_when_busy=node.skip_when_busy and self._flow_type == REALTIME,
             )
             for node in self._nodes
         ]
@@ -101,9 +114,6 @@ class Flow:
         """Start the flow and return at once; ``join()`` waits for its end."""
         if self._engine is not None:
             raise RuntimeError("this flow was already started: a Flow runs once")
-        unsupported = engine_unsupported(self._nodes)
-        if unsupported is not None:
-            raise NotImplementedError(unsupported)
         engine = self._engine = self._chosen
         engine.start(self._specs(), self._flow_type == REALTIME, self._config)
         options = progress.current_run_options()
@@ -113,15 +123,20 @@ class Flow:
             self._progress = progress.Progress(engine.stats, self._expected_count()).start()
 
     def _expected_count(self) -> int | None:
-        producer = self._nodes[0]
-        if not isinstance(producer, ProducerNode):
-            return None
-        try:
-            count = producer.expected_count()
-        except Exception:
-            log.debug("expected_count() of %s failed", producer.name, exc_info=True)
-            return None
-        return count if isinstance(count, int) and count > 0 else None
+        """Values the producers will make in all (None when one of them cannot tell)."""
+        total = 0
+        for producer in self._nodes:
+            if not isinstance(producer, ProducerNode):
+                continue
+            try:
+                count = producer.expected_count()
+            except Exception:
+                log.debug("expected_count() of %s failed", producer.name, exc_info=True)
+                return None
+            if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
+                return None
+            total += count
+        return total or None
 
     def _end_progress(self) -> None:
         if self._progress is not None:
@@ -140,10 +155,16 @@ class Flow:
         Returns False only when ``timeout`` elapsed first.
         """
         engine = self._started()
-        interrupted = False
+        interrupted = stopping = False
         waited = 0.0
         while True:
             try:
+                if interrupted and not stopping:
+                    # Inside the try: a second Ctrl-C that comes while the stop is being
+                    # asked for, or right after the message, is a kill like any other.
+                    stopping = True
+                    engine.stop()
+                    log.warning("interrupted: stopping the flow (Ctrl-C again to kill it)")
                 if engine.wait(0.1):
                     break
                 waited += 0.1
@@ -156,11 +177,11 @@ class Flow:
                     self._end_progress()
                     raise
                 interrupted = True
-                log.warning("interrupted: stopping the flow (Ctrl-C again to kill it)")
-                engine.stop()
         self._end_progress()
         if engine.errors:
-            raise engine.errors[0]
+            # A copy: raised, an exception holds this frame, which holds the engine; raising
+            # the engine's own error object would tie them in a cycle only the gc breaks.
+            raise copy.copy(engine.errors[0])
         return True
 
     def stop(self) -> None:
@@ -172,8 +193,16 @@ class Flow:
         self._started().abort()
 
     def stats(self) -> FlowStats:
-        """Counters per node, live while running and final after ``join()``."""
-        return self._started().stats()
+        """Counters per node, live while running and final after ``join()``, with the
+        ``report_note()`` of the nodes that have one in ``notes``."""
+        stats = self._started().stats()
+        notes = {}
+        for node in self._nodes:
+            note = getattr(node, "report_note", None)
+            text = note() if callable(note) else None
+            if text:
+                notes[node.name] = str(text)
+        return dataclasses.replace(stats, notes=notes) if notes else stats
 
     def report(self) -> Report:
         """The bottleneck report: ``print(flow.report())`` shows a table per node (fps, busy,

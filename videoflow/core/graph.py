@@ -220,21 +220,3 @@ def resolve_joins(nodes: list[Node], flow_type: str) -> dict[int, Join]:
         for node in group:
             resolved[node.id] = join
     return resolved
-
-
-def engine_unsupported(nodes: list[Node]) -> str | None:
-    """Why the process engine cannot run this graph yet, or None. Several producers and
-    ``node[i]`` are validated already; the engine's JOIN stage and selectors are pending."""
-    producers = [n for n in nodes if isinstance(n, ProducerNode)]
-    if len(producers) > 1:
-        return (
-            f"running a flow with several producers ({_producer_names(producers)}) is not "
-            "implemented yet: the engine's JOIN stage is pending (the graph itself is valid)"
-        )
-    for node in nodes:
-        if any(item is not None for item in node.parent_items):
-            return (
-                f"node {node.name!r} reads an item of its parent's output (node[i]); running "
-                "such a flow is not implemented yet (the graph itself is valid)"
-            )
-    return None

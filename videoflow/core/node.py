@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from videoflow.config import check_realtime_drop
 from videoflow.core.constants import CPU, DEVICE_TYPES, GPU
 from videoflow.core.join import Join, check_join
 from videoflow.engine.base import NodeContext
@@ -25,7 +26,7 @@ _ids = itertools.count(1)
 _NODE_ATTRIBUTES = frozenset(
     (
         "_id", "_name", "_parents", "_children", "_nb_tasks", "_device_type", "_vf_context",
-        "_join", "_items",
+        "_join", "_items", "_realtime_drop", "_every", "_skip_when_busy",
     )
 )
 
@@ -66,6 +67,9 @@ class Node:
         self._vf_context: NodeContext = LocalContext()
         self._join: Join | None = None
         self._items: tuple[int | None, ...] = ()
+        self._realtime_drop: str | None = None
+        self._every = 1
+        self._skip_when_busy = False
         self._vf_module: TaskModuleNode | None = None  # the module that runs this node, if any
 
     def __getattr__(self, name: str) -> Any:
@@ -176,6 +180,27 @@ class Node:
     def device_type(self) -> str:
         return self._device_type
 
+    @property
+    def realtime_drop(self) -> str | None:
+        """What a full queue in front of this node drops in a REALTIME flow: "oldest",
+        "newest", or None for the flow's ``realtime_drop`` option."""
+        return self._realtime_drop
+
+    @property
+    def every(self) -> int:
+        """The node runs on one message in ``every`` (1: on all of them)."""
+        return self._every
+
+    @property
+    def skip_when_busy(self) -> bool:
+        """In a REALTIME flow, the node skips the messages that waited while it was busy."""
+        return self._skip_when_busy
+
+    def _set_realtime_drop(self, realtime_drop: str | None) -> None:
+        if realtime_drop is not None:
+            check_realtime_drop(realtime_drop, f"realtime_drop of {self!r}")
+        self._realtime_drop = realtime_drop
+
     # -- hooks run in the task process --------------------------------------------------------
     def open(self) -> None:
         """Acquire resources (files, models, devices). Called once per task, in its process."""
@@ -278,6 +303,15 @@ class ProcessorNode(Node):
     device_type: CPU or GPU; with GPU each worker gets its own GPU when there are enough.
     join:        how to pair the messages of different producers, on the node where their
                  streams first meet (see ``Join``); the flow type's default when None.
+    every:       run on one message in ``every``; for the others the node's last output is
+                 passed on, and ``meta["skipped"]`` says so (one task only).
+    skip_when_busy: in a REALTIME flow, a message that arrives while the node is busy with
+                 another one is not queued for it: it is passed on with the node's last output,
+                 marked in ``meta["skipped"]``, and the node runs on the newest message once it
+                 is free (one task only). BATCH flows run the node on every message.
+    realtime_drop: what a full queue in front of this node drops in a REALTIME flow:
+                 "oldest" (the node gets the freshest frame) or "newest" (frames already
+                 queued go first); None: the flow's ``realtime_drop`` option ("oldest").
     """
 
     kind = "processor"
@@ -288,10 +322,31 @@ class ProcessorNode(Node):
         device_type: str = CPU,
         name: str | None = None,
         join: Join | None = None,
+        every: int = 1,
+        skip_when_busy: bool = False,
+        realtime_drop: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
         self._join = check_join(join, repr(self))
+        self._set_realtime_drop(realtime_drop)
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(
+                f"every of {self!r} must be an integer >= 1 (run on one message in every), "
+                f"got {every!r}"
+            )
+        if not isinstance(skip_when_busy, bool):
+            raise ValueError(
+                f"skip_when_busy of {self!r} must be True or False, got {skip_when_busy!r}"
+            )
+        if (every > 1 or skip_when_busy) and nb_tasks != 1:
+            what = f"every={every}" if every > 1 else "skip_when_busy=True"
+            raise ValueError(
+                f"{self!r} has {what} and nb_tasks={nb_tasks!r}: a node that skips messages "
+                "passes its last output on, which lives in one task; use nb_tasks=1"
+            )
+        self._every = every
+        self._skip_when_busy = skip_when_busy
         limit = max_tasks()
         valid = isinstance(nb_tasks, int) and not isinstance(nb_tasks, bool)
         if not valid or not 1 <= nb_tasks <= limit:
@@ -329,8 +384,11 @@ class OneTaskProcessorNode(ProcessorNode):
 class FunctionProcessorNode(ProcessorNode):
     """A processor made from a function: ``process(*inputs)`` returns ``fn(*inputs)``.
 
-    processor_function: the function; define it at module level (a lambda or a local function
-                        cannot be sent to a task process).
+    processor_function: the function. It travels to the task processes by pickling, under
+                        every start method (``fork`` included): define it at module level,
+                        not as a lambda or inside another function. A function that needs a
+                        lock, a file or a model should be a node class that creates it in
+                        ``open()``.
     nb_proc, device:    the original videoflow's names for ``nb_tasks`` and ``device_type``;
                         either spelling works (keywords ``nb_tasks=``/``device_type=`` too).
     name:               defaults to the function's name.
@@ -389,6 +447,8 @@ class ConsumerNode(Leaf):
               are not changed.
     join:     how to pair the messages of different producers when the consumer is where
               their streams first meet (see ``Join``); the flow type's default when None.
+    realtime_drop: what a full queue in front of this consumer drops in a REALTIME flow,
+              "oldest" or "newest" (None: the flow's ``realtime_drop`` option).
     """
 
     kind = "consumer"
@@ -398,10 +458,12 @@ class ConsumerNode(Leaf):
         metadata: bool = False,
         name: str | None = None,
         join: Join | None = None,
+        realtime_drop: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
         self._join = check_join(join, repr(self))
+        self._set_realtime_drop(realtime_drop)
         self._metadata = bool(metadata)
 
     @property
@@ -514,6 +576,11 @@ class TaskModuleNode(ProcessorNode):
                 raise ValueError(f"{what}: {node.name!r} is already in {node._vf_module.name!r}")
             if node.device_type == GPU:
                 raise ValueError(f"{what}: {node.name!r} runs on a GPU; modules run on the CPU")
+            if node.every > 1 or node.skip_when_busy:
+                raise ValueError(
+                    f"{what}: {node.name!r} skips messages (every=, skip_when_busy), which a "
+                    "node inside a module cannot do; give them to the module instead"
+                )
             if isinstance(node, OneTaskProcessorNode) and nb_tasks > 1:
                 raise ValueError(
                     f"{what}: {node.name!r} is a OneTaskProcessorNode, so the module cannot "

@@ -5,34 +5,28 @@ with every one of its tasks always busy: ``nb_tasks * messages_in / busy_s``. In
 run that is also the node with the highest busy fraction; in a realtime run that drops, it is the
 node that could not keep up, even when the producer's pacing makes the producer look as busy.
 Busy fractions divide by ``nb_tasks * elapsed``, so a node with four workers that are always busy
-reads 100 %, not 400 %.
+reads 100 %, not 400 %. A stalled task (its process stopped, or stuck in its node's code) comes
+before all that: the flow waits for it, and the counters of the others only show them waiting.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any
 
-from videoflow.engine.stats import FlowStats, NodeStats
+from videoflow.config import available_cpus
+from videoflow.engine.stats import FlowStats, FrameAge, JoinStats, NodeStats
 
 SATURATED = 0.5  # below this busy fraction, no node is said to hold the flow back
 CPUS_SATURATED = 0.9  # from this share of the CPUs kept busy, the machine is the limit
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 @dataclasses.dataclass(frozen=True)
 class ReportRow:
     """One node's line of the table; fractions are 0..1 (the table shows percents).
-    max_fps: the node's capacity (``NodeStats.capacity``), None when it did not run."""
+    max_fps: the node's capacity (``NodeStats.capacity``), None when it did not run.
+    skipped, frame_age: as in ``NodeStats`` (shown below the table)."""
 
     node: str
     kind: str
@@ -46,6 +40,9 @@ class ReportRow:
     drops: int
     errors: int
     cpu: float = 0.0
+    stalled: int = 0  # tasks of the node that are stalled (TaskStats.stalled)
+    skipped: int = 0
+    frame_age: FrameAge | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +53,19 @@ class Report:
     of the run), max fps (what the node could take with all its tasks always busy),
     busy/wait/blocked percent of its tasks' time, cpu percent (CPU time per task: below busy
     when its tasks wait for a core, above 100 when a task computes on several threads), and
-    drops. The summary line adds how many CPUs the flow kept busy.
+    drops. The summary line adds how many CPUs the flow kept busy; lines below the table give
+    the age of the frames each consumer received (p50, p99, max: from their producer to the
+    consumer's call) and the messages a processor skipped (``every=``, ``skip_when_busy``).
 
-    bottleneck: the name of the node that holds the flow back (None: nothing flowed, or no node
-                is busy enough to blame). advice: what to do about it, one sentence.
+    bottleneck: the name of the node that holds the flow back (None: nothing flowed, no node
+                is busy enough to blame, or a task is stalled). advice: what to do about it,
+                one sentence.
+    stalled:    the stalled tasks, each as "node (task N): what it is doing, for how long".
+    joins:      the counters of every JOIN stage (a flow with several producers): the table
+                gets a section per JOIN, one line per input, and names the input it waited
+                on most (``waits_on``).
+    notes:      ``"node: note"`` lines from ``FlowStats.notes`` (a writer's encoder), printed
+                between the table and the verdict.
     """
 
     rows: tuple[ReportRow, ...]
@@ -74,6 +80,9 @@ class Report:
     running: bool
     cores_busy: float = 0.0
     cpus: int = 1
+    stalled: tuple[str, ...] = ()
+    joins: tuple[JoinStats, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @classmethod
     def from_stats(cls, stats: FlowStats, cpus: int | None = None) -> Report:
@@ -83,16 +92,21 @@ class Report:
             ReportRow(
                 n.name, n.kind, n.nb_tasks, n.messages_in, n.fps, n.capacity,
                 n.busy, n.wait, n.blocked, n.dropped, n.errors, n.cpu,
+                sum(t.stalled for t in n.tasks), n.skipped, n.frame_age,
             )
             for n in stats.nodes
         )
         cpus = available_cpus() if cpus is None else cpus
-        bottleneck, advice = _diagnose(stats, cpus)
+        stalled = tuple(
+            f"{t.node} (task {t.task}): {t.doing}, for {t.doing_s:.1f} s"
+            for n in stats.nodes for t in n.tasks if t.stalled
+        )
+        bottleneck, advice = _diagnose(stats, cpus, stalled)
         return cls(
             rows=rows,
             bottleneck=bottleneck,
             advice=advice,
-            verdict=_verdict(stats, bottleneck, advice, cpus),
+            verdict=_verdict(stats, bottleneck, advice, cpus, stalled),
             produced=stats.produced,
             delivered=stats.delivered,
             dropped=stats.dropped,
@@ -101,6 +115,9 @@ class Report:
             running=stats.running,
             cores_busy=stats.cores_busy,
             cpus=cpus,
+            stalled=stalled,
+            joins=stats.joins,
+            notes=tuple(f"{node}: {note}" for node, note in stats.notes.items()),
         )
 
     def table(self) -> str:
@@ -123,11 +140,56 @@ class Report:
                 f"{_rate(r.max_fps):>9} {100 * r.busy:>7.1f} {100 * r.cpu:>7.1f} "
                 f"{100 * r.wait:>7.1f} {100 * r.blocked:>9.1f} {r.drops:>7}"
                 + (f"  ({r.errors} failed)" if r.errors else "")
+                + (f"  ({r.stalled} stalled)" if r.stalled else "")
             )
+        for r in self.rows:
+            if r.frame_age is not None:
+                age = r.frame_age
+                lines.append(
+                    f"frame age at {r.node}: p50 {1e3 * age.p50_s:.1f} ms, p99 "
+                    f"{1e3 * age.p99_s:.1f} ms, max {1e3 * age.max_s:.1f} ms ({age.frames} frames)"
+                )
+            if r.skipped:
+                lines.append(
+                    f"{r.node} passed its last output on for {r.skipped} of {r.frames} messages "
+                    "instead of running (every=, skip_when_busy)"
+                )
+        return "\n".join(lines)
+
+    def join_table(self) -> str:
+        """A section per JOIN stage: its policy and sets, then per input what it did with the
+        stream's messages, and the input it waited on most ("" without joins)."""
+        lines: list[str] = []
+        for join in self.joins:
+            cpu = 100 * join.cpu_s / self.elapsed_s if self.elapsed_s > 0 else 0.0
+            lines.append(
+                f"{join.name}: {join.policy}, {join.sets} sets ({join.partial} with an input "
+                f"missing), {join.dropped} dropped, cpu {cpu:.1f} %"
+            )
+            width = max([5, *(len(i.name) for i in join.inputs)])
+            lines.append(
+                f"  {'input':<{width}}  {'produced':>8} {'dropped':>7} {'received':>8} "
+                f"{'used':>8} {'stale':>7} {'unmatched':>9} {'waited s':>8}"
+            )
+            for i in join.inputs:
+                lines.append(
+                    f"  {i.name:<{width}}  {i.produced:>8} {i.dropped:>7} {i.received:>8} "
+                    f"{i.used:>8} {i.stale:>7} {i.unmatched:>9} {i.waited_s:>8.2f}"
+                )
+            worst = join.waits_on
+            if worst is not None:
+                share = f", {100 * worst.waited_s / self.elapsed_s:.0f} % of the run" if (
+                    self.elapsed_s > 0
+                ) else ""
+                lines.append(
+                    f"  {join.name} waits on {worst.name} most ({worst.waited_s:.2f} s{share}): "
+                    "that stream sets the pace of the joined sets"
+                )
         return "\n".join(lines)
 
     def __str__(self) -> str:
-        return f"{self.table()}\n{self.verdict}"
+        joins = self.join_table()
+        return "\n".join((self.table(), *([joins] if joins else []), *self.notes, self.verdict))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -140,8 +202,17 @@ def _rate(fps: float | None) -> str:
     return f"{fps:.1f}" if fps < 1e6 else ">1e6"
 
 
-def _diagnose(stats: FlowStats, cpus: int) -> tuple[str | None, str]:
-    """The bottleneck node's name and the advice, from per-message costs."""
+def _diagnose(
+    stats: FlowStats, cpus: int, stalled: tuple[str, ...] = ()
+) -> tuple[str | None, str]:
+    """The bottleneck node's name and the advice, from per-message costs; none when a task
+    is stalled (the others' counters then only show them waiting for it)."""
+    if stalled:
+        return None, (
+            f"stalled: {'; '.join(stalled)}. The rest of the flow waits for it: no node is a "
+            "bottleneck (flow.stop() ends the flow; flow_options={'stall_timeout': s} fails "
+            "a flow that stalls)"
+        )
     if stats.elapsed_s <= 0 or stats.produced == 0:
         return None, "nothing flowed: no message went through the flow, nothing to measure"
     measured = [(n.capacity, n) for n in stats.nodes if n.capacity is not None]
@@ -200,10 +271,12 @@ def _advice(
     return f"raise nb_tasks of {node.name} from {k} to {want}"
 
 
-def _verdict(stats: FlowStats, bottleneck: str | None, advice: str, cpus: int) -> str:
+def _verdict(
+    stats: FlowStats, bottleneck: str | None, advice: str, cpus: int, stalled: tuple[str, ...]
+) -> str:
     text = advice if bottleneck is None else f"bottleneck: {bottleneck}: {advice}"
     extra = []
-    if _cpus_saturated(stats, cpus):
+    if _cpus_saturated(stats, cpus) and not stalled:
         extra.append(
             f"the flow kept {stats.cores_busy:.1f} of {cpus} CPUs busy: the machine is the "
             "limit, less work per frame or more cores would help, more tasks would not"

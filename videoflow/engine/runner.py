@@ -1,16 +1,22 @@
 """The owner of a running flow: starts every task process, watches them, ends them, cleans up.
 
 One monitor thread waits on every task's event pipe and process sentinel at once
-(``multiprocessing.connection.wait``), so an error report or a death is seen at once. The first
-failure sets the abort flag, which every task sees within ``poll_interval``; tasks still alive
-after ``stop_grace`` are killed. Whatever the ending, the flow's queues and shared-memory
-segments are unlinked by their common name prefix before ``wait()`` returns.
+(``multiprocessing.connection.wait``), so an error report or a death is seen at once, and looks
+at every task's published phase a few times a second. The first failure sets the abort flag,
+which every task sees within ``poll_interval``; tasks still alive after ``stop_grace`` are
+killed. Every ending is bounded: a stop that has not ended the flow after ``stop_timeout``
+becomes an abort, a task that does not exit ``stop_timeout`` after its last message is killed,
+and (when ``stall_timeout`` is set) a flow whose messages stop moving fails; each time the
+FlowError names the tasks concerned and what they were doing. Whatever the ending, the flow's
+queues and shared-memory segments are unlinked by their common name prefix, and its processes
+and pipes closed, before ``wait()`` returns.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import logging
 import multiprocessing as mp
 import os
@@ -23,37 +29,59 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any, ClassVar
 
-from videoflow.config import FlowConfig
+from videoflow.config import FlowConfig, available_cpus
+from videoflow.engine.bootstrap import (
+    check_platform,
+    forkserver_preload,
+    package_copy,
+    unpicklable_node,
+)
+from videoflow.engine.join_task import JoinTask, JoinWiring
 from videoflow.engine.logs import handle_forwarded, level_snapshot
 from videoflow.engine.plan import (
+    JOIN,
     MERGE,
     PROCESSOR,
+    PRODUCER,
     Plan,
+    Stage,
     StageSpec,
     assign_gpus,
     build_plan,
     visible_gpus,
 )
-from videoflow.engine.report import available_cpus
 from videoflow.engine.stats import (
     ABORT,
+    BUSY_NS,
+    DROPPED,
     FLAGS,
     GO,
+    IN,
+    OUT,
+    P_CLOSE,
+    P_CONSUME,
+    P_ENDED,
+    P_NEXT,
+    P_PROCESS,
     ROW,
+    STATE,
     STOP,
     FlowStats,
     NodeStats,
+    describe_state,
     node_stats,
+    state_phase,
     task_stats,
 )
-from videoflow.engine.task import TaskSpec, release_queued, task_main
-from videoflow.errors import FlowError, read_only_write
+from videoflow.engine.task import STOP_SIGNAL, NodeParcel, TaskSpec, release_queued, task_main
+from videoflow.errors import FlowError, UnpicklableNodeError, read_only_write
 from videoflow.transport import message
 from videoflow.transport.names import (
     claim_prefix,
-    list_entries,
+    flow_pools,
     new_flow_prefix,
     owned_entries,
+    queue_name,
     release_prefix,
     sweep_dead_owners,
 )
@@ -62,30 +90,87 @@ from videoflow.transport.shm import PoolRegistry, SlotPool
 
 log = logging.getLogger(__name__)
 NODE_PACKAGES = ("videoflow.producers", "videoflow.processors", "videoflow.consumers")
+TICK = 0.2  # seconds between the monitor's looks at the tasks' phases (it wakes on events too)
+STALL_AFTER = 2.0  # seconds in a node's code that make a task "stalled" when stall_timeout is 0
+STALL_RATIO = 10  # ... and this many times the task's mean time per call
+GAP = 2.0  # seconds without a look at the tasks that mean the owner itself was not running
+SERVER_LOST = 255  # the exit code multiprocessing gives a forkserver task it lost track of
 _running: weakref.WeakSet[ProcessEngine] = weakref.WeakSet()
+# A forked child has no monitor thread: the flows it inherited are not its to finish at exit.
+os.register_at_fork(after_in_child=_running.clear)
 
 
 def _context(method: str) -> Any:
     ctx = mp.get_context(method)
     if method == "forkserver":
         # Imported once in the server, inherited by every task: cv2 alone costs a task ~0.2 s
-        # of CPU, the node packages ~30 ms more. The forkserver skips a module that is missing.
+        # of CPU, the node packages ~30 ms more. The forkserver skips a module that is missing,
+        # and must not load one from another copy than ours (see engine/bootstrap.py).
         ctx.set_forkserver_preload(
-            ["videoflow.engine.task", "numpy", "cv2", *NODE_PACKAGES]
+            forkserver_preload(
+                ["videoflow.engine.task", "videoflow.engine.join_task", "numpy", "cv2",
+                 "setproctitle", *NODE_PACKAGES]
+            )
         )
     return ctx
 
 
+def forkserver_pid() -> int | None:
+    """The pid of multiprocessing's forkserver in this process, if it runs (a private
+    attribute of multiprocessing, read defensively)."""
+    from multiprocessing import forkserver
+
+    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    return pid if isinstance(pid, int) else None
+
+
+def process_state(pid: int) -> str:
+    """The kernel's one-letter state of process ``pid`` (R, S, D, T: stopped, t: traced,
+    Z: zombie...), or "" when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return ""
+    return data.rsplit(b")", 1)[1].split()[0].decode()
+
+
+def _gone(pid: int) -> bool:
+    return process_state(pid) in ("", "Z", "X")
+
+
 class _TaskHandle:
-    def __init__(self, stage_name: str, worker: int, process: Any, conn: Connection) -> None:
-        self.name = stage_name
+    """The owner's view of one task: its process, its event pipe, what it reported, and what
+    the monitor saw of its published phase."""
+
+    def __init__(
+        self, stage: Stage, worker: int, row: int, process: Any, conn: Connection
+    ) -> None:
+        self.name = stage.spec.name
+        self.kind = stage.spec.kind
         self.worker = worker
+        self.row = row  # start of its counter row in the control block
         self.process = process
+        self.pid: int | None = None
         self.conn: Connection | None = conn
         self.attached = False
         self.ready = False
         self.done = False
         self.failed = False
+        self.exited = False  # its sentinel fired
+        self.exitcode: int | None = None
+        self.killed = False
+        self.threads: tuple[str, ...] = ()  # threads that kept its process alive at the end
+        self.state: int | None = None  # the STATE counter last seen, since when
+        self.since = 0.0
+        self.stopped = False  # its process was last seen stopped (SIGSTOP, a debugger)
+        self.stopped_since = 0.0  # ... since then
+        self.ending_since: float | None = None  # first seen past its last message
+        self.signaled: int | None = None  # STATE when STOP_SIGNAL was sent to it
+
+    @property
+    def label(self) -> str:
+        return f"{self.name!r} (task {self.worker})"
 
 
 class ProcessEngine:
@@ -105,9 +190,15 @@ class ProcessEngine:
         self._tasks: list[_TaskHandle] = []
         self._queues: list[ControlQueue] = []
         self._done = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._aborting = False
         self._kill_at: float | None = None
+        self._stop_deadline: float | None = None  # stop() + stop_timeout
+        self._moved_at = 0.0  # when a message last moved (stall watchdog)
+        self._signature: tuple[Any, ...] = ()
+        self._looked_at = time.monotonic()  # the last _observe()
+        self._server_pid: int | None = None  # the forkserver the tasks were forked from
+        self._server_died = False
         self.control: Any = None  # the control block, made by start() for the plan's tasks
         # Set by start(): the plan, its settings and the flow's name prefix.
         self.config: FlowConfig
@@ -115,6 +206,7 @@ class ProcessEngine:
         self.plan: Plan
         self.prefix: str
         self._rows_at: int
+        self._joins: JoinWiring
         self._ctx: Any
 
     def _prepare(self, stages: Sequence[StageSpec], realtime: bool, config: FlowConfig) -> None:
@@ -123,10 +215,16 @@ class ProcessEngine:
         self.plan = build_plan(stages, config)
         self.prefix = new_flow_prefix()
         ntasks = len(self.plan.tasks)
-        counters = sum(1 for link in self.plan.links if link.window)
-        self._rows_at = FLAGS + counters
+        self._rows_at = FLAGS + self.plan.window_counters
+        self._joins = JoinWiring(self.plan, self._rows_at + ROW * ntasks)  # blocks after rows
         self._ctx = _context(config.start_method)
-        self.control = self._ctx.RawArray("q", self._rows_at + ROW * ntasks)
+        self.control = self._ctx.RawArray("q", self._rows_at + ROW * ntasks + self._joins.size)
+
+    @property
+    def description(self) -> str:
+        """The flow in words, for messages: its nodes in chain order and its type."""
+        nodes = " -> ".join(s.spec.name for s in self.plan.stages if s.spec.kind != MERGE)
+        return f"{'REALTIME' if self.realtime else 'BATCH'} flow {nodes}"
 
     # -- start -----------------------------------------------------------------------------
     def _node_bytes(self, spec: StageSpec) -> bytes | None:
@@ -135,10 +233,7 @@ class ProcessEngine:
         try:
             return pickle.dumps(spec.node, protocol=5)
         except Exception as exc:
-            raise ValueError(
-                f"node {spec.name!r} cannot be sent to its task process ({exc}); define its "
-                "class and functions at module level, or use start_method='fork'"
-            ) from exc
+            raise UnpicklableNodeError(unpicklable_node(spec.name, spec.node, exc)) from None
 
     def start(self, stages: Sequence[StageSpec], realtime: bool, config: FlowConfig) -> None:
         """Build the plan, create the queues and start every task; returns at once."""
@@ -146,6 +241,7 @@ class ProcessEngine:
             raise RuntimeError("this engine already ran a flow: an engine runs one flow once")
         self._started = True
         try:
+            check_platform()
             self._prepare(stages, realtime, config)
         except BaseException:
             self._done.set()
@@ -158,28 +254,36 @@ class ProcessEngine:
         environ = dict(os.environ)
         workers = sum(1 for stage, _ in plan.tasks if stage.spec.node is not None)
         opencv_threads = cfg.opencv_threads_per_task(workers, available_cpus())
+        if cfg.profile:  # every task writes its profile there: a bad path fails here, at run()
+            os.makedirs(cfg.profile, exist_ok=True)
+        owner_copy = package_copy()
         claim_prefix(self.prefix)
         try:
             self._queues = [
                 ControlQueue(
-                    f"{self.prefix}.q{link.index}", create=True,
-                    depth=cfg.queue_depth, message_size=cfg.message_size,
+                    queue_name(self.prefix, link.index), create=True,
+                    depth=link.depth(self.realtime, cfg), message_size=cfg.message_size,
                 )
                 for link in plan.links
             ]
+            queue_names = [queue.name for queue in self._queues]
+            self._joins.open(self._ctx)
             row = self._rows_at
             for stage, worker in plan.tasks:
                 inbox, outbox = stage.inbox, stage.outbox
                 merge_counter = window_counter = -1
                 if inbox is not None and inbox.senders > 1:
-                    merge_counter = FLAGS + plan.links[inbox.index - 1].counter
+                    merge_counter = FLAGS + inbox.counter
                 if outbox is not None and outbox.window:
                     window_counter = FLAGS + outbox.counter
                 gpu = gpus.get((stage.index, worker))
+                # The node travels once, as bytes, unpickled in the task after its
+                # environment is set (CUDA_VISIBLE_DEVICES...): not in the stage as well.
+                bare = dataclasses.replace(stage, spec=dataclasses.replace(stage.spec, node=None))
                 spec = TaskSpec(
-                    stage=stage,
+                    stage=bare,
                     worker=worker,
-                    node_bytes=node_bytes[stage.index],
+                    node=NodeParcel(node_bytes[stage.index]),
                     realtime=self.realtime,
                     config=cfg,
                     pool_prefix=self.prefix,
@@ -194,20 +298,30 @@ class ProcessEngine:
                     environ=environ,
                     opencv_threads=opencv_threads,
                     owner_pid=os.getpid(),
+                    **self._joins.task_fields(stage, queue_names),
+                    owner_copy=owner_copy,
                 )
-                row += ROW
                 reader, writer = self._ctx.Pipe(duplex=False)
+                cls = JoinTask if stage.spec.kind == JOIN else None
                 process = self._ctx.Process(
                     target=task_main,
-                    args=(spec, writer, self.control),
+                    args=(spec, writer, self.control, cls),
                     name=f"videoflow:{stage.spec.name}[{worker}]",
                     daemon=True,
                 )
-                self._tasks.append(_TaskHandle(stage.spec.name, worker, process, reader))
-                process.start()
-                writer.close()
+                task = _TaskHandle(stage, worker, row, process, reader)
+                row += ROW
+                self._tasks.append(task)
+                try:
+                    process.start()
+                finally:
+                    writer.close()
+                task.pid = process.pid
+                if cfg.start_method == "forkserver" and self._server_pid is None:
+                    self._server_pid = forkserver_pid()
         except BaseException:
             self._abort_now()
+            self._close_tasks()
             self._cleanup()
             self._done.set()
             raise
@@ -216,8 +330,13 @@ class ProcessEngine:
 
     # -- control ---------------------------------------------------------------------------
     def stop(self) -> None:
-        """Graceful stop: the producer stops and everything already produced drains."""
-        if self.control is not None:
+        """Graceful stop: the producer stops (interrupted if it waits in next()) and what it
+        produced drains; after ``stop_timeout`` the stop becomes an abort."""
+        if self.control is None or self._done.is_set():
+            return
+        with self._lock:
+            if self._stop_deadline is None:
+                self._stop_deadline = time.monotonic() + self.config.stop_timeout
             self.control[STOP] = 1
 
     def abort(self) -> None:
@@ -239,9 +358,14 @@ class ProcessEngine:
     def _abort_now(self) -> None:
         if self.control is not None:
             self.control[ABORT] = 1
-        for task in self._tasks:
-            if task.process.is_alive():
+        for task in list(self._tasks):
+            self._kill(task)
+
+    def _kill(self, task: _TaskHandle) -> None:
+        with self._lock:
+            if task.process is not None and task.process.is_alive():
                 task.process.kill()
+                task.killed = True
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
@@ -249,6 +373,67 @@ class ProcessEngine:
     @property
     def running(self) -> bool:
         return self._started and not self._done.is_set()
+
+    # -- what the tasks are doing ------------------------------------------------------------
+    def _row(self, task: _TaskHandle) -> list[int]:
+        return self.control[task.row : task.row + ROW]
+
+    def _observe(self, now: float) -> None:
+        """Note every change of a task's published phase, and whether its process is stopped.
+
+        A long gap since the last look means this process was not running (Ctrl-Z, a debugger):
+        nothing could be seen meanwhile, so that time does not count towards a stall."""
+        with self._lock:
+            gap = now - self._looked_at
+            self._looked_at = now
+            if gap > GAP:
+                self._moved_at += gap
+                for task in self._tasks:
+                    task.since += gap
+                    task.stopped_since += gap
+            for task in self._tasks:
+                state = self.control[task.row + STATE]
+                if state != task.state:
+                    task.state, task.since = state, now
+                if not task.exited and task.pid is not None:
+                    stopped = process_state(task.pid) in ("T", "t")
+                    if stopped and not task.stopped:
+                        task.stopped_since = now
+                    task.stopped = stopped
+
+    def _in_node_code(self, task: _TaskHandle) -> bool:
+        phase = state_phase(self.control[task.row + STATE])[0]
+        return phase in (P_NEXT, P_PROCESS, P_CONSUME, P_CLOSE)
+
+    def _stalled(self, task: _TaskHandle, row: list[int], now: float) -> bool:
+        """Its process is stopped, or it has been in its node's code far longer than usual."""
+        if task.stopped:
+            return True
+        if not self._in_node_code(task) or task.state != row[STATE]:
+            return False
+        mean = row[BUSY_NS] / 1e9 / max(1, row[IN])
+        after = max(self.config.stall_timeout or STALL_AFTER, STALL_RATIO * mean)
+        return now - task.since >= after
+
+    def _doing(self, task: _TaskHandle, now: float | None) -> str:
+        """What ``task`` is doing, in words, with how long (unless ``now`` is None) and why
+        it may not move."""
+        text = describe_state(task.kind, self._row(task))
+        if now is not None and self._in_node_code(task) and task.state is not None:
+            text += f" for {now - task.since:.1f} s"
+        if task.stopped:
+            text += "; its process is stopped (SIGSTOP, or a debugger)"
+        if task.threads:
+            text += f"; threads keep its process alive: {', '.join(task.threads)}"
+        return text
+
+    def _unfinished(self) -> list[_TaskHandle]:
+        """Tasks whose process has not exited, those that hold the flow up first."""
+        left = [t for t in self._tasks if not t.exited]
+        return sorted(left, key=lambda t: not (t.stopped or self._in_node_code(t)))
+
+    def _listing(self, tasks: list[_TaskHandle], now: float) -> str:
+        return "".join(f"\n  - {t.label}: {self._doing(t, now)}" for t in tasks)
 
     # -- monitor ---------------------------------------------------------------------------
     def _fail(self, err: FlowError) -> None:
@@ -269,15 +454,27 @@ class ProcessEngine:
     def _on_done(self, task: _TaskHandle) -> None:
         task.done = True
 
+    def _on_threads(self, task: _TaskHandle, names: Sequence[str]) -> None:
+        task.threads = tuple(names)
+
+    def _on_refused(self, task: _TaskHandle, text: str) -> None:
+        task.failed = True  # the task cannot run this flow (engine/bootstrap.py); text says why
+        self._fail(FlowError(text, node=task.name, task=task.worker))
+
     def _on_error(
         self, task: _TaskHandle, phase: str, type_name: str, text: str, tb: str
     ) -> None:
         task.failed = True
-        where = f" in {phase}()" if phase not in ("start", "load") else f" at {phase}"
-        what = f"raised {type_name}{where}: {text}"
-        hint = read_only_write(text)
-        if hint is not None:
-            what = f"wrote into a read-only array{where}: {hint}"
+        if phase == "load":
+            what = f"could not be unpickled in its task process: {type_name}: {text}"
+        else:
+            where = {"start": " at start", "join": " while pairing its inputs"}.get(
+                phase, f" in {phase}()"
+            )
+            what = f"raised {type_name}{where}: {text}"
+            hint = read_only_write(text)
+            if hint is not None:
+                what = f"wrote into a read-only array{where}: {hint}"
         self._fail(
             FlowError(
                 f"node {task.name!r} (task {task.worker}) {what}",
@@ -290,7 +487,10 @@ class ProcessEngine:
         message.ATTACHED: _on_attached,
         message.READY: _on_ready,
         message.DONE: _on_done,
+        message.THREADS: _on_threads,
+        message.REFUSED: _on_refused,
         message.ERROR: _on_error,
+        message.THREADS: _on_threads,
     }
 
     def _on_event(self, task: _TaskHandle, event: message.Event) -> None:
@@ -301,8 +501,19 @@ class ProcessEngine:
         handler(self, task, *message.event_fields(event))
 
     def _on_exit(self, task: _TaskHandle) -> None:
-        code = task.process.exitcode
+        code = task.exitcode
         if task.failed or task.done or self._aborting:
+            return
+        if self._server_pid is not None and code == SERVER_LOST and self._server_gone():
+            self._server_died = True
+            self._fail(
+                FlowError(
+                    f"the forkserver process (pid {self._server_pid}) died: it is the parent "
+                    "of every task of the flow, which were lost with it; no node is to blame "
+                    "(was it killed? the next flow starts a new one)",
+                    node="<forkserver>", exitcode=code,
+                )
+            )
             return
         if code is not None and code < 0:
             try:
@@ -311,12 +522,24 @@ class ProcessEngine:
                 how = f"was killed by signal {-code}"
         else:
             how = f"exited unexpectedly with code {code}"
+        doing = describe_state(task.kind, self._row(task))
         self._fail(
             FlowError(
-                f"task {task.worker} of node {task.name!r} {how}",
+                f"task {task.worker} of node {task.name!r} {how} ({doing})",
                 node=task.name, task=task.worker, exitcode=code,
             )
         )
+
+    def _server_gone(self) -> bool:
+        """Whether the forkserver died. Its tasks' sentinels close as it exits, a moment
+        before the kernel shows it as a zombie: give it that moment."""
+        assert self._server_pid is not None
+        deadline = time.monotonic() + 1.0
+        while not _gone(self._server_pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def _monitor(self) -> None:
         try:
@@ -327,11 +550,15 @@ class ProcessEngine:
             self._abort_now()
         finally:
             self.ended_at = time.monotonic()
-            for task in self._tasks:
-                task.process.join(timeout=5)
-            self._cleanup()
-            _running.discard(self)
-            self._done.set()
+            try:
+                self._close_tasks()
+                self._cleanup()
+                # The final counters, as a plain list: the shared control block goes back to
+                # multiprocessing's heap now, not when the gc finds the flow.
+                self.control = list(self.control)
+            finally:
+                _running.discard(self)
+                self._done.set()
 
     def _read(self, conns: dict[Any, _TaskHandle], conn: Any) -> None:
         task = conns[conn]
@@ -348,7 +575,7 @@ class ProcessEngine:
         alive = {t.process.sentinel: t for t in self._tasks}
         conns: dict[Any, _TaskHandle] = {t.conn: t for t in self._tasks}
         while alive:
-            ready = wait([*alive, *conns], timeout=0.2)
+            ready = wait([*alive, *conns], timeout=TICK)
             for obj in ready:
                 if obj in conns:
                     self._read(conns, obj)
@@ -356,31 +583,182 @@ class ProcessEngine:
                 if obj in alive:
                     task = alive.pop(obj)
                     task.process.join(timeout=1)
+                    task.exitcode = task.process.exitcode
+                    task.exited = True
                     conn = task.conn
                     while conn is not None and conn in conns and conn.poll():  # last events first
                         self._read(conns, conn)
                     conns.pop(conn, None)
                     self._on_exit(task)
+            now = time.monotonic()
+            self._observe(now)
             if not queues_unlinked and all(t.attached for t in self._tasks):
                 for queue in self._queues:
                     queue.unlink()
                 queues_unlinked = True
             if not self.control[GO] and all(t.ready for t in self._tasks):
-                self.started_at = time.monotonic()
+                self.started_at = now
+                self._moved_at = now
                 self.control[GO] = 1
-            if not self.control[GO] and time.monotonic() > start_deadline and not self._aborting:
+            if not self.control[GO] and now > start_deadline and not self._aborting:
                 slow = next(t for t in self._tasks if not t.ready)
                 self._fail(
                     FlowError(
                         f"node {slow.name!r} (task {slow.worker}) did not open within "
-                        f"{self.config.start_timeout:g} s",
+                        f"{self.config.start_timeout:g} s ({self._doing(slow, now)})",
                         node=slow.name, task=slow.worker,
                     )
                 )
-            if self._kill_at is not None and time.monotonic() >= self._kill_at:
+            if not self._aborting:
+                self._check_stop(now)
+            if not self._aborting:
+                self._check_endings(now)
+            if not self._aborting:
+                self._check_stall(now)
+            if self._kill_at is not None and now >= self._kill_at:
                 for task in alive.values():
-                    if task.process.is_alive():
-                        task.process.kill()
+                    self._kill(task)
+
+    def _check_stop(self, now: float) -> None:
+        """After stop(): interrupt producers that wait in next(); past stop_timeout, abort."""
+        deadline = self._stop_deadline
+        if deadline is None:
+            return
+        for producer in self._tasks:
+            if producer.kind != PRODUCER:
+                continue
+            state = self.control[producer.row + STATE]
+            if (
+                not producer.exited and producer.pid is not None and producer.signaled != state
+                and state_phase(state)[0] == P_NEXT
+            ):
+                producer.signaled = state
+                with contextlib.suppress(OSError):
+                    os.kill(producer.pid, STOP_SIGNAL)
+        if now < deadline:
+            return
+        left = self._unfinished()
+        if not left:
+            return
+        first = left[0]
+        cfg = self.config
+        self._fail(
+            FlowError(
+                f"the flow did not end within {cfg.stop_timeout:g} s of stop() "
+                f"(stop_timeout): {len(left)} task(s) had not finished, and were aborted "
+                f"(and killed if still running {cfg.stop_grace:g} s later, stop_grace):"
+                + self._listing(left, now),
+                node=first.name, task=first.worker,
+            )
+        )
+
+    def _check_endings(self, now: float) -> None:
+        """A task past its last message (in close(), or ended) must exit within stop_timeout;
+        one that does not is killed and named, with the threads that kept it alive."""
+        timeout = self.config.stop_timeout
+        for task in self._tasks:
+            if task.exited or task.failed:
+                continue
+            phase = state_phase(self.control[task.row + STATE])[0]
+            if not (task.done or phase in (P_CLOSE, P_ENDED)):
+                continue
+            if task.ending_since is None:
+                task.ending_since = now
+                continue
+            if now - task.ending_since < timeout:
+                continue
+            if phase == P_CLOSE and not task.done:
+                what = f"node {task.name!r} (task {task.worker}) did not return from close()"
+                fix = "make close() return"
+            else:
+                what = f"the process of node {task.name!r} (task {task.worker}) did not exit"
+                fix = (
+                    f"threads kept it alive: {', '.join(task.threads)}; make them daemon "
+                    "threads, or stop and join them in close()"
+                    if task.threads else "something in it kept it from exiting"
+                )
+            task.failed = True
+            self._fail(
+                FlowError(
+                    f"{what} within {timeout:g} s of its last message (stop_timeout), so it "
+                    f"was killed: {fix}",
+                    node=task.name, task=task.worker,
+                )
+            )
+            self._kill(task)
+
+    def _stuck(self, task: _TaskHandle, now: float, timeout: float) -> bool:
+        """Its process has been stopped, or it has been in one call of its node's code, for
+        ``timeout`` seconds at least."""
+        if task.exited or task.state is None:
+            return False
+        if task.stopped and now - task.stopped_since >= timeout:
+            return True
+        return self._in_node_code(task) and now - task.since >= timeout
+
+    def _check_stall(self, now: float) -> None:
+        """With stall_timeout: fail the flow when a task has been stuck that long (in its
+        node's code, or its process stopped), or when nothing at all moved that long."""
+        timeout = self.config.stall_timeout
+        if not timeout or not self.control[GO]:
+            return
+        signature = tuple(
+            (*(self.control[t.row + i] for i in (IN, OUT, DROPPED, STATE)), t.exited)
+            for t in self._tasks
+        )
+        if signature != self._signature:
+            self._signature, self._moved_at = signature, now
+        stuck = [t for t in self._tasks if self._stuck(t, now, timeout)]
+        if not stuck and now - self._moved_at < timeout:
+            return
+        left = self._unfinished()
+        if not left:
+            return
+        if stuck:  # (a realtime flow drops around a stuck task: its counters still move)
+            first = min(stuck, key=lambda t: t.stopped_since if t.stopped else t.since)
+            left.remove(first)
+            left.insert(0, first)
+            what = f"{first.label} is stalled, {self._doing(first, now)}"
+        else:
+            first = left[0]
+            what = "no task is in its node's code"
+        self._fail(
+            FlowError(
+                f"no message moved for {timeout:g} s (stall_timeout): {what}. Tasks that had "
+                "not finished (aborted):" + self._listing(left, now),
+                node=first.name, task=first.worker,
+            )
+        )
+
+    def _close_tasks(self) -> None:
+        """Once the tasks have ended: reap and close every process and pipe of the flow, so
+        that a finished flow holds no descriptor (not even until the garbage collector runs)."""
+        if self._server_died:  # orphans of the forkserver: they leave on their own, or die
+            deadline = time.monotonic() + self.config.stop_grace
+            pids = [t.pid for t in self._tasks if t.pid is not None]
+            while any(not _gone(p) for p in pids) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            for pid in pids:
+                if not _gone(pid):
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+        for task in self._tasks:
+            with self._lock:  # from here on, _kill() leaves this task to this loop
+                process, task.process = task.process, None  # its arguments hold the node
+            if process is not None:
+                if process.is_alive():
+                    process.join(timeout=5)
+                if process.is_alive():
+                    process.kill()
+                    process.join(timeout=5)
+                if task.exitcode is None:
+                    task.exitcode = process.exitcode
+                task.exited = True
+                with contextlib.suppress(ValueError):  # still alive after a kill: leave it
+                    process.close()
+            if task.conn is not None:
+                task.conn.close()
+                task.conn = None
 
     def _cleanup(self) -> None:
         registry = PoolRegistry()
@@ -391,32 +769,39 @@ class ProcessEngine:
                 log.exception("could not release the slots of the messages left in a queue")
             queue.unlink()
             queue.close()
-        if any(t.process.exitcode for t in self._tasks):
-            # A killed task cannot give back the slots it held; every task has ended, so no
-            # one can reach them any more: the owner releases them, and counts them apart.
+        del registry
+        if any(state_phase(self.control[t.row + STATE])[0] != P_ENDED for t in self._tasks):
+            # A task that died (a signal, os._exit) could not give back the slots it held;
+            # every task has ended, so no one can reach them any more: the owner releases
+            # them, and counts them apart.
             self.slots_reclaimed = self._reclaim_pools()
         self.pool_slots_in_use = sum(self._pool_occupancy().values())
         release_prefix(self.prefix)
-        for task in self._tasks:
-            if task.conn is not None:
-                task.conn.close()
+        self._joins.close()
+        killed = [t.label for t in self._tasks if t.killed and not t.failed]
+        if killed and not self.errors:
+            log.warning("videoflow: killed %s, still running %g s after the abort",
+                        ", ".join(killed), self.config.stop_grace)
 
     # -- statistics ------------------------------------------------------------------------
     def _reclaim_pools(self) -> int:
         reclaimed = 0
-        for name in list_entries(self.prefix):
+        for pool in flow_pools(self.prefix):
             with contextlib.suppress(Exception):
-                reclaimed += SlotPool.attach(name).reclaim()
+                reclaimed += SlotPool.attach(pool.entry).reclaim()
         return reclaimed
 
-    def _pool_occupancy(self) -> dict[str, int]:
-        """Slots in use now, per pool of this flow (pools are read by name, never kept open)."""
-        in_use: dict[str, int] = {}
-        for name in list_entries(self.prefix):
+    def _pool_occupancy(self) -> dict[tuple[int, int], int]:
+        """Slots in use now, per task (stage index, worker) that has pools (pools are read by
+        name, never kept open)."""
+        in_use: dict[tuple[int, int], int] = {}
+        for pool in flow_pools(self.prefix):
             try:
-                in_use[name] = SlotPool.attach(name).occupancy()
+                used = SlotPool.attach(pool.entry).occupancy()
             except Exception:
                 continue
+            task = (pool.stage or 0, pool.worker or 0)
+            in_use[task] = in_use.get(task, 0) + used
         return in_use
 
     def _queued(self, index: int) -> int | None:
@@ -434,17 +819,16 @@ class ProcessEngine:
         running = self.running
         rows = list(self.control)
         now = time.monotonic()
+        if running:
+            self._observe(now)
         started, ended = self.started_at, self.ended_at
-        elapsed = 0.0 if started is None else max(0.0, (ended or now) - started)
-        slots: dict[str, int] = {}
-        pools = self._pool_occupancy() if running else {}
-        cut = len(self.prefix) + 1
-        for name, used in pools.items():
-            owner = name[cut:].split(".", 1)[0]  # "<stage>-<worker>"
-            slots[owner] = slots.get(owner, 0) + used
+        seen = now if ended is None else ended
+        elapsed = 0.0 if started is None else max(0.0, seen - started)
+        slots = self._pool_occupancy() if running else {}
         failed: dict[tuple[str, int], int] = {}
         for err in list(self.errors):
             failed[(err.node, err.task)] = failed.get((err.node, err.task), 0) + 1
+        handles = iter(self._tasks)
         nodes: list[NodeStats] = []
         dropped = 0
         at = self._rows_at
@@ -452,17 +836,22 @@ class ProcessEngine:
             spec = stage.spec
             tasks = []
             for worker in range(spec.nb_tasks):
+                row = rows[at : at + ROW]
+                task = next(handles, None)
                 tasks.append(
                     task_stats(
-                        spec.name, worker, rows[at : at + ROW],
+                        spec.name, worker, row,
                         errors=failed.get((spec.name, worker), 0),
-                        slots_in_use=slots.get(f"{stage.index}-{worker}") if running else None,
+                        slots_in_use=slots.get((stage.index, worker)) if running else None,
                         elapsed_s=elapsed,
+                        doing=self._doing(task, None) if task else describe_state(spec.kind, row),
+                        doing_s=seen - task.since if task is not None and task.state else 0.0,
+                        stalled=task is not None and self._stalled(task, row, seen),
                     )
                 )
                 at += ROW
             dropped += sum(t.dropped for t in tasks)
-            if spec.kind != MERGE:
+            if spec.kind not in (MERGE, JOIN):
                 nodes.append(
                     node_stats(
                         spec.name, spec.kind, tasks,
@@ -473,7 +862,7 @@ class ProcessEngine:
                 )
         return FlowStats(
             nodes=tuple(nodes),
-            produced=nodes[0].messages_in,
+            produced=sum(n.messages_in for n in nodes if n.kind == PRODUCER),
             delivered=nodes[-1].messages_in,
             dropped=dropped,
             running=running,
@@ -481,7 +870,40 @@ class ProcessEngine:
             slots_reclaimed=self.slots_reclaimed,
             errors=sum(failed.values()),
             elapsed_s=elapsed,
+            joins=self._joins.stats(rows, self._rows_at),
         )
+
+    # -- interpreter exit --------------------------------------------------------------------
+    def finish_at_exit(self) -> None:
+        """At interpreter exit, with the flow still running: a BATCH flow is waited for, so
+        that everything its producer makes is delivered (as concurrent.futures waits for its
+        work); a REALTIME flow is stopped gracefully. A warning names the flow either way.
+        Ctrl-C while waiting stops it, a second Ctrl-C kills it."""
+        if self._done.is_set():
+            return
+        if self.realtime:
+            log.warning("videoflow: the %s was still running at interpreter exit: stopping it "
+                        "(call flow.join() before the end of the script)", self.description)
+            self.stop()
+        else:
+            log.warning("videoflow: the %s was still running at interpreter exit: waiting "
+                        "for it to deliver everything (call flow.join() before the end of the "
+                        "script; Ctrl-C stops it)", self.description)
+        interrupted = False
+        while True:
+            try:
+                if self._done.wait(0.1):
+                    break
+            except KeyboardInterrupt:
+                if interrupted:
+                    self.kill()
+                    self._done.wait(self.config.stop_grace + 5)
+                    break
+                interrupted = True
+                self.stop()
+        if self.errors:  # no join() will raise it: say it here
+            log.error("videoflow: the %s failed at interpreter exit: %s", self.description,
+                      self.errors[0])
 
 
 def leftovers(pid: int | None = None, seconds: float = 5.0) -> tuple[list[str], list[Any]]:
@@ -497,10 +919,7 @@ def leftovers(pid: int | None = None, seconds: float = 5.0) -> tuple[list[str], 
 
 
 @atexit.register
-def _shutdown_running() -> None:
-    """At interpreter exit, tear down flows still running (their tasks are daemons anyway)."""
+def _finish_running() -> None:
+    """At interpreter exit, finish the flows still running (engine.finish_at_exit)."""
     for engine in list(_running):
-        engine.abort()
-        if not engine.wait(engine.config.stop_grace + 2):
-            engine.kill()
-            engine.wait(5)
+        engine.finish_at_exit()

@@ -10,22 +10,175 @@ snapshot is taken, and costs the tasks nothing.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from videoflow.engine.report import Report
+from typing import Any
 
 # Flags at the start of the control block.
 STOP, ABORT, GO = 0, 1, 2
 FLAGS = 3
 
-# Per-task counter row.
+# Per-task counter row: the named counters, then the frame-age histogram (AGE_BUCKETS).
 FIELDS = (
     "messages_in", "messages_out", "dropped", "busy_ns", "wait_ns", "blocked_ns", "cpu_ns",
-    "reconnects", "offline_ns",
+    "reconnects", "offline_ns", "state", "skipped", "age_frames", "age_sum_ns", "age_max_ns",
 )  # fmt: skip
-IN, OUT, DROPPED, BUSY_NS, WAIT_NS, BLOCKED_NS, CPU_NS, RECONNECTS, OFFLINE_NS = range(len(FIELDS))
-ROW = len(FIELDS)
+(
+    IN, OUT, DROPPED, BUSY_NS, WAIT_NS, BLOCKED_NS, CPU_NS, RECONNECTS, OFFLINE_NS, STATE,
+    SKIPPED, AGE_FRAMES, AGE_SUM_NS, AGE_MAX_NS,
+) = range(len(FIELDS))  # fmt: skip
+
+# Frame age: how old a message's frame is when a consumer is called on it, from the time its
+# producer made it: ``meta[PRODUCED_NS]``, time.perf_counter_ns() when next() returned (the
+# task stamps it unless the producer set it; CLOCK_MONOTONIC on Linux, so comparable between
+# the processes of a machine). Each consumer task counts the ages it sees in a histogram of
+# AGE_BUCKETS counters at the end of its row: 4 buckets per octave of microseconds (bucket
+# i >= 4 holds [(4 + i % 4) << (i // 4 - 1), (5 + i % 4) << (i // 4 - 1)) us), from 0 to 33 s;
+# the last bucket also takes anything older.
+PRODUCED_NS = "produced_ns"
+AGE_BUCKETS = 96
+AGE_AT = len(FIELDS)
+ROW = AGE_AT + AGE_BUCKETS
+
+
+def age_bucket(age_ns: int) -> int:
+    """The histogram bucket of an age in nanoseconds."""
+    us = age_ns // 1000
+    if us < 4:
+        return max(us, 0)
+    e = us.bit_length() - 1
+    return min(4 * (e - 1) + ((us >> (e - 2)) & 3), AGE_BUCKETS - 1)
+
+
+def age_bucket_bounds(i: int) -> tuple[float, float]:
+    """(lowest, highest) age in seconds that bucket ``i`` holds."""
+    if i < 4:
+        return i * 1e-6, (i + 1) * 1e-6
+    shift = i // 4 - 1
+    return ((4 + i % 4) << shift) * 1e-6, ((5 + i % 4) << shift) * 1e-6
+
+
+def record_age(control: Any, row: int, age_ns: int) -> None:
+    """Count one frame of age ``age_ns`` in the task row at ``row`` (its only writer)."""
+    age_ns = max(age_ns, 0)
+    control[row + AGE_FRAMES] += 1
+    control[row + AGE_SUM_NS] += age_ns
+    if age_ns > control[row + AGE_MAX_NS]:
+        control[row + AGE_MAX_NS] = age_ns
+    control[row + AGE_AT + age_bucket(age_ns)] += 1
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameAge:
+    """How old the frames a consumer received were, from the moment their producer made them
+    (``meta["produced_ns"]``) to the call of the consumer on them: the latency a viewer sees.
+
+    frames:  frames counted; mean_s, max_s: their mean and largest age in seconds.
+    p50_s, p99_s: the median and 99th percentile, from the histogram (within a few percent).
+    buckets: frames per histogram bucket (``stats.age_bucket_bounds(i)`` gives bucket i's
+             range), for exporters; trailing empty buckets are left out.
+    """
+
+    frames: int
+    mean_s: float
+    p50_s: float
+    p99_s: float
+    max_s: float
+    buckets: tuple[int, ...]
+
+    @classmethod
+    def from_counts(cls, frames: int, sum_ns: int, max_ns: int, buckets: list[int]) -> FrameAge:
+        while buckets and not buckets[-1]:
+            buckets = buckets[:-1]
+        return cls(
+            frames=frames,
+            mean_s=sum_ns / frames / 1e9 if frames else 0.0,
+            p50_s=_quantile(buckets, 0.5, max_ns / 1e9),
+            p99_s=_quantile(buckets, 0.99, max_ns / 1e9),
+            max_s=max_ns / 1e9,
+            buckets=tuple(buckets),
+        )
+
+    @classmethod
+    def merge(cls, ages: list[FrameAge]) -> FrameAge | None:
+        """The ages of several tasks as one (None when there are none)."""
+        if not ages:
+            return None
+        width = max(len(a.buckets) for a in ages)
+        buckets = [sum(a.buckets[i] for a in ages if i < len(a.buckets)) for i in range(width)]
+        frames = sum(a.frames for a in ages)
+        total_ns = round(sum(a.mean_s * a.frames for a in ages) * 1e9)
+        return cls.from_counts(frames, total_ns, round(max(a.max_s for a in ages) * 1e9), buckets)
+
+
+def _quantile(buckets: list[int], q: float, max_s: float) -> float:
+    """The ``q`` quantile of a histogram, interpolated within its bucket (capped at the
+    largest value seen)."""
+    total = sum(buckets)
+    if not total:
+        return 0.0
+    rank = q * total
+    seen = 0
+    for i, count in enumerate(buckets):
+        if count and seen + count >= rank:
+            low, high = age_bucket_bounds(i)
+            return min(low + (high - low) * (rank - seen) / count, max_s)
+        seen += count
+    return max_s
+
+# What a task is doing, in its STATE counter: ``message * PHASE_SPAN + phase``, where message
+# is the index of the message in hand (-1: none). A task stores it when its phase changes: twice
+# per message (before and after its node's call), so that the owner can tell a task stuck in
+# its node's code from one waiting for its neighbours, and name the message it holds.
+PHASES = (
+    "start", "load", "open", "ready", "next", "process", "consume", "between", "finish",
+    "close", "ended",
+)
+(
+    P_START, P_LOAD, P_OPEN, P_READY, P_NEXT, P_PROCESS, P_CONSUME, P_BETWEEN, P_FINISH,
+    P_CLOSE, P_ENDED,
+) = range(len(PHASES))
+PHASE_SPAN = 16
+IN_NODE_CODE = frozenset({P_OPEN, P_NEXT, P_PROCESS, P_CONSUME, P_CLOSE})
+
+
+def state_phase(state: int) -> tuple[int, int]:
+    """(phase, message index or -1) from a STATE counter."""
+    message, phase = divmod(state, PHASE_SPAN)
+    return phase, message
+
+
+def describe_state(kind: str, row: list[int] | tuple[int, ...]) -> str:
+    """What the task whose counter row is ``row`` is doing, in words: "in process() holding
+    message 34", "waiting for input", "sending message 12", ..."""
+    phase, message = state_phase(row[STATE])
+    held = f" message {message}" if message >= 0 else ""
+    if phase == P_NEXT:
+        return f"in next() (making message {message})"
+    if phase in (P_PROCESS, P_CONSUME):
+        return f"in {PHASES[phase]}() holding{held}"
+    if phase == P_BETWEEN and kind == "join":
+        return "pairing its inputs' messages (or waiting for them, or for room downstream)"
+    if phase == P_BETWEEN:
+        holding = kind != "consumer" and row[IN] > row[OUT] + row[DROPPED]
+        if holding:
+            return f"sending{held} (the next queue is full)"
+        return "between two next() calls" if kind == "producer" else "waiting for input"
+    return {
+        P_START: "starting (opening its queues)",
+        P_LOAD: "unpickling its node",
+        P_OPEN: "in open()",
+        P_READY: "waiting for the other tasks to open their nodes",
+        P_FINISH: "passing the end of the stream on (the next queue is full)",
+        P_CLOSE: "in close()",
+        P_ENDED: "ended",
+    }.get(phase, f"in phase {phase}")
+
+# A JOIN stage's block, after the task rows: its doorbell (engine/join_task.py), the sets it
+# sent with some input missing, then one row per input (its own task row has the rest).
+JOIN_BELL, JOIN_PARTIAL = 0, 1
+JOIN_HEAD = 2
+JOIN_FIELDS = ("received", "used", "stale", "unmatched", "buffered", "waited_ns")
+J_RECEIVED, J_USED, J_STALE, J_UNMATCHED, J_BUFFERED, J_WAITED_NS = range(len(JOIN_FIELDS))
+JOIN_ROW = len(JOIN_FIELDS)
 
 
 def _share(seconds: float, tasks: int, elapsed_s: float) -> float:
@@ -89,10 +242,15 @@ class TaskStats(_Rates):
     messages_in/out, dropped, busy_s, wait_s, blocked_s, cpu_s: as in :class:`NodeStats`, for
                    this task.
     errors:        1 when this task failed (its node raised, or its process died), else 0.
-    reconnects, offline_s: as in :class:`NodeStats`, for this task.
+    reconnects, offline_s, skipped, frame_age: as in :class:`NodeStats`, for this task.
     slots_in_use:  slots of this task's shared-memory pools taken now (None: no pool, or the
                    flow has ended and its pools are gone: see ``FlowStats.pool_slots_in_use``).
     elapsed_s:     seconds the flow has run (the same for every task of a snapshot).
+    doing:         what the task is doing, in words ("in process() holding message 34",
+                   "waiting for input", "ended"); doing_s: for how long, as far as the owner saw.
+    stalled:       the task holds the flow up: its process is stopped (SIGSTOP, a debugger),
+                   or it has been in its node's code far longer than its calls usually take
+                   (at least ``stall_timeout``, or 2 s when that is off).
     """
 
     node: str
@@ -109,6 +267,11 @@ class TaskStats(_Rates):
     elapsed_s: float = 0.0
     reconnects: int = 0
     offline_s: float = 0.0
+    doing: str = ""
+    doing_s: float = 0.0
+    stalled: bool = False
+    skipped: int = 0
+    frame_age: FrameAge | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Fields and derived rates, JSON-ready."""
@@ -121,7 +284,8 @@ class NodeStats(_Rates):
 
     messages_in:  messages the node received (for a producer: values it produced).
     messages_out: messages it passed downstream (a consumer passes none).
-    dropped:      messages it dropped because the next queue was full (realtime only).
+    dropped:      messages it dropped because the next queue was full (realtime only): the
+                  new one, or one it had sent that still waited in that queue.
     errors:       tasks of this node that failed.
     busy_s:       seconds spent in the node's own code, summed over tasks.
     wait_s:       seconds spent waiting for input; blocked_s: waiting for room downstream.
@@ -132,6 +296,10 @@ class NodeStats(_Rates):
     slots_in_use: slots of the node's shared-memory pools taken now, summed over its tasks.
     reconnects:   times a live source (a stream or camera reader) was lost and opened again.
     offline_s:    seconds such a source was away, summed over its reconnects.
+    skipped:      messages a processor passed its last output on for instead of running on
+                  them (``every=``, ``skip_when_busy=``); they are in messages_in and out too.
+    frame_age:    of a consumer, how old the frames it received were (:class:`FrameAge`);
+                  None for other nodes, and before a frame arrived.
     one_task:     the node can only run as one task (a producer, a consumer, a stateful
                   ``OneTaskProcessorNode``): raising nb_tasks is not a remedy for it.
     elapsed_s:    seconds the flow has run.
@@ -159,6 +327,8 @@ class NodeStats(_Rates):
     elapsed_s: float = 0.0
     reconnects: int = 0
     offline_s: float = 0.0
+    skipped: int = 0
+    frame_age: FrameAge | None = None
 
     @property
     def workers(self) -> int:
@@ -176,16 +346,79 @@ class NodeStats(_Rates):
         """Fields and derived rates, JSON-ready."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         fields["tasks"] = [t.to_dict() for t in self.tasks]
+        if self.frame_age is not None:
+            fields["frame_age"] = dataclasses.asdict(self.frame_age)
         return {**fields, **self._rates(), "capacity": self.capacity}
+
+
+@dataclasses.dataclass(frozen=True)
+class JoinInputStats:
+    """One input of a JOIN stage: the stream that feeds it, and what the JOIN did with it.
+
+    name:      the stream, its producers' names joined by "+".
+    produced:  messages the stream's first stage made (its producer's values, or the sets of
+               an inner JOIN).
+    dropped:   messages of the stream dropped before they reached the JOIN (realtime only:
+               a full queue in the stream's own segment).
+    received:  messages the JOIN took from the stream's inbox; of those, ``used`` went out in
+               a set, ``stale`` were replaced by a newer one or came too late for their set,
+               ``unmatched`` found no partner (a stream ended, ``Join.time`` dropped them, or
+               the flow was aborted), ``buffered`` wait in the JOIN now.
+    waited_s:  seconds sets were held back waiting for this input.
+
+    Once the flow has ended normally, ``produced == received + dropped`` and
+    ``received == used + stale + unmatched``.
+    """
+
+    name: str
+    produced: int
+    dropped: int
+    received: int
+    used: int
+    stale: int
+    unmatched: int
+    buffered: int
+    waited_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class JoinStats:
+    """Counters of a JOIN stage (a task with no node in front of the node where streams of
+    several producers meet).
+
+    name:     the stage's name, ``<first join point>.join``.
+    policy:   the join policy in words, e.g. ``Join.latest(timeout_ms=40, min_inputs=1)``.
+    sets:     sets of messages it sent on; ``partial`` of them lacked some input (None).
+    dropped:  sets dropped because the queue after it was full (realtime only).
+    inputs:   one entry per joined stream, in the order of the join point's parents.
+    cpu_s:    CPU seconds the JOIN task used.
+    """
+
+    name: str
+    policy: str
+    sets: int
+    partial: int
+    dropped: int
+    inputs: tuple[JoinInputStats, ...]
+    cpu_s: float = 0.0
+    wait_s: float = 0.0
+
+    @property
+    def waits_on(self) -> JoinInputStats | None:
+        """The input the JOIN waited on most (None while no set has waited)."""
+        worst = max(self.inputs, key=lambda i: i.waited_s, default=None)
+        return worst if worst is not None and worst.waited_s > 0 else None
 
 
 @dataclasses.dataclass(frozen=True)
 class FlowStats:
     """A snapshot of a flow's counters; valid while it runs and after ``join()``.
 
-    produced:  values the producer made; delivered: messages the last consumer received;
-    dropped:   messages dropped anywhere. In every flow: produced == delivered + dropped
-    once the flow has ended (for flows with one consumer at the end of the chain).
+    produced:  values the producers made (``produced_by`` has them per producer);
+    delivered: messages the last consumer received; dropped: messages dropped anywhere. In a
+    flow with one producer: produced == delivered + dropped once the flow has ended (for
+    flows with one consumer at the end of the chain). With several producers, ``joins`` has
+    the counts of every JOIN stage, per input.
     errors:    tasks that failed.
     elapsed_s: seconds from the moment every task was ready to the end of the last task (or
                to now, while the flow runs); 0.0 before it started.
@@ -193,6 +426,9 @@ class FlowStats:
                while it runs); anything else is a leak.
     slots_reclaimed: slots that tasks killed by a signal held when they died, which the owner
                gave back once every task had ended (0 unless a task was killed).
+    notes:     per node name, what the node says about how it runs (the line its
+               ``report_note()`` returns, such as the encoder a video writer chose), from the
+               node objects in the flow's owner; the report prints them under the table.
     """
 
     nodes: tuple[NodeStats, ...]
@@ -204,6 +440,23 @@ class FlowStats:
     slots_reclaimed: int = 0
     errors: int = 0
     elapsed_s: float = 0.0
+    joins: tuple[JoinStats, ...] = ()
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def produced_by(self) -> dict[str, int]:
+        """Values each producer made, by producer name."""
+        return {n.name: n.messages_in for n in self.nodes if n.kind == "producer"}
+
+    def join(self, name: str | None = None) -> JoinStats:
+        """The counters of the JOIN stage ``name`` (or of the only one)."""
+        if name is None and len(self.joins) == 1:
+            return self.joins[0]
+        for stats in self.joins:
+            if stats.name == name:
+                return stats
+        known = ", ".join(repr(j.name) for j in self.joins) or "none"
+        raise KeyError(f"no JOIN stage named {name!r} in this flow (its JOIN stages: {known})")
 
     @property
     def fps(self) -> float:
@@ -212,8 +465,8 @@ class FlowStats:
 
     @property
     def cpu_s(self) -> float:
-        """CPU seconds used by every task of the flow."""
-        return sum(n.cpu_s for n in self.nodes)
+        """CPU seconds used by every task of the flow (nodes and JOIN stages)."""
+        return sum(n.cpu_s for n in self.nodes) + sum(j.cpu_s for j in self.joins)
 
     @property
     def cores_busy(self) -> float:
@@ -226,28 +479,28 @@ class FlowStats:
                 return stats
         raise KeyError(f"no node named {name!r} in this flow")
 
-    def report(self) -> Report:
-        """The bottleneck report of this snapshot (``str()`` of it is the table and verdict)."""
-        from videoflow.engine.report import Report
-
-        return Report.from_stats(self)
-
     def to_dict(self) -> dict[str, Any]:
         """Fields and derived rates, JSON-ready (``json.dumps(stats.to_dict())`` works)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         fields["nodes"] = [n.to_dict() for n in self.nodes]
+        fields["joins"] = [dataclasses.asdict(j) for j in self.joins]
         return {**fields, "fps": self.fps, "cpu_s": self.cpu_s, "cores_busy": self.cores_busy}
 
 
 def task_stats(
     node: str, task: int, row: list[int], *, errors: int = 0, slots_in_use: int | None = None,
-    elapsed_s: float = 0.0,
+    elapsed_s: float = 0.0, doing: str = "", doing_s: float = 0.0, stalled: bool = False,
 ) -> TaskStats:
     return TaskStats(
         node, task, row[IN], row[OUT], row[DROPPED],
         row[BUSY_NS] / 1e9, row[WAIT_NS] / 1e9, row[BLOCKED_NS] / 1e9,
         errors=errors, slots_in_use=slots_in_use, cpu_s=row[CPU_NS] / 1e9, elapsed_s=elapsed_s,
         reconnects=row[RECONNECTS], offline_s=row[OFFLINE_NS] / 1e9,
+        doing=doing, doing_s=doing_s, stalled=stalled,
+        skipped=row[SKIPPED],
+        frame_age=FrameAge.from_counts(
+            row[AGE_FRAMES], row[AGE_SUM_NS], row[AGE_MAX_NS], row[AGE_AT : AGE_AT + AGE_BUCKETS]
+        ) if row[AGE_FRAMES] else None,
     )
 
 
@@ -275,4 +528,6 @@ def node_stats(
         elapsed_s=elapsed_s,
         reconnects=sum(t.reconnects for t in tasks),
         offline_s=sum(t.offline_s for t in tasks),
+        skipped=sum(t.skipped for t in tasks),
+        frame_age=FrameAge.merge([t.frame_age for t in tasks if t.frame_age is not None]),
     )

@@ -15,6 +15,7 @@ import pickle
 import select
 import signal
 import sys
+import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -22,9 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from videoflow.config import FlowConfig
+from videoflow.config import DROP_OLDEST, FlowConfig
+from videoflow.engine.bootstrap import copy_mismatch, set_process_title
 from videoflow.engine.logs import EventSender, forward_to_owner
 from videoflow.engine.plan import CONSUMER, MERGE, PRODUCER, Link, Stage
+from videoflow.engine.profiling import run_profiled
+from videoflow.engine.skipping import make_skipper
 from videoflow.engine.slots import MessageSlots
 from videoflow.engine.stats import (
     ABORT,
@@ -36,14 +40,31 @@ from videoflow.engine.stats import (
     IN,
     OFFLINE_NS,
     OUT,
+    P_BETWEEN,
+    P_CLOSE,
+    P_CONSUME,
+    P_ENDED,
+    P_FINISH,
+    P_LOAD,
+    P_NEXT,
+    P_OPEN,
+    P_PROCESS,
+    P_READY,
+    PHASE_SPAN,
+    PRODUCED_NS,
     RECONNECTS,
+    SKIPPED,
+    STATE,
     STOP,
     WAIT_NS,
+    record_age,
+    state_phase,
 )
 from videoflow.transport import message
 from videoflow.transport.codec import Codec
+from videoflow.transport.doorbell import DoorbellSpec
 from videoflow.transport.message import DATA, STOP_FLOW, Message, message_refs
-from videoflow.transport.names import sweep_prefix
+from videoflow.transport.names import pool_family, sweep_prefix
 from videoflow.transport.queue import ControlQueue
 from videoflow.transport.shm import PoolRegistry, SlotAllocator, SlotRef
 
@@ -54,6 +75,17 @@ CPU_EVERY_NS = 50_000_000  # how often a task publishes its CPU time (a syscall,
 
 class Aborted(Exception):
     """The flow is being torn down: leave the loop without forwarding anything."""
+
+
+class StopRequested(BaseException):
+    """Raised inside a producer's ``next()`` when the flow is asked to stop while it waits
+    there (``flow.stop()``, Ctrl-C): the value it was making is dropped and the flow ends as if
+    the producer had raised StopIteration. A BaseException, like KeyboardInterrupt, so that a
+    node's ``except Exception`` does not swallow it."""
+
+
+STOP_SIGNAL = signal.SIGUSR1  # what the owner sends a producer blocked in next() on stop()
+MAX_INDEX = 1 << 58  # message indexes published in a STATE counter (int64) stay below this
 
 
 def _heap_array(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -88,13 +120,30 @@ class TaskContext:
             self.control[self.row + OFFLINE_NS] += int(offline_s * 1e9)
 
 
+class NodeParcel:
+    """A node pickled once by the owner and unpickled once by its task.
+
+    The bytes travel inside the task's start arguments (the stage in them carries no node),
+    and ``take()`` lets go of them, so that once the node is loaded a task holds one copy of
+    its state, not three (the argument's node, the bytes, the node made from the bytes)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | None) -> None:
+        self.data = data
+
+    def take(self) -> bytes | None:
+        data, self.data = self.data, None
+        return data
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
     """Everything a task process needs, sent to it at start."""
 
     stage: Stage
     worker: int
-    node_bytes: bytes | None
+    node: NodeParcel
     realtime: bool
     config: FlowConfig
     pool_prefix: str
@@ -109,6 +158,12 @@ class TaskSpec:
     log_levels: tuple[tuple[str, int], ...] = ()  # the owner's logger levels (logs.level_snapshot)
     environ: dict[str, str] = dataclasses.field(default_factory=dict)
     opencv_threads: int | None = None  # cv2.setNumThreads for this task (None: leave it)
+    # Joins (engine/join_task.py): a JOIN's inboxes and block in the control block; the
+    # doorbell a JOIN sleeps on, or that the tail of a segment feeding one rings.
+    inbox_queues: tuple[str, ...] = ()
+    doorbell: DoorbellSpec | None = None
+    join_at: int = -1
+    owner_copy: tuple[str, str] = ("", "")  # owner's bootstrap.package_copy(); "": no check
 
 
 def limit_opencv_threads(threads: int) -> None:
@@ -184,12 +239,16 @@ def release_queued(queue: ControlQueue, registry: PoolRegistry) -> int:
     """
     count = 0
     while (raw := queue.get(0)) is not None:
-        msg = read_message(raw, registry)
-        if message.kind(msg) == DATA:
-            for ref in message_refs(message.data_fields(msg)[2]):
-                registry.release(ref)
+        release_message(read_message(raw, registry), registry)
         count += 1
     return count
+
+
+def release_message(msg: Message, registry: PoolRegistry) -> None:
+    """Give back the slots of a message taken out of a queue that will never be delivered."""
+    if message.kind(msg) == DATA:
+        for ref in message_refs(message.data_fields(msg)[2]):
+            registry.release(ref)
 
 
 class Inbox:
@@ -217,6 +276,10 @@ class Inbox:
                 return read_message(raw, self.registry)
             self.life.check()
 
+    def backlog(self) -> int:
+        """Messages waiting for this task: in its queue, and held back for ordering."""
+        return len(self.queue) + len(self.pending)
+
     def get(self) -> Message:
         if self.senders == 1:
             return self._receive()
@@ -238,10 +301,14 @@ class Inbox:
 
 
 class Outbox:
-    """Sends messages on. Batch mode waits for room; realtime mode drops when there is none.
+    """Sends messages on. Batch mode waits for room; realtime mode drops when there is none:
+    the oldest message still in the queue (the link's ``drop`` is "oldest": the receiver
+    takes the freshest frame when it is free) or the new one ("newest").
 
     Into a multi-task node, messages are numbered here and at most ``window`` of them may be
-    between this sender and the merge that restores their order.
+    between this sender and the merge that restores their order. Only a single sender drops
+    (several senders feed a merge, which must get every number), and the numbers stay gapless
+    when it drops the oldest: see ``_replace_oldest``.
     """
 
     def __init__(
@@ -259,7 +326,9 @@ class Outbox:
         self.allocator = allocator
         self.max_size = queue.max_message_size
         self.realtime = spec.realtime and not self.keep_seq
+        self.drop_oldest = self.realtime and link.drop == DROP_OLDEST
         self.poll = spec.config.poll_interval
+        self.row = row
         self.blocked_at = row + BLOCKED_NS
         self.next_seq = 0
 
@@ -303,15 +372,17 @@ class Outbox:
         """Send a data message; False when realtime mode dropped it (the caller frees it)."""
         if self.numbered:
             if not self._wait_window():
-                return False
+                return self.drop_oldest and self._replace_oldest(meta, values)
             seq = self.next_seq
         elif not self.keep_seq:
             seq = 0
         data, blob = self._pack(message.data(seq, meta, values))
         if self.realtime:
             if not self.queue.put(data, 0):
-                self._unsent(blob)
-                return False
+                if not self.drop_oldest or self.numbered:
+                    self._unsent(blob)
+                    return self.drop_oldest and self._replace_oldest(meta, values)
+                self._push_out_oldest(data, blob)
         else:
             try:
                 self._put_blocking(data)
@@ -321,6 +392,79 @@ class Outbox:
         if self.numbered:
             self.next_seq += 1
         return True
+
+    def _evicted(self, msg: Message) -> None:
+        """A message this task sent, taken back out of the queue: give back its slots, and
+        count it as dropped instead of sent (the task's row has this task as its only writer)."""
+        assert self.allocator is not None  # a task that sends on has a pool
+        release_message(msg, self.allocator.registry)
+        self.control[self.row + OUT] -= 1
+        self.control[self.row + DROPPED] += 1
+
+    def _push_out_oldest(self, data: bytes, blob: SlotRef | None) -> None:
+        """Put ``data`` into the full queue of a single receiver: take the oldest message out
+        first. This task is the queue's only sender, so once one is out there is room as
+        soon as the receiver has finished copying out a message it took meanwhile."""
+        assert self.allocator is not None
+        registry = self.allocator.registry
+        try:
+            raw = self.queue.get(0)
+            if raw is not None:
+                self._evicted(read_message(raw, registry))
+            while not self.queue.put(data, self.poll):
+                self.life.check()
+        except BaseException:
+            self._unsent(blob)
+            raise
+
+    def _replace_oldest(self, meta: dict[str, Any], values: dict[int, Any]) -> bool:
+        """Send a message into K workers, dropping the oldest one still queued for them.
+
+        Every message still queued is taken back. When they hold every number from the
+        oldest's to the last one given out (no worker took one meanwhile), the oldest is
+        dropped and the others and the new one go back in with the numbers from the oldest's
+        on: the merge after the workers sees gapless numbers in frame order, and so never
+        waits for a number nobody will send. Otherwise (a worker took one of them while they
+        were taken back: renumbering could put a frame before an older one) they go back as
+        they were and the new message is dropped, as it is when nothing was queued and the
+        window is full. Returns False when the new message is dropped (the caller frees it).
+        """
+        assert self.allocator is not None
+        registry = self.allocator.registry
+        queued: list[Message] = []
+        while (raw := self.queue.get(0)) is not None:
+            queued.append(read_message(raw, registry))
+        new = message.data(0, meta, values)
+        if queued:
+            first = message.seq(queued[0])
+            ours = [message.seq(m) for m in queued] == list(range(first, self.next_seq))
+            if ours:
+                self._evicted(queued.pop(0))
+                queued.append(new)
+        elif self.next_seq - self.control[self.counter] < self.window:
+            first, ours = self.next_seq, True  # the workers took them all: there is room
+            queued.append(new)
+        else:
+            return False
+        sent = 0
+        try:
+            for msg in queued:
+                seq, m, v = message.data_fields(msg)
+                data, blob = self._pack(message.data(first + sent if ours else seq, m, v))
+                try:  # there is room once the workers finish copying out what they took
+                    self._put_blocking(data)
+                except BaseException:
+                    self._unsent(blob)
+                    raise
+                sent += 1
+        except BaseException:
+            for msg in queued[sent:]:  # taken back and not sent again (the new one is the
+                if msg is not new:  # caller's to give back)
+                    release_message(msg, registry)
+            raise
+        if ours:
+            self.next_seq = first + sent
+        return ours
 
     def send_stop(self) -> None:
         data = message.dumps(message.STOP)
@@ -338,12 +482,13 @@ class Task:
         self.control = control
         self.life = Lifeline(control, spec.owner_pid)
         self.row = spec.row
+        self.state_at = spec.row + STATE  # what this task is doing (stats.describe_state)
         self.registry = PoolRegistry(debug=spec.config.debug)
         self.allocator: SlotAllocator | None = None
         if self.stage.keep_output or self.stage.outbox is not None:
             self.allocator = SlotAllocator(
                 self.registry,
-                f"{spec.pool_prefix}.{self.stage.index}-{spec.worker}",
+                pool_family(spec.pool_prefix, self.stage.index, spec.worker),
                 self.stage.nslots,
                 on_wait=self.life.check,
             )
@@ -360,27 +505,47 @@ class Task:
         self.cpu_due = 0  # perf_counter ns of the next CPU publication
 
     # -- lifecycle -------------------------------------------------------------------------
+    def _publish(self, phase: int) -> None:
+        """Tell the owner what this task is doing now (stats.PHASES), holding no message."""
+        self.control[self.state_at] = -PHASE_SPAN + phase
+
+    def _stop_in_next(self, signum: int, frame: Any) -> None:
+        """STOP_SIGNAL handler of a producer: the owner asks a producer that waits in next()
+        to stop. Raises only while next() runs (its phase is published around the call);
+        anywhere else the stop flag, checked before every next(), does it."""
+        if state_phase(self.control[self.state_at])[0] == P_NEXT:
+            signal.signal(STOP_SIGNAL, signal.SIG_IGN)  # once is enough
+            raise StopRequested
+
     def run(self) -> None:
         opened = False
         try:
+            if self.stage.spec.kind == PRODUCER:
+                signal.signal(STOP_SIGNAL, self._stop_in_next)
             self._open_queues()
             self.conn.send(message.event(message.ATTACHED))
             self._load_node()
             if self.node is not None:
                 self.phase = "open"
+                self._publish(P_OPEN)
                 self.node.open()
             opened = True
+            self._publish(P_READY)
             self.conn.send(message.event(message.READY))
             self._wait_go()
             self.cpu0 = time.process_time_ns()
+            self._publish(P_BETWEEN)
             if self.stage.spec.kind == PRODUCER:
                 self.phase = "next"
-                self._produce()
+                with contextlib.suppress(StopRequested):  # came just as next() ended anyway
+                    self._produce()
             else:
                 self._loop()
+            self._publish(P_FINISH)
             if self.outbox is not None:
                 self.outbox.send_stop()
             self.phase = "close"
+            self._publish(P_CLOSE)
             opened = False
             if self.node is not None:
                 self.node.close()
@@ -392,10 +557,14 @@ class Task:
             self._report(exc)
         finally:
             if opened and self.node is not None:
+                self._publish(P_CLOSE)
                 with contextlib.suppress(Exception):
                     self.node.close()
             self._count_cpu()
             self._let_go()
+            # Last: the owner reads it as "gave back every slot it held" (a task that dies
+            # before this point has its slots reclaimed by the owner once every task ended).
+            self._publish(P_ENDED)
             if self.life.orphaned:
                 for pool in self.allocator.owned() if self.allocator is not None else ():
                     pool.unlink()
@@ -418,10 +587,11 @@ class Task:
         self.slots.release_kept()
 
     def _report(self, exc: BaseException) -> None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
             self.conn.send(
                 message.error_event(
-                    self.phase, type(exc).__name__, str(exc), traceback.format_exc()
+                    self.phase, type(exc).__name__, describe_exception(exc),
+                    traceback.format_exc(),
                 )
             )
 
@@ -433,9 +603,11 @@ class Task:
                 self.registry,
             )
         if spec.outbox_queue is not None and self.stage.outbox is not None:
+            queue = ControlQueue(spec.outbox_queue)
+            if self.stage.outbox.join >= 0 and spec.doorbell is not None:
+                queue.set_doorbell(spec.doorbell.open(self.control))  # an inbox of a JOIN
             self.outbox = Outbox(
-                ControlQueue(spec.outbox_queue), self.stage.outbox, spec, self.control,
-                self.life, self.allocator, self.row,
+                queue, self.stage.outbox, spec, self.control, self.life, self.allocator, self.row
             )
 
     def _load_node(self) -> None:
@@ -448,10 +620,13 @@ class Task:
             os.environ["CUDA_VISIBLE_DEVICES"] = self.spec.gpu
         elif self.spec.cpu_fallback:
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
-        if self.spec.node_bytes is None:
+        data = self.spec.node.take()
+        if data is None:
             return
         self.phase = "load"
-        self.node = pickle.loads(self.spec.node_bytes)
+        self._publish(P_LOAD)
+        self.node = pickle.loads(data)
+        del data
         if self.spec.cpu_fallback:
             self.node.change_device("cpu")
         self.node.bind(self.context)
@@ -484,7 +659,7 @@ class Task:
 
     def _produce(self) -> None:
         node, control, row, life = self.node, self.control, self.row, self.life
-        slots, context = self.slots, self.context
+        slots, context, state_at = self.slots, self.context, self.state_at
         index = 0
         while True:
             life.check()
@@ -494,13 +669,18 @@ class Task:
             slots.hold({})
             t0 = _now()
             try:
+                control[state_at] = index * PHASE_SPAN + P_NEXT
                 value = node.next()
-            except StopIteration:
+                control[state_at] = index * PHASE_SPAN + P_BETWEEN
+            except (StopIteration, StopRequested):
                 value = _ENDED  # settled below, once the exception (and its frames) is gone
             if value is _ENDED:
                 slots.settle()
                 break
-            control[row + BUSY_NS] += _now() - t0
+            t1 = _now()
+            control[row + BUSY_NS] += t1 - t0
+            if PRODUCED_NS not in meta:  # the age of the frame counts from here (stats.py)
+                meta[PRODUCED_NS] = t1
             slots.output(value)
             del value
             slots.settle()
@@ -516,7 +696,12 @@ class Task:
         node, context = self.node, self.context
         is_consumer = spec.kind == CONSUMER
         is_merge = spec.kind == MERGE
+        items = spec.items if any(i is not None for i in spec.items) else None
         self.phase = "consume" if is_consumer else "process"
+        state_at, calling = self.state_at, P_CONSUME if is_consumer else P_PROCESS
+        skipper = None if is_consumer or is_merge else make_skipper(
+            spec.name, spec.every, spec.skip_when_busy and self.spec.realtime, inbox.backlog
+        )
         while True:
             t0 = _now()
             msg = inbox.get()
@@ -527,25 +712,76 @@ class Task:
             seq, meta, values = message.data_fields(msg)
             slots.hold(values)
             if not is_merge:
-                inputs = slots.inputs()
                 context.meta = meta
-                t0 = _now()
-                if is_consumer:
-                    node.consume(*inputs)
-                    output = None
+                index = meta.get("index")  # a node may have set anything there
+                if type(index) is not int or not 0 <= index < MAX_INDEX:
+                    index = -1
+                index *= PHASE_SPAN
+                if skipper is not None and skipper.skip(meta):
+                    control[row + SKIPPED] += 1
+                    output = skipper.last  # each message gets its own copy (slots.output)
                 else:
-                    output = node.process(*inputs)
-                control[row + BUSY_NS] += _now() - t0
-                del inputs
+                    inputs = slots.inputs()
+                    if items is not None:
+                        inputs = spec.select_items(inputs)  # node[i]
+                    control[state_at] = index + calling
+                    t0 = _now()
+                    if is_consumer:
+                        produced = meta.get(PRODUCED_NS)
+                        if produced is not None:
+                            record_age(control, row, t0 - produced)
+                        node.consume(*inputs)
+                        output = None
+                    else:
+                        output = node.process(*inputs)
+                        if skipper is not None:
+                            skipper.ran_on(output, meta)
+                    control[row + BUSY_NS] += _now() - t0
+                    control[state_at] = index + P_BETWEEN
+                    del inputs
                 slots.output(output)
                 del output
                 slots.settle()
             self._forward(seq, meta)
 
 
-def task_main(spec: TaskSpec, conn: Connection, control: Any) -> None:
-    """Entry point of a task process."""
+def describe_exception(exc: BaseException) -> str:
+    """``str(exc)``, or what can be said of an exception whose ``__str__`` itself raises."""
+    try:
+        return str(exc)
+    except BaseException as broken:  # any error of a user's __str__
+        return f"<{type(exc).__name__}.__str__ raised {type(broken).__name__}>"
+
+
+def lingering_threads() -> tuple[str, ...]:
+    """Names of this process's threads that will keep it from exiting (non-daemon threads
+    other than the main one), each with its class when it is not a plain Thread."""
+    main = threading.main_thread()
+    return tuple(
+        t.name if type(t) is threading.Thread else f"{t.name} ({type(t).__name__})"
+        for t in threading.enumerate()
+        if t is not main and not t.daemon and t.is_alive()
+    )
+
+
+def task_main(
+    spec: TaskSpec, conn: Connection, control: Any, cls: type[Task] | None = None
+) -> None:
+    """Entry point of a task process; ``cls``: a Task subclass (a JOIN stage's JoinTask)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    set_process_title(f"videoflow: {spec.stage.spec.name}[{spec.worker}]")
     sender = EventSender(conn)
+    mismatch = copy_mismatch(spec.owner_copy)
+    if mismatch is not None:  # before any queue: another copy could not open the owner's
+        sender.send(message.event(message.REFUSED, mismatch))
+        return
     forward_to_owner(sender, spec.stage.spec.name, spec.worker, spec.log_levels)
-    Task(spec, sender, control).run()
+    task = (cls or Task)(spec, sender, control)
+    if spec.config.profile:  # the ``profile`` flow option
+        run_profiled(spec.config.profile, spec.stage.spec.name, spec.worker, task.run)
+    else:
+        task.run()
+    threads = lingering_threads()
+    if threads:  # the process will wait for them: the owner names them if it has to kill it
+        with contextlib.suppress(OSError, ValueError):
+            sender.send(message.event(message.THREADS, threads))

@@ -1,4 +1,7 @@
-"""Transport (internal): shared-memory slot pools, value codec, control queues.
+"""Transport: shared-memory slot pools, value codec, control queues, kernel object names.
+
+Internal: nothing here is a public API (users go through ``videoflow.core``; which hot path is
+in use is ``videoflow.native_status()`` and ``videoflow info``).
 
 The hot path (control queues and control-message encoding) has two implementations with one
 interface: the C extension ``videoflow._native`` (a futex ring in shared memory and a compact

@@ -37,6 +37,10 @@ Event pipe, task -> flow owner (a multiprocessing Connection; ``event(kind, *fie
     DONE       ("done",)                               the task ended normally
     ERROR      ("error", phase, type_name, text, tb)   the node (or the task) raised in ``phase``
     LOG        ("log", record)                         a log record (engine/logs.py)
+    THREADS    ("threads", names)                      the task ended, but these non-daemon
+                                                       threads keep its process alive
+    REFUSED    ("refused", text)                       the task cannot run this flow (it runs
+                                                       another copy of videoflow); text says why
 
 The owner dispatches on ``event_kind`` through one table (``ProcessEngine._on_event``); a new
 kind is a constant and a constructor here and a handler there.
@@ -225,6 +229,8 @@ def extent(enc: Encoded, ref: SlotRef) -> int:
 
 # -- events, task -> owner ----------------------------------------------------------------------
 ATTACHED, READY, DONE, ERROR, LOG = "attached", "ready", "done", "error", "log"
+THREADS = "threads"
+REFUSED = "refused"
 
 
 def event(kind: str, *fields: Any) -> Event:

@@ -1,8 +1,16 @@
 """Names of the flow's kernel objects, and the sweep that removes those of dead owners.
 
-Every shared-memory segment and message queue of a flow is named
-``vf.<owner pid>.<flow token>.<what>``, the owner being the process that runs the flow. Whatever
-ends a flow, a later flow (or the owner's own cleanup) can find and unlink them by that prefix.
+This module is the only one that builds or reads these names. Every shared-memory segment and
+message queue of a flow is named ``vf.<owner pid>.<flow token>.<what>`` (the *flow prefix*
+``vf.<pid>.<token>``, the owner being the process that runs the flow), ``<what>`` being one of:
+
+    q<link>                    the control queue of plan link <link>  (``queue_name``)
+    <stage>-<worker>.<n>       the n-th slot pool (from 1) of task <worker> of stage <stage>
+                               (``pool_family`` then ``pool_name``)
+    lock                       the flow's lock entry, in /dev/shm only (``lock_name``)
+
+``parse`` reads any of them back into a ``Name``. Whatever ends a flow, a later flow (or the
+owner's own cleanup) can find and unlink its entries by the prefix.
 
 Whether an owner is gone is decided by a lock, not by its pid: the owner creates
 ``/dev/shm/<prefix>.lock`` before any other entry and holds ``flock`` on it for the whole run;
@@ -15,8 +23,10 @@ containers. Entries with no lock file are never swept: their owner is not provab
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
+import re
 import secrets
 
 SHM_DIR = "/dev/shm"
@@ -25,9 +35,83 @@ PREFIX = "vf."
 LOCK_SUFFIX = ".lock"
 
 
+QUEUE, POOL, LOCK = "queue", "pool", "lock"
+
+
 def new_flow_prefix() -> str:
     """A prefix unique to one run of one flow: ``vf.<pid>.<token>``."""
     return f"{PREFIX}{os.getpid()}.{secrets.token_hex(4)}"
+
+
+def queue_name(flow: str, link: int) -> str:
+    """The control queue of plan link ``link`` of the flow ``flow`` (its prefix)."""
+    return f"{flow}.q{link}"
+
+
+def pool_family(flow: str, stage: int, worker: int) -> str:
+    """The common start of the pool names of one task (``pool_name`` adds the number)."""
+    return f"{flow}.{stage}-{worker}"
+
+
+def pool_name(family: str, number: int) -> str:
+    """The ``number``-th slot pool (from 1) of the task whose pools start with ``family``."""
+    return f"{family}.{number}"
+
+
+def lock_name(flow: str) -> str:
+    """The flow's lock entry in /dev/shm (see ``claim_prefix``)."""
+    return flow + LOCK_SUFFIX
+
+
+@dataclasses.dataclass(frozen=True)
+class Name:
+    """An entry name read back by ``parse``.
+
+    entry:  the name itself (as in /dev/shm or /dev/mqueue, no leading slash).
+    flow:   the flow prefix ``vf.<pid>.<token>``; owner_pid: its owner.
+    kind:   QUEUE, POOL or LOCK.
+    link:   the plan link of a QUEUE; stage, worker, number: the task and rank of a POOL.
+    """
+
+    entry: str
+    flow: str
+    owner_pid: int
+    kind: str
+    link: int | None = None
+    stage: int | None = None
+    worker: int | None = None
+    number: int | None = None
+
+
+_NAME = re.compile(
+    re.escape(PREFIX)
+    + r"(?P<pid>\d+)\.(?P<token>[0-9a-f]+)\."
+    + r"(?:q(?P<link>\d+)|(?P<stage>\d+)-(?P<worker>\d+)\.(?P<number>\d+)|(?P<lock>lock))$"
+)
+
+
+def parse(name: str) -> Name | None:
+    """What the entry ``name`` (without a leading slash) is, or None when it is not a name this
+    module makes (another program's entry, a test's own segment)."""
+    entry = name.lstrip("/")
+    m = _NAME.match(entry)
+    if m is None:
+        return None
+    flow, pid = f"{PREFIX}{m['pid']}.{m['token']}", int(m["pid"])
+    if m["link"] is not None:
+        return Name(entry, flow, pid, QUEUE, link=int(m["link"]))
+    if m["lock"] is not None:
+        return Name(entry, flow, pid, LOCK)
+    return Name(
+        entry, flow, pid, POOL,
+        stage=int(m["stage"]), worker=int(m["worker"]), number=int(m["number"]),
+    )
+
+
+def flow_pools(flow: str) -> list[Name]:
+    """The slot pools of the flow ``flow`` that exist now (queues and the lock left out)."""
+    found = (parse(n) for n in list_entries(flow + ".", SHM_DIR))
+    return [n for n in found if n is not None and n.kind == POOL]
 
 
 def list_entries(prefix: str, directory: str = SHM_DIR) -> list[str]:
@@ -61,7 +145,7 @@ os.register_at_fork(after_in_child=_drop_inherited_locks)
 def claim_prefix(prefix: str) -> None:
     """Create the flow's lock entry and hold its lock until ``release_prefix``. Call it before
     creating any other entry of the flow."""
-    path = os.path.join(SHM_DIR, prefix + LOCK_SUFFIX)
+    path = os.path.join(SHM_DIR, lock_name(prefix))
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     _held[prefix] = fd
@@ -81,7 +165,7 @@ def sweep_prefix(prefix: str) -> list[str]:
     """Unlink the entries of the flow ``prefix`` if its owner is provably gone (its lock is
     free); returns what was removed (nothing while the owner lives, in any PID namespace)."""
     try:
-        fd = os.open(os.path.join(SHM_DIR, prefix + LOCK_SUFFIX), os.O_RDWR)
+        fd = os.open(os.path.join(SHM_DIR, lock_name(prefix)), os.O_RDWR)
     except OSError:
         return []
     try:
@@ -98,9 +182,10 @@ def sweep_prefix(prefix: str) -> list[str]:
 def sweep_dead_owners() -> list[str]:
     """Unlink the entries of every flow whose owner is provably gone; returns them."""
     removed: list[str] = []
-    for name in list_entries(PREFIX, SHM_DIR):
-        if name.endswith(LOCK_SUFFIX):
-            removed += sweep_prefix(name[: -len(LOCK_SUFFIX)])
+    for entry in list_entries(PREFIX, SHM_DIR):
+        name = parse(entry)
+        if name is not None and name.kind == LOCK:
+            removed += sweep_prefix(name.flow)
     return removed
 
 

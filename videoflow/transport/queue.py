@@ -19,8 +19,10 @@ Two implementations behind one interface, chosen once at import (see ``videoflow
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
+import resource
 from typing import Any
 
 import posix_ipc
@@ -73,6 +75,11 @@ class ControlQueue:
     def close(self) -> None:
         """Let go of the queue in this process (idempotent)."""
 
+    def set_doorbell(self, bell: Any) -> None:
+        """Ring ``bell`` (transport/doorbell.py) after every put from this process: the queue
+        is an inbox of a receiver that watches several queues (a JOIN stage)."""
+        raise NotImplementedError
+
     def unlink(self) -> None:
         """Remove the name; processes that opened the queue keep using it."""
 
@@ -80,19 +87,22 @@ class ControlQueue:
 class MessageQueue(ControlQueue):
     """A POSIX message queue (/dev/mqueue/<name>)."""
 
-    __slots__ = ("_mq",)
+    __slots__ = ("_bell", "_mq")
 
     def __init__(
         self, name: str, *, create: bool = False, depth: int = 4, message_size: int = 4096
     ) -> None:
         super().__init__(name)
+        self._bell: Any = None
         if create:
-            self._mq = posix_ipc.MessageQueue(
-                "/" + name,
-                posix_ipc.O_CREX,
-                max_messages=min(depth, kernel_msg_max()),
-                max_message_size=message_size,
-            )
+            depth = min(depth, kernel_msg_max())
+            try:
+                self._mq = posix_ipc.MessageQueue(
+                    "/" + name, posix_ipc.O_CREX, max_messages=depth,
+                    max_message_size=message_size,
+                )
+            except OSError as exc:
+                raise _explain_emfile(exc, name, depth, message_size) from exc
         else:
             self._mq = posix_ipc.MessageQueue("/" + name)
 
@@ -101,6 +111,8 @@ class MessageQueue(ControlQueue):
             self._mq.send(data, timeout)
         except posix_ipc.BusyError:
             return False
+        if self._bell is not None:
+            self._bell.ring()
         return True
 
     def get(self, timeout: float) -> bytes | None:
@@ -116,6 +128,9 @@ class MessageQueue(ControlQueue):
     def max_message_size(self) -> int:
         return int(self._mq.max_message_size)
 
+    def set_doorbell(self, bell: Any) -> None:
+        self._bell = bell
+
     def close(self) -> None:
         with contextlib.suppress(posix_ipc.ExistentialError):
             self._mq.close()
@@ -123,6 +138,31 @@ class MessageQueue(ControlQueue):
     def unlink(self) -> None:
         with contextlib.suppress(posix_ipc.ExistentialError):
             posix_ipc.unlink_message_queue("/" + self.name)
+
+
+def _explain_emfile(exc: OSError, name: str, depth: int, message_size: int) -> OSError:
+    """mq_open reports both the descriptor limit and RLIMIT_MSGQUEUE (the bytes of message
+    queues one user may have) as EMFILE, which posix_ipc words as "maximum number of files
+    open": tell which one it is, and the fix."""
+    if "files open" not in str(exc):
+        return exc
+    soft_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    try:
+        open_files = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        open_files = 0
+    if soft_files != resource.RLIM_INFINITY and open_files >= soft_files - 1:
+        return exc  # really out of descriptors
+    limit = resource.getrlimit(resource.RLIMIT_MSGQUEUE)[0]
+    return OSError(
+        errno.EMFILE,
+        f"cannot create the control queue {name!r}: RLIMIT_MSGQUEUE, the bytes of POSIX "
+        f"message queues one user may have ({limit} bytes), is used up (each queue of this "
+        f"flow takes about queue_depth x message_size = {depth} x {message_size} bytes). "
+        "Raise it (ulimit -q, prlimit --msgqueue, resource.setrlimit), lower the flow "
+        "options queue_depth or message_size, or use the native extension, which has no such "
+        "limit (videoflow info says whether it is built)",
+    )
 
 
 class RingQueue(ControlQueue):
@@ -166,6 +206,9 @@ class RingQueue(ControlQueue):
     @property
     def max_message_size(self) -> int:
         return int(self._ring.record_size)
+
+    def set_doorbell(self, bell: Any) -> None:
+        self._ring.set_doorbell(bell.handle)  # rung inside the ring's own put, in C
 
     def close(self) -> None:
         self._ring.close()

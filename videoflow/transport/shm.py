@@ -36,6 +36,7 @@ import numpy as np
 import posix_ipc
 
 from videoflow.errors import PoolExhaustedError, StaleSlotError
+from videoflow.transport.names import pool_name
 
 MAGIC = 0x31_4C_4F_4F_50_46_56  # "VFPOOL1"
 _HEAD = struct.Struct("<QIIQ")
@@ -300,6 +301,8 @@ class SlotAllocator:
     frames, in which case another pool of the class is made, and beyond ``max_pools`` the
     allocator waits for releases (calling ``on_wait`` so that the caller can bail out on a
     stop). It keeps no record of what it handed out: the caller owns every slot it takes.
+    ``prefix`` is the task's pool family (``names.pool_family``); its pools are
+    ``names.pool_name(prefix, n)``.
     """
 
     def __init__(
@@ -323,7 +326,7 @@ class SlotAllocator:
 
     def _new_pool(self, slot_size: int) -> SlotPool:
         self._count += 1
-        pool = SlotPool.create(f"{self.prefix}.{self._count}", self.nslots, slot_size)
+        pool = SlotPool.create(pool_name(self.prefix, self._count), self.nslots, slot_size)
         self.registry.add(pool)
         self._classes.setdefault(slot_size, []).append(pool)
         return pool
