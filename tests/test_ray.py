@@ -175,16 +175,42 @@ def test_several_parents_arrive_in_call_order(output_file, engine):
     assert read_lines(output_file) == [f"({i + 100},{i})" for i in range(30)]
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_n_and_items_of_an_output(output_file, engine):
+    # every=3: the node runs on one message in 3 and its last output goes on with the others,
+    # marked in meta["skipped"]; pair[1] / pair[0]: a node reads one item of a tuple output.
+    a = IntProducer(0, 29, name="source")
+    b = nodes.CountCalls(every=3, name="counter")(a)
+    pair = nodes.PairProcessor(name="pair")(a, b)
+    c = nodes.MetaLog(output_file, name="sink")(pair[1])
+    flow = run(a, c, engine)
+    with open(output_file) as f:
+        lines = [json.loads(line) for line in f]
+    assert [line["index"] for line in lines] == list(range(30))
+    for line in lines:
+        i = line["index"]
+        ran_on = i - i % 3
+        assert line["value"] == [ran_on, ran_on // 3 + 1]
+        assert line["skipped"] == (None if i == ran_on else {"counter": ran_on})
+        assert line["stamped"]  # the producer stamped when it made the message
+    assert flow.stats().node("counter").skipped == 20
+    age = flow.stats().node("sink").frame_age
+    assert age is not None and age.frames == 30
+
+
 # -- realtime: drops to keep up, and counts them ---------------------------------------------------
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("k", [1, 2])
-def test_realtime_drops_add_up(output_file, engine, k):
+@pytest.mark.parametrize(("k", "drop"), [(1, "oldest"), (2, "oldest"), (1, "newest")])
+def test_realtime_drops_add_up(output_file, engine, k, drop):
     a = SyntheticFrameProducer((60, 80, 3), count=300, fps=500)
     b = IdentityProcessor(nb_tasks=k)(a)
     c = RecordingConsumer(output_file, delay=0.02, frames=True)(b)
-    flow = run(a, c, engine, flow_type=REALTIME)
+    flow = Flow([a], [c], flow_type=REALTIME, engine=engine,
+                flow_options={"realtime_drop": drop})
+    flow.run()
+    assert flow.join(60)
     lines = read_lines(output_file)
     indices = [int(line.split(":")[0]) for line in lines]
     assert all(line.endswith(":ok") for line in lines)
@@ -448,6 +474,21 @@ def test_gpu_nodes_ask_ray_for_a_gpu_while_there_are_any(tmp_path, output_file):
     seen = sorted((tmp_path / m).read_text() for m in os.listdir(tmp_path) if m.startswith("open."))
     assert seen == [" cpu", "0 gpu"]
     assert b.device_type == GPU
+
+
+def test_what_the_ray_engine_cannot_run_yet_is_a_clear_error():
+    from videoflow.core import Join
+
+    cam1, cam2 = IntProducer(0, 9, name="cam1"), IntProducer(0, 9, name="cam2")
+    both = nodes.PairProcessor(join=Join.seq(), name="both")(cam1, cam2)
+    flow = Flow([cam1, cam2], [VoidConsumer()(both)], flow_type=BATCH, engine="ray")
+    with pytest.raises(ValueError, match="one producer for now"):
+        flow.run()
+    a = IntProducer(0, 9)
+    b = nodes.CountCalls(skip_when_busy=True)(a)
+    flow = Flow([a], [VoidConsumer()(b)], flow_type=REALTIME, engine="ray")
+    with pytest.raises(ValueError, match="skip_when_busy"):
+        flow.run()
 
 
 def test_bad_actor_options_and_unpicklable_nodes_are_clear_errors():

@@ -23,14 +23,30 @@ import pickle
 import threading
 import time
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
 
 from videoflow.engine.ray_engine import process_started
-from videoflow.engine.stats import BLOCKED_NS, BUSY_NS, CPU_NS, DROPPED, IN, OUT, ROW, WAIT_NS
+from videoflow.engine.skipping import make_skipper
+from videoflow.engine.stats import (
+    BLOCKED_NS,
+    BUSY_NS,
+    CPU_NS,
+    DROPPED,
+    IN,
+    OUT,
+    PRODUCED_NS,
+    ROW,
+    SKIPPED,
+    WAIT_NS,
+    record_age,
+)
 from videoflow.engine.task import limit_opencv_threads
+
+if TYPE_CHECKING:
+    from videoflow.engine.plan import StageSpec
 
 CONTROL = "control"  # the producer's concurrency group for calls that must not wait for takes
 _now = time.perf_counter_ns
@@ -81,11 +97,17 @@ class NodeActor:
     restarted actor opens its node again before it takes the calls Ray retries."""
 
     def __init__(
-        self, node_bytes: bytes, name: str, kind: str, task: int, realtime: bool,
-        cpu_fallback: bool = False,
+        self, node_bytes: bytes, spec: StageSpec, task: int, realtime: bool,
+        drop_newest: bool = False, cpu_fallback: bool = False,
     ) -> None:
-        self.name, self.kind, self.task = name, kind, task
+        self.spec = spec  # without its node: name, kind, items, every, ...
+        self.name, self.kind, self.task = spec.name, spec.kind, task
         self.realtime = realtime
+        self.drop_newest = drop_newest  # REALTIME producer: a new value finding one untaken
+        self.items = any(i is not None for i in spec.items)
+        self.skipper = make_skipper(spec.name, spec.every, False, lambda: 0) if (
+            spec.kind == "processor") else None
+        self.ages = False  # a consumer on the producer's machine: frame ages are comparable
         self.row = [0] * ROW
         self.failure: Failure | None = None
         self.aborted = False
@@ -149,8 +171,10 @@ class NodeActor:
             gpus=os.environ.get("CUDA_VISIBLE_DEVICES", ""), failure=self.failure,
         )
 
-    def go(self, opencv_threads: int | None) -> None:
-        """Every task is open: start the clocks (and the producer's loop)."""
+    def go(self, opencv_threads: int | None, with_producer: bool) -> None:
+        """Every task is open: start the clocks (and the producer's loop). ``with_producer``:
+        this actor runs on the producer's machine, where its clock stamps can be compared."""
+        self.ages = with_producer and self.kind == "consumer"
         if opencv_threads is not None:
             limit_opencv_threads(opencv_threads)
         self.cpu0 = time.process_time_ns()
@@ -194,8 +218,11 @@ class NodeActor:
             self.failure = self._failure("next", exc)
             self.ended = True
             return None
-        self.row[BUSY_NS] += _now() - t0
+        t1 = _now()
+        self.row[BUSY_NS] += t1 - t0
         self.row[IN] += 1
+        if PRODUCED_NS not in meta:  # the age of the frame counts from here (stats.py)
+            meta[PRODUCED_NS] = t1
         return meta, value
 
     def _produce(self) -> None:
@@ -209,9 +236,14 @@ class NodeActor:
                 if got is None:
                     break
                 with cond:
-                    if buffer:
-                        buffer.popleft()
+                    if self.stopping:  # made while the flow was asked to stop: not taken
                         row[DROPPED] += 1
+                        break
+                    if buffer:  # the flow is behind: drop the oldest value, or this one
+                        row[DROPPED] += 1
+                        if self.drop_newest:
+                            continue
+                        buffer.popleft()
                     buffer.append(got)
                     cond.notify_all()
                 del got
@@ -234,8 +266,8 @@ class NodeActor:
             self.row[OUT] += 1
             return got
         cond, buffer = self.cond, self.buffer
-        with cond:
-            while not buffer and not self.ended and not self.aborted:
+        with cond:  # after a stop, what is buffered still goes; a next() in progress does not
+            while not buffer and not self.ended and not self.stopping:
                 cond.wait(0.1)
             if buffer and not self.aborted:
                 self.row[OUT] += 1
@@ -265,13 +297,25 @@ class NodeActor:
         row = self.row
         row[IN] += 1
         self._set_meta(meta)
+        skipper = self.skipper
+        if skipper is not None and skipper.skip(meta):  # every=N: the last output goes on
+            row[SKIPPED] += 1
+            row[OUT] += 1
+            return meta, skipper.last
         t0 = self._begin()
         try:
+            if self.items:
+                inputs = tuple(self.spec.select_items(list(inputs)))  # node[i]
             if consumer:
+                produced = meta.get(PRODUCED_NS)
+                if self.ages and isinstance(produced, int):
+                    record_age(self.row, 0, t0 - produced)
                 self.node.consume(*inputs)
                 output = None
             else:
                 output = self.node.process(*inputs)
+                if skipper is not None:
+                    skipper.ran_on(output, meta)
         except BaseException as exc:
             self.failure = self._failure("consume" if consumer else "process", exc)
             return self.failure, None

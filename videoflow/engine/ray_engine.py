@@ -43,6 +43,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from videoflow.config import DROP_NEWEST
 from videoflow.engine.plan import GPU, PROCESSOR, PRODUCER, StageSpec
 from videoflow.engine.stats import IN, ROW, FlowStats, NodeStats, node_stats, task_stats
 from videoflow.errors import FlowError
@@ -199,14 +200,22 @@ class RayEngine:
         return self._started and not self._done.is_set()
 
     # -- start -----------------------------------------------------------------------------
-    @staticmethod
-    def _check(stages: list[StageSpec]) -> None:
+    def _check(self, stages: list[StageSpec]) -> None:
         if not stages or stages[0].kind != PRODUCER:
             raise ValueError("the Ray engine runs flows that start with one producer")
-        if any(s.kind == PRODUCER for s in stages[1:]):
-            raise ValueError("the Ray engine runs flows with one producer (not several yet)")
+        if any(s.kind == PRODUCER for s in stages[1:]) or any(s.join for s in stages):
+            raise ValueError(
+                "the Ray engine runs flows with one producer for now: run a flow that joins "
+                "several producers on the process engine (engine=\"process\")"
+            )
         if stages[0].nb_tasks != 1 or stages[-1].nb_tasks != 1:
             raise ValueError("the first and the last node of a flow run as a single task")
+        busy = [s.name for s in stages if s.skip_when_busy]
+        if busy and self._realtime:
+            raise ValueError(
+                f"skip_when_busy ({', '.join(busy)}) is not supported by the Ray engine yet: "
+                "use every=N, or the process engine"
+            )
 
     @staticmethod
     def _pickle(spec: StageSpec) -> bytes:
@@ -259,6 +268,10 @@ class RayEngine:
         node_actor = ray.remote(NodeActor)
         producer_actor = ray.remote(concurrency_groups={CONTROL: 1})(NodeActor)
         gpus = self._gpus_left(ray)
+        # REALTIME drops happen at the producer only (nothing queues elsewhere): by the
+        # policy of the queue in front of the node after it, else the flow's.
+        after = self._stages[1].realtime_drop if len(self._stages) > 1 else None
+        drop_newest = (after or self._config.realtime_drop) == DROP_NEWEST
         for index, spec in enumerate(self._stages):
             user = self.actor_options.get(spec.name, {})
             for worker in range(spec.nb_tasks):
@@ -280,8 +293,8 @@ class RayEngine:
                 options.update(user)
                 actor_class = producer_actor if spec.kind == PRODUCER else node_actor
                 handle = actor_class.options(**options).remote(
-                    node_bytes[index], spec.name, spec.kind, worker, self._realtime,
-                    cpu_fallback,
+                    node_bytes[index], dataclasses.replace(spec, node=None), worker,
+                    self._realtime, drop_newest, cpu_fallback,
                 )
                 task = _Task(index, spec, worker, handle, handle._actor_id.hex())
                 self._tasks.append(task)
@@ -406,6 +419,7 @@ class RayEngine:
         the clocks, then the producer's loop; False when an actor died meanwhile."""
         assert self._config is not None
         on_node = collections.Counter(t.info.node_id for t in self._tasks if t.info)
+        producer_ip = self._tasks[0].info.ip if self._tasks[0].info else None
         calls = []
         for task in reversed(self._tasks):  # the producer last
             info = task.info
@@ -413,7 +427,7 @@ class RayEngine:
             threads = self._config.opencv_threads_per_task(on_node[info.node_id], info.cpus)
             if self._stop.is_set() and task.spec.kind == PRODUCER:
                 calls.append(self._control(task, "stop").remote())
-            calls.append(self._control(task, "go").remote(threads))
+            calls.append(self._control(task, "go").remote(threads, info.ip == producer_ip))
         try:
             ray.get(calls, timeout=self._config.start_timeout)
         except Exception as exc:
