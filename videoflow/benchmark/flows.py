@@ -77,17 +77,7 @@ def measure(
             node = make(i)(node)
         consumer = ProbeConsumer(report_dir=reports, warmup=warmup, name="consumer")(node)
         flow = Flow([producer], [consumer], flow_type=flow_type, flow_options=flow_options)
-        flow.run()
-        try:
-            finished = flow.join(timeout)
-        except BaseException:
-            flow.abort()
-            flow.join()
-            raise
-        if not finished:
-            flow.abort()
-            flow.join()
-            raise TimeoutError(f"the benchmark flow did not end within {timeout} s")
+        run_bounded(flow, timeout)
         stats = flow.stats()
         (sink,) = read_reports(reports, "consumer")
     stage_stats = [stats.node(f"stage{i}") for i in range(len(stages))]
@@ -103,3 +93,19 @@ def measure(
         producer_cpu_s=stats.node("producer").cpu_s,
         stats=stats,
     )
+
+
+def run_bounded(flow: Flow, timeout: float) -> None:
+    """Run ``flow`` to its end; abort it (and raise TimeoutError) past ``timeout`` seconds or
+    on any exception while waiting, so a benchmark never leaves a flow behind."""
+    flow.run()
+    try:
+        finished = flow.join(timeout)
+    except BaseException:
+        flow.abort()
+        flow.join()
+        raise
+    if not finished:
+        flow.abort()
+        flow.join()
+        raise TimeoutError(f"the benchmark flow did not end within {timeout} s")

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from videoflow.benchmark.flows import MIN_TIMED, measure, percentile
+from videoflow.benchmark.flows import MIN_TIMED, measure, percentile, run_bounded
 from videoflow.benchmark.nodes import BenchProducer, PassThrough, ProbeConsumer, read_reports
 from videoflow.benchmark.result import Row
 from videoflow.core import BATCH, REALTIME, Flow, Join, JoinStats, Node
@@ -63,17 +63,7 @@ def measure_join(
             first, second
         )
         flow = Flow([first, second], [sink], flow_type=flow_type, flow_options=flow_options)
-        flow.run()
-        try:
-            finished = flow.join(timeout)
-        except BaseException:
-            flow.abort()
-            flow.join()
-            raise
-        if not finished:
-            flow.abort()
-            flow.join()
-            raise TimeoutError(f"the benchmark flow did not end within {timeout} s")
+        run_bounded(flow, timeout)
         (probe,) = read_reports(reports, "consumer")
     return JoinMeasurement(
         frames=probe["timed_frames"],
