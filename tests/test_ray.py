@@ -11,12 +11,15 @@ Run with ``pytest -m ray`` (needs the ``ray`` extra); the default run leaves the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from typing import Any
 
@@ -31,10 +34,13 @@ from nodes import (  # noqa: E402
     FailingConsumer,
     FailingProcessor,
     FailingProducer,
+    Ints,
     JitterProcessor,
     LifecycleProcessor,
+    Lingers,
     RecordingConsumer,
     SlowProcessor,
+    Stuck,
 )
 
 from videoflow import FlowError  # noqa: E402
@@ -45,6 +51,7 @@ from videoflow.engine import ray_engine  # noqa: E402
 from videoflow.engine.ray_engine import RayEngine  # noqa: E402
 from videoflow.processors import IdentityProcessor  # noqa: E402
 from videoflow.producers import IntProducer, SyntheticFrameProducer  # noqa: E402
+from videoflow.transport.names import parse  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 
@@ -86,13 +93,81 @@ def ray_session():
         ray.shutdown()
 
 
+class ShmWatch:
+    """Which new /dev/shm entries are this test's: a "vf." entry whose owner pid (in its name)
+    is a process of this test, or any entry mapped or open, while the test ran, by a process
+    of this test: this pytest process and everything below it (the Ray instance it started,
+    its actors, the scripts a test runs). Other suites running at the same time create and
+    remove their own entries (``sem.mp-*`` of multiprocessing...): those are not ours.
+
+    A thread looks every ``EVERY`` seconds at the entries that appeared since the start and
+    at what the processes of this test map and hold open, so that an entry made by an actor
+    that is gone by the end of the test still counts."""
+
+    EVERY = 0.2
+
+    def __init__(self) -> None:
+        self.before = _shm()
+        self.ours: set[str] = set()
+        self.pids: set[int] = {os.getpid()}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="shm-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.EVERY):
+            self.look()
+
+    def look(self) -> None:
+        new = _shm() - self.before - self.ours
+        tree = {os.getpid()} | _descendants(os.getpid())
+        self.pids |= tree
+        for entry in new:
+            name = parse(entry)
+            if name is not None and name.owner_pid in self.pids:
+                self.ours.add(entry)
+        held = {e for e in new - self.ours if not e.startswith("vf.")}
+        if held:
+            self.ours |= held & _held_by(tree)
+
+    def left(self, seconds: float = 5.0) -> set[str]:
+        """Our entries still there once those on their way out are gone (``seconds`` at
+        most)."""
+        self._stop.set()
+        self._thread.join()
+        self.look()
+        deadline = time.monotonic() + seconds
+        while (left := self.ours & _shm()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return left
+
+
+def _held_by(pids: set[int]) -> set[str]:
+    """The /dev/shm entries that processes ``pids`` map or hold open."""
+    held: set[str] = set()
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/maps") as f:
+            held.update(line.rsplit("/dev/shm/", 1)[1].split(" ")[0].strip()
+                        for line in f if "/dev/shm/" in line)
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("/dev/shm/"):
+                        held.add(target[len("/dev/shm/"):].split(" ")[0])
+    return held
+
+
 @pytest.fixture(autouse=True)
 def no_actor_left():
-    """Every actor a test started is gone when it ends, and /dev/shm holds nothing new (other
-    than entries of the process engine's flows, which conftest checks by their owner)."""
+    """Every actor a test started is gone when it ends, and /dev/shm holds no new entry of
+    this test (ShmWatch; conftest checks the process engine's flows by their owner too)."""
     local_ray()
-    before = _shm()
-    yield
+    watch = ShmWatch()
+    try:
+        yield
+    finally:
+        left = watch.left(0)  # stops the watch even when the test failed
     running = list(ray_engine._running)  # flows a failed test left running: end them first
     for engine in running:
         engine.kill()
@@ -102,8 +177,10 @@ def no_actor_left():
     while (alive := _alive_actors()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive, f"actors left alive: {alive}"
-    new = {e for e in _shm() - before if not e.startswith("vf.")}
-    assert not new, f"new entries in /dev/shm: {sorted(new)}"
+    deadline = time.monotonic() + 5
+    while (left := left & _shm()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"new entries in /dev/shm: {sorted(left)}"
 
 
 def _alive_actors() -> list[tuple[str, int]]:
@@ -460,6 +537,153 @@ def test_with_restarts_a_killed_actor_loses_nothing(tmp_path, output_file):
     assert len(opens) == 3  # two actors, one of them opened again after its restart
     stats = flow.stats()
     assert stats.produced == stats.delivered == 300 and stats.dropped == 0
+
+
+# -- bounded endings, as on the process engine (tests/test_endings.py) ----------------------------
+
+FAST = {"stop_timeout": 0.5, "stop_grace": 0.5}
+
+
+def wait_for(predicate, seconds: float = 60.0, what: str = "the condition") -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} did not come within {seconds} s"
+        time.sleep(0.02)
+
+
+def join_error(flow: Flow) -> FlowError:
+    """join() must end the flow with a FlowError (60 s at most: a hang fails the test)."""
+    with pytest.raises(FlowError) as info:
+        assert flow.join(timeout=60), "the flow did not end"
+    return info.value
+
+
+def stuck_flow(tmp_path, how: str, flow_type: str = BATCH, **options: Any) -> Flow:
+    """source -> middle (3 tasks; the first to see message 20 gets stuck) -> sink, on Ray."""
+    a = Ints(delay=0.002, name="source")
+    b = Stuck(how, 20, str(tmp_path), nb_tasks=3, name="middle")(a)
+    c = RecordingConsumer(str(tmp_path / "out.txt"), name="sink")(b)
+    return Flow([a], [c], flow_type=flow_type, engine="ray", flow_options={**FAST, **options})
+
+
+@pytest.mark.parametrize("flow_type", [BATCH, REALTIME])
+def test_stop_interrupts_a_producer_blocked_in_next_on_ray(tmp_path, output_file, flow_type):
+    # The producer's next() blocks for ever after 30 values (a camera that stops delivering):
+    # stop() interrupts it and the flow ends gracefully. Were it not interrupted, the stop
+    # would become an abort after stop_timeout, and join() would raise a FlowError naming the
+    # producer "in next()": the error, not a clock, tells the two apart.
+    a = Ints(block_at=30, folder=str(tmp_path), name="source")
+    b = IdentityProcessor(nb_tasks=2)(a)
+    c = RecordingConsumer(output_file)(b)
+    flow = Flow([a], [c], flow_type=flow_type, engine="ray", flow_options={"stop_timeout": 20})
+    flow.run()
+    blocked = os.path.join(str(tmp_path), "blocked.")
+    wait_for(lambda: any(str(p).startswith(blocked) for p in tmp_path.iterdir()),
+             what="the blocked producer")
+    if flow_type == BATCH:
+        wait_for(lambda: len(read_lines(output_file)) == 30, what="30 messages")
+    flow.stop()
+    assert flow.join(timeout=60)
+    stats = flow.stats()
+    assert stats.produced == 30 and stats.produced == stats.delivered + stats.dropped
+    if flow_type == BATCH:
+        assert ints(output_file) == list(range(30)) and stats.dropped == 0
+
+
+def test_stop_ends_a_flow_with_a_stuck_worker_and_report_names_it(tmp_path):
+    flow = stuck_flow(tmp_path, "deadlock")
+    flow.run()
+    wait_for(lambda: any(p.name.startswith("stuck.") for p in tmp_path.iterdir()),
+             what="the stuck worker")
+    wait_for(lambda: flow.report().stalled, what="a stalled task in the report")
+    report = flow.report()
+    assert report.stalled[0].startswith("middle (task "), report.stalled
+    assert "in process() holding message 20" in report.stalled[0]
+    assert "stalled: middle (task" in report.verdict
+    flow.stop()
+    err = join_error(flow)
+    text = str(err)
+    assert err.node == "middle", text
+    assert "did not end within 0.5 s of stop() (stop_timeout)" in text
+    assert re.search(r"'middle' \(task \d\): in process\(\) holding message 20 for \d", text), text
+    assert "and were aborted (and killed if still running 0.5 s later, stop_grace)" in text
+
+
+@pytest.mark.parametrize("flow_type", [BATCH, REALTIME])
+def test_stall_timeout_fails_a_stalled_flow_naming_the_task_on_ray(tmp_path, flow_type):
+    flow = stuck_flow(tmp_path, "deadlock", flow_type, stall_timeout=1.0)
+    flow.run()  # no stop(): the watchdog alone ends it
+    err = join_error(flow)
+    text = str(err)
+    assert err.node == "middle", text
+    assert text.startswith("no message moved for 1 s (stall_timeout): 'middle' (task "), text
+    assert re.search(r"is stalled, in process\(\) holding message \d+ for", text), text
+    report = flow.report()
+    assert report.stalled and report.stalled[0].startswith("middle (task "), str(report)
+
+
+def test_a_close_that_does_not_return_is_named_on_ray(tmp_path, output_file):
+    a = Ints(20, name="source")
+    c = Lingers("close", output_file, name="sink")(a)
+    flow = Flow([a], [c], flow_type=BATCH, engine="ray", flow_options=FAST)
+    flow.run()
+    err = join_error(flow)
+    assert err.node == "sink", str(err)
+    assert ("node 'sink' (task 0) did not return from close() within 0.5 s of its last "
+            "message (stop_timeout), so it was killed") in str(err)
+    assert read_lines(output_file) == [str(i) for i in range(20)]  # delivered first
+    assert flow.stats().delivered == 20
+
+
+ENDING_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {tests!r})
+    import nodes
+    from nodes import FaultyProcessor, FaultyProducer, Lingers, Stuck
+    from videoflow import FlowError
+    from videoflow.consumers import VoidConsumer
+    from videoflow.core import Flow
+
+    if __name__ == "__main__":
+        from ray import cloudpickle
+        cloudpickle.register_pickle_by_value(nodes)
+        p = FaultyProducer("none", count=200, delay=0.002, name="source")
+        if {ending!r} == "stall":
+            x = Stuck("deadlock", 20, {folder!r}, nb_tasks=2, name="middle")(p)
+        else:
+            fault = "unpicklable" if {ending!r} == "unsendable" else "none"
+            x = FaultyProcessor(fault, nb_tasks=2, name="middle")(p)
+        if {ending!r} == "close":
+            c = Lingers("close", {out!r}, name="sink")(x)
+        else:
+            c = VoidConsumer()(x)
+        options = {{"engine": "ray", "ray_address": {address!r}, "stop_timeout": 0.5,
+                    "stop_grace": 0.5, "stall_timeout": 1.0 if {ending!r} == "stall" else 0}}
+        flow = Flow([p], [c], flow_type="batch", flow_options=options)
+        flow.run()
+        try:
+            flow.join()
+        except FlowError as err:
+            print("FlowError", err.node, flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("ending", ["unsendable", "stall", "close"])
+def test_a_failed_flow_says_only_its_flow_error(tmp_path, ending):
+    # Calls in flight when a flow is torn down fail (a message that could not be sent, the
+    # actors killed): Ray logs "Unhandled error" for each result nobody fetched, unless the
+    # engine fetches them. The user's console shows the FlowError only.
+    script = tmp_path / "flow.py"
+    script.write_text(ENDING_SCRIPT.format(tests=TESTS_DIR, folder=str(tmp_path), ending=ending,
+                                           out=str(tmp_path / "out.txt"), address=local_ray()))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=90)
+    node = "sink" if ending == "close" else "middle"
+    assert f"FlowError {node}" in proc.stdout, proc.stdout + proc.stderr
+    assert "Unhandled error" not in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
 
 
 # -- Ray specifics ---------------------------------------------------------------------------------

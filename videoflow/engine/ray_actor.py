@@ -11,12 +11,17 @@ A data message's metadata is a dict. Two other values travel in its place and ma
 call return at once without running its node: ``None`` (the producer has ended, or the flow is
 being torn down) and a ``Failure`` (a node raised; the driver turns it into a FlowError).
 
+The producer calls ``next()`` in a thread of its own in both modes, so that its control calls
+(stop, abort, look) are answered at once and a ``next()`` that blocks can be interrupted
+without holding up a take (``_interrupt``).
+
 This module imports ray: only the Ray engine imports it, and only once Ray is wanted.
 """
 
 from __future__ import annotations
 
 import collections
+import ctypes
 import dataclasses
 import os
 import pickle
@@ -37,19 +42,37 @@ from videoflow.engine.stats import (
     DROPPED,
     IN,
     OUT,
+    P_BETWEEN,
+    P_CLOSE,
+    P_ENDED,
+    P_NEXT,
+    PHASE_SPAN,
     PRODUCED_NS,
     ROW,
     SKIPPED,
+    STATE,
     WAIT_NS,
     record_age,
 )
-from videoflow.engine.task import limit_opencv_threads
+from videoflow.engine.task import StopRequested, limit_opencv_threads
 
 if TYPE_CHECKING:
     from videoflow.engine.plan import StageSpec
 
 CONTROL = "control"  # the producer's concurrency group for calls that must not wait for takes
+UNWIND_S = 1.0  # seconds close() waits for an interrupted next() to unwind before closing anyway
+TAKEN_KEPT = 4096  # message indices of the latest takes the producer remembers (``taken``)
 _now = time.perf_counter_ns
+
+
+def _raise_in(thread: threading.Thread, exc: type[BaseException] | None) -> None:
+    """Raise ``exc`` in ``thread`` as soon as it runs Python code again (None: take back
+    one not raised yet). A thread blocked in C code (a lock, a device read) raises once that
+    call returns."""
+    if thread.ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(thread.ident), ctypes.py_object(exc) if exc else None
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,12 +139,19 @@ class NodeActor:
         self.idle_since = 0
         self.context = RayNodeContext()
         self.node: Any = None
-        # producer side
+        # producer side: next() runs in a thread of its own (``_produce``), in both modes
         self.cond = threading.Condition()
         self.buffer: collections.deque[tuple[dict[str, Any], Any]] = collections.deque()
+        self.wanted = 0  # BATCH: takes waiting for a value
         self.stopping = False
         self.ended = False
         self.thread: threading.Thread | None = None
+        self.next_lock = threading.Lock()  # a plain lock: see _call_next
+        self.in_next = False
+        self.interrupted = False  # a next() in progress was interrupted by stop() or abort()
+        self.taken: collections.deque[int] = collections.deque(maxlen=TAKEN_KEPT)
+        self.takes = 0  # values handed out
+        self.state_at = _now()  # when row[STATE] last changed
         phase = "load"
         try:
             if cpu_fallback:  # no GPU left for this task: hide the others from it
@@ -179,22 +209,26 @@ class NodeActor:
             limit_opencv_threads(opencv_threads)
         self.cpu0 = time.process_time_ns()
         self.idle_since = _now()
-        if self.kind == "producer" and self.realtime and self.failure is None and not self.thread:
+        if self.kind == "producer" and self.failure is None and not self.thread:
+            self._set_state(P_BETWEEN)
             self.thread = threading.Thread(target=self._produce, name="videoflow-producer",
                                            daemon=True)
             self.thread.start()
 
     def stop(self) -> None:
-        """Producer: call ``next()`` no more; what it already produced is still taken."""
+        """Producer: call ``next()`` no more, and interrupt the one in progress (it makes no
+        message); what it already produced is still taken."""
         with self.cond:
             self.stopping = True
             self.cond.notify_all()
+        self._interrupt()
 
     def abort(self) -> None:
         """The flow is torn down: calls still queued return at once."""
         with self.cond:
             self.aborted = self.stopping = True
             self.cond.notify_all()
+        self._interrupt()
 
     def stats(self) -> list[int]:
         """This task's counter row (engine/stats.py FIELDS)."""
@@ -202,44 +236,96 @@ class NodeActor:
             self.row[CPU_NS] = time.process_time_ns() - self.cpu0
         return list(self.row)
 
+    def look(self) -> tuple[list[int], float, int, list[int]]:
+        """Producer: its counter row (STATE says what it is doing), the seconds it has been
+        doing it, and the message indices of its latest takes: (row, seconds, first, indices),
+        take ``first + i`` of the driver having got message ``indices[i]``."""
+        with self.cond:
+            first, indices = self.takes - len(self.taken), list(self.taken)
+        return self.stats(), (_now() - self.state_at) / 1e9, first, indices
+
     # -- the producer ----------------------------------------------------------------------
+    def _set_state(self, phase: int, message: int = -1) -> None:
+        self.row[STATE] = message * PHASE_SPAN + phase
+        self.state_at = _now()
+
+    def _interrupt(self) -> None:
+        """Raise StopRequested in the producer's thread if it is in ``next()``, as the
+        process engine's STOP_SIGNAL does: a ``next()`` running Python code, or waiting in
+        short steps, ends at once; one blocked in a single long call (a lock, a device read)
+        ends when that call returns, and meanwhile no take waits for it."""
+        with self.next_lock:
+            if self.in_next and self.thread is not None:
+                self.interrupted = True
+                _raise_in(self.thread, StopRequested)
+
+    def _call_next(self) -> Any:
+        """The producer thread's call of ``next()``. An interrupt is raised only while
+        ``in_next`` is set (under ``next_lock``, a plain lock whose ``with`` runs no Python
+        code that could be interrupted), and one not raised yet is taken back before it is
+        cleared: it can surface anywhere in the inner ``try`` (even after ``next()``
+        returned), and nowhere else."""
+        try:
+            with self.next_lock:
+                self.in_next = True
+            return self.node.next()
+        finally:
+            with self.next_lock:
+                self.in_next = False
+                _raise_in(threading.current_thread(), None)
+
     def _next(self) -> tuple[dict[str, Any], Any] | None:
         """Call ``next()`` once: (metadata, value), or None once the producer has ended
-        (StopIteration, or a failure kept in ``self.failure``)."""
+        (StopIteration, a failure kept in ``self.failure``, or an interrupt)."""
         meta: dict[str, Any] = {"index": self.row[IN]}
         self._set_meta(meta)
+        self._set_state(P_NEXT, self.row[IN])
         t0 = _now()
         try:
-            value = self.node.next()
-        except StopIteration:
+            value = self._call_next()
+        except (StopIteration, StopRequested):
             self.ended = True
             return None
         except BaseException as exc:
             self.failure = self._failure("next", exc)
             self.ended = True
             return None
+        finally:
+            self._set_state(P_BETWEEN)
         t1 = _now()
         self.row[BUSY_NS] += t1 - t0
-        self.row[IN] += 1
         if PRODUCED_NS not in meta:  # the age of the frame counts from here (stats.py)
             meta[PRODUCED_NS] = t1
         return meta, value
 
     def _produce(self) -> None:
-        """REALTIME: call ``next()`` as fast as the source gives values, keeping only the
-        newest one not yet taken: a flow that cannot keep up gets fresh frames and counts the
-        ones it skipped as dropped."""
+        """The producer's thread. BATCH: one ``next()`` per take waiting, so the producer runs
+        at most the driver's window ahead and nothing is dropped. REALTIME: ``next()`` as fast
+        as the source gives values, keeping only the newest one not yet taken: a flow that
+        cannot keep up gets fresh frames and counts the ones it skipped as dropped."""
         cond, buffer, row = self.cond, self.buffer, self.row
         try:
-            while not self.stopping:
+            while True:
+                with cond:
+                    t0 = _now()
+                    while not self.stopping and not (self.realtime or self.wanted):
+                        cond.wait()
+                    row[BLOCKED_NS] += _now() - t0  # BATCH: waiting for room downstream
+                    if self.stopping:
+                        break
+                    if not self.realtime:
+                        self.wanted -= 1
                 got = self._next()
                 if got is None:
                     break
                 with cond:
+                    if self.interrupted:  # came back from an interrupted next(): no message
+                        break
+                    row[IN] += 1
                     if self.stopping:  # made while the flow was asked to stop: not taken
                         row[DROPPED] += 1
                         break
-                    if buffer:  # the flow is behind: drop the oldest value, or this one
+                    if buffer:  # REALTIME, the flow is behind: drop the oldest value, or this
                         row[DROPPED] += 1
                         if self.drop_newest:
                             continue
@@ -254,24 +340,25 @@ class NodeActor:
 
     def take(self) -> tuple[Any, Any]:
         """The producer's next (metadata, value); (None, None) once it has ended, (failure,
-        None) when it failed. BATCH calls ``next()`` here: the driver keeps up to a window of
-        takes queued, so the producer runs that far ahead of the flow and no further."""
-        if not self.realtime:
-            if self.idle_since:  # waiting for the driver: room downstream
-                self.row[BLOCKED_NS] += _now() - self.idle_since
-            got = None if self.stopping or self.ended else self._next()
-            self.idle_since = _now()
-            if got is None:
-                return self.failure, None
-            self.row[OUT] += 1
-            return got
+        None) when it failed. BATCH asks the producer's thread for one value per take: the
+        driver keeps up to a window of takes queued, so the producer runs that far ahead of the
+        flow and no further. After a stop, what is buffered still goes; a ``next()`` in
+        progress was interrupted and makes no message."""
         cond, buffer = self.cond, self.buffer
-        with cond:  # after a stop, what is buffered still goes; a next() in progress does not
+        if self.thread is None:  # its node failed to open: the driver knows
+            return self.failure, None
+        with cond:
+            if not self.realtime and not self.stopping and not self.ended:
+                self.wanted += 1
+                cond.notify_all()
             while not buffer and not self.ended and not self.stopping:
                 cond.wait(0.1)
             if buffer and not self.aborted:
                 self.row[OUT] += 1
-                return buffer.popleft()
+                meta, value = buffer.popleft()
+                self.taken.append(meta["index"])
+                self.takes += 1
+                return meta, value
         return self.failure, None
 
     # -- processors and consumers ----------------------------------------------------------
@@ -327,17 +414,20 @@ class NodeActor:
 
     # -- the end ---------------------------------------------------------------------------
     def close(self, wait_s: float) -> tuple[list[int], Failure | None]:
-        """Queued after every call of this actor: stop the producer loop (waiting ``wait_s``
-        at most for a ``next()`` in progress), close the node; returns the final counters and
-        the failure this task had, if any."""
+        """Queued after every call of this actor: stop the producer's thread (waiting
+        ``wait_s`` at most, ``UNWIND_S`` at most for an interrupted ``next()`` still blocked in
+        C code: the node closes anyway, and the thread ends with the actor's process), close
+        the node; returns the final counters and the failure this task had, if any."""
         if self.thread is not None:
             self.stop()
-            self.thread.join(wait_s)
+            self.thread.join(min(wait_s, UNWIND_S) if self.interrupted else wait_s)
         failure = self.failure
         if self.opened:
             self.opened = False
+            self._set_state(P_CLOSE)
             try:
                 self.node.close()
             except BaseException as exc:
                 failure = failure or self._failure("close", exc)
+        self._set_state(P_ENDED)
         return self.stats(), failure

@@ -10,17 +10,28 @@ messages in order whatever K is and however long each call takes: no reorder buf
 and the last stage's results complete in order.
 
 At most ``window`` messages are in flight: the driver waits for the oldest before it submits
-another, so the object store holds a bounded number of frames. In BATCH the producer calls
-``next()`` inside ``take``, so it runs at most a window ahead and nothing is dropped. In
-REALTIME it calls ``next()`` in a thread of its own and keeps only the newest value not yet
-taken, counting the ones it replaced as dropped: a flow that cannot keep up skips frames
-instead of queueing them, and ``produced == delivered + dropped`` holds.
+another, so the object store holds a bounded number of frames. The producer calls ``next()``
+in a thread of its own. In BATCH it makes one value per ``take`` waiting, so it runs at most a
+window ahead and nothing is dropped. In REALTIME it calls ``next()`` as fast as the source
+gives values and keeps only the newest value not yet taken, counting the ones it replaced as
+dropped: a flow that cannot keep up skips frames instead of queueing them, and
+``produced == delivered + dropped`` holds.
 
-``stop()`` stops the producer; what it produced drains, every actor closes its node and is then
-killed. A node raising travels as a marker in place of the message's metadata and ends the
-flow with a FlowError naming the node, with the traceback from the actor. A dead actor ends it
-likewise, unless ``max_restarts`` was given: then Ray restarts a processor's actor (its node is
-opened again) and retries the calls it had, and the chain of refs still delivers every message
+``stop()`` stops the producer, interrupting a ``next()`` in progress (StopRequested raised in
+the producer's thread, as the process engine's STOP_SIGNAL does); what it produced drains,
+every actor closes its node and is then killed. Every ending is bounded as on the process
+engine: a stop that has not ended the flow after ``stop_timeout``, a ``close()`` that has not
+returned ``stop_timeout`` after the last call, and (with ``stall_timeout``) a task stuck in
+one call fail the flow with a FlowError naming each task concerned and what it was doing, in
+the words of engine/endings.py. The driver knows what each actor is doing from the calls it
+has in flight (``_observe``): an actor runs its calls in order, so its oldest call that has
+not returned is the one it runs once that call's arguments are ready. Whatever the ending,
+the driver fetches every result it has not (``_settle``), so Ray logs no "Unhandled error".
+
+A node raising travels as a marker in place of the message's metadata and ends the flow with
+a FlowError naming the node, with the traceback from the actor. A dead actor ends it likewise,
+unless ``max_restarts`` was given: then Ray restarts a processor's actor (its node is opened
+again) and retries the calls it had, and the chain of refs still delivers every message
 exactly once and in order. Producers and consumers are never restarted: their side effects
 (frames read from a camera, lines written to a file) cannot be replayed exactly once.
 
@@ -44,8 +55,35 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from videoflow.config import DROP_NEWEST
-from videoflow.engine.plan import GPU, PROCESSOR, PRODUCER, StageSpec
-from videoflow.engine.stats import IN, ROW, FlowStats, NodeStats, node_stats, task_stats
+from videoflow.engine.endings import (
+    Unfinished,
+    close_timeout_error,
+    doing,
+    skip_gap,
+    stall_error,
+    stalled_after,
+    stop_timeout_error,
+)
+from videoflow.engine.plan import CONSUMER, GPU, PROCESSOR, PRODUCER, StageSpec
+from videoflow.engine.stats import (
+    IN,
+    IN_NODE_CODE,
+    OUT,
+    P_BETWEEN,
+    P_CLOSE,
+    P_CONSUME,
+    P_ENDED,
+    P_NEXT,
+    P_PROCESS,
+    P_READY,
+    PHASE_SPAN,
+    ROW,
+    STATE,
+    FlowStats,
+    NodeStats,
+    node_stats,
+    task_stats,
+)
 from videoflow.errors import FlowError
 
 if TYPE_CHECKING:
@@ -58,6 +96,9 @@ INSTALL_HINT = 'the Ray engine needs Ray, which is not installed: pip install "v
 STATS_WAIT = 1.0  # seconds stats() waits for the actors' counters while the flow runs
 STATS_FRESH = 0.5  # seconds during which stats() reuses the counters it last asked for
 GONE_WITHIN = 5.0  # seconds to wait for the processes of killed local actors to exit
+SETTLE_WITHIN = 3.0  # seconds to wait for the results of calls to killed actors (see _settle)
+LOOK_WAIT = 1.0  # seconds a forced ending waits for the producer to say what it is doing
+TICK = 0.2  # seconds between the driver's looks at what every task is doing
 _running: weakref.WeakSet[RayEngine] = weakref.WeakSet()
 _exit_hook = False
 
@@ -91,6 +132,42 @@ class _Task:
     submitted: int = 0  # data messages submitted to this actor
     failed: bool = False  # its node raised, or its actor died
     dead: bool = False  # its actor died: nothing more can be asked of it
+    # What it is doing, as the driver sees it from the calls in flight (_observe): a phase of
+    # stats.PHASES and the driver's number of the message it holds (-1: none), since when;
+    # whether its process is stopped (actors on this machine only), since when.
+    phase: int = P_READY
+    seq: int = -1
+    since: float = 0.0
+    stopped: bool = False
+    stopped_since: float = 0.0
+    close_ref: Any = None  # its close() call, once asked
+    closed: bool = False  # ... which returned
+    returned: int = 0  # its calls for data messages the driver saw return
+
+    def counters(self) -> list[int]:
+        """Its counter row: as the actor last said, but never below the calls the driver saw
+        return (an actor whose close() never returned never sent its final row)."""
+        row = list(self.row)
+        if not self.closed:
+            row[IN] = max(row[IN], self.returned)
+            if self.spec.kind != CONSUMER:
+                row[OUT] = max(row[OUT], self.returned)
+        return row
+
+    @property
+    def pending(self) -> bool:
+        """It has a call in flight that has not returned (a node call, or its close)."""
+        return self.seq >= 0 or self.phase == P_CLOSE
+
+
+@dataclasses.dataclass
+class _Message:
+    """One message in flight: the driver's number for it, the ref of its last stage's result,
+    and every call made for it: (actor, result ref, argument refs)."""
+
+    seq: int
+    last: Any
+    calls: list[tuple[_Task, Any, tuple[Any, ...]]]
 
 
 class RayEngine:
@@ -153,6 +230,15 @@ class RayEngine:
         self._abort = threading.Event()
         self._killed = threading.Event()
         self._started = False
+        self._stop_deadline: float | None = None  # stop() + stop_timeout
+        self._flight: collections.deque[_Message] = collections.deque()  # oldest first
+        self._loose: list[Any] = []  # refs of calls whose results nobody fetched (_settle)
+        self._looked_at = 0.0  # the driver's last look at the tasks (_observe)
+        self._moved_at = 0.0  # when a message last moved (stall watchdog)
+        self._signature: tuple[Any, ...] = ()
+        self._delivered = 0  # messages whose last stage returned
+        self._taken: tuple[int, list[int]] = (0, [])  # the producer's latest takes (look)
+        self._producer_look: tuple[list[int], float, float] | None = None  # row, s, when
 
     # -- Engine protocol -------------------------------------------------------------------
     def start(self, stages: Sequence[StageSpec], realtime: bool, config: FlowConfig) -> None:
@@ -178,7 +264,12 @@ class RayEngine:
         threading.Thread(target=self._drive, name="videoflow-ray-driver", daemon=True).start()
 
     def stop(self) -> None:
-        """Graceful end: the producer stops, what it produced drains, every node closes."""
+        """Graceful end: the producer stops (a ``next()`` in progress is interrupted), what it
+        produced drains, every node closes; after ``stop_timeout`` the stop becomes an abort
+        and a FlowError names the tasks that had not finished."""
+        with self._lock:
+            if self._stop_deadline is None and self._config is not None:
+                self._stop_deadline = time.monotonic() + self._config.stop_timeout
         self._stop.set()
 
     def abort(self) -> None:
@@ -326,10 +417,38 @@ class RayEngine:
             self._kill_actors()
         finally:
             self.ended_at = time.monotonic()
-            _running.discard(self)
-            self._done.set()
+            try:
+                self._settle(ray)
+            finally:
+                _running.discard(self)
+                self._done.set()
+
+    def _settle(self, ray: Any) -> None:
+        """Fetch (and drop) the result of every call whose result the driver did not fetch:
+        calls in flight when the flow was torn down, closes cut short, control calls. Ray logs
+        "Unhandled error" for an error result (a call to a killed actor, a message that could
+        not be sent) dropped unseen; the FlowError has said what went wrong. The actors are
+        gone by now, so their pending calls fail at once."""
+        refs = [ref for message in self._flight for _, ref, _ in message.calls]
+        refs += [t.close_ref for t in self._tasks if t.close_ref is not None and not t.closed]
+        refs += self._loose
+        self._flight.clear()
+        self._loose = []
+        refs = list(dict.fromkeys(refs))  # ray.wait takes each ref once
+        if not refs:
+            return
+        with contextlib.suppress(Exception):
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=SETTLE_WITHIN)
+            for ref in done:
+                with contextlib.suppress(Exception):
+                    ray.get(ref, timeout=0)
 
     def _fail(self, err: FlowError, task: _Task | None = None) -> None:
+        """Record ``err`` and abort; after a kill (a second Ctrl-C) what fails next is the
+        kill's doing, and not recorded."""
+        if self._killed.is_set():
+            self._abort.set()
+            return
         with self._lock:
             self.errors.append(err)
         if task is not None:
@@ -394,16 +513,20 @@ class RayEngine:
         poll = self._config.poll_interval
         while pending:
             if self._abort.is_set():
+                self._loose += pending
                 return False
             ready = self._harvest(ray, pending, poll)
             if ready is None:
+                self._loose += pending
                 return False
             for task, info in ready:
                 task.info = info
                 if info.failure is not None:
                     self._fail(self._failure_error(info.failure), task)
+                    self._loose += pending
                     return False
             if pending and time.monotonic() > deadline:
+                self._loose += pending
                 task = next(iter(pending.values()))
                 self._fail(FlowError(
                     f"node {task.spec.name!r} (task {task.worker}) did not open within "
@@ -431,13 +554,16 @@ class RayEngine:
         try:
             ray.get(calls, timeout=self._config.start_timeout)
         except Exception as exc:
+            self._loose += calls
             self._fail(self._ray_error(ray, exc))
             return False
         self.started_at = time.monotonic()
         return True
 
-    def _submit(self, seq: int) -> Any:
-        """Submit every call of message ``seq``; returns the ref of its last stage's result.
+    def _submit(self, seq: int) -> _Message:
+        """Submit every call of message ``seq``; returns the message, with the ref of its last
+        stage's result and every call made (so that ``_observe`` can tell what each actor is
+        doing).
 
         Every call returns one (metadata, output) pair. A stage that reads only the previous
         stage gets that pair (``call``); any other gets the previous stage's pair first (the
@@ -445,26 +571,31 @@ class RayEngine:
         says which pair holds each of its inputs (``call_with``)."""
         t0 = time.perf_counter()
         results: dict[int, Any] = {}
+        calls: list[tuple[_Task, Any, tuple[Any, ...]]] = []
         last: Any = None
         previous = -1
         for spec, actors in self._chain:
             task = actors[seq % len(actors)]
             task.submitted += 1
             if spec.kind == PRODUCER:
+                args: tuple[Any, ...] = ()
                 last = task.handle.take.remote()
             elif spec.reads == (previous,):
+                args = (last,)
                 last = task.handle.call.remote(last)
             else:
-                args = [last]
+                refs = [last]
                 for node_id in spec.reads:
-                    if results[node_id] not in args:
-                        args.append(results[node_id])
-                where = tuple(args.index(results[node_id]) for node_id in spec.reads)
-                last = task.handle.call_with.remote(where, *args)
+                    if results[node_id] not in refs:
+                        refs.append(results[node_id])
+                where = tuple(refs.index(results[node_id]) for node_id in spec.reads)
+                args = tuple(refs)
+                last = task.handle.call_with.remote(where, *refs)
+            calls.append((task, last, args))
             results[spec.node_id] = last
             previous = spec.node_id
         self.submit_s += time.perf_counter() - t0
-        return last
+        return _Message(seq, last, calls)
 
     def _pump(self, ray: Any) -> bool:
         """Run the flow until the producer has ended and every message has arrived (True), or
@@ -478,14 +609,16 @@ class RayEngine:
         window = self.window or default_window(self._stages, self._realtime,
                                                self._config.queue_depth)
         poll = self._config.poll_interval
-        inflight: collections.deque[Any] = collections.deque()  # last stage's refs, in order
+        inflight = self._flight  # the messages in flight, in order
         seq = 0
         ending = stop_sent = False
+        self._looked_at = self._moved_at = time.monotonic()
         while True:
+            self._watch(ray)
             if self._abort.is_set():
                 return False
             if self._stop.is_set() and not stop_sent:
-                self._control(producer, "stop").remote()
+                self._loose.append(self._control(producer, "stop").remote())
                 stop_sent = True
             while not ending and len(inflight) < window:
                 inflight.append(self._submit(seq))
@@ -497,18 +630,182 @@ class RayEngine:
             # calls queued for it, and every actor has calls queued while messages are in
             # flight, so a death reaches this get too.
             try:
-                meta = ray.get(inflight[0], timeout=poll)[0]
+                meta = ray.get(inflight[0].last, timeout=poll)[0]
             except ray.exceptions.GetTimeoutError:
                 continue
             except Exception as exc:
                 self._fail(self._ray_error(ray, exc))
                 return False
-            inflight.popleft()
+            message = inflight.popleft()  # every call of it has returned (they are chained)
+            self._delivered += 1
+            if isinstance(meta, dict):
+                for task, _, _ in message.calls:
+                    task.returned += 1
             if meta is None:
                 ending = True
             elif not isinstance(meta, dict):
                 self._fail(self._failure_error(meta))
                 return False
+
+    # -- the watchdog: what every task is doing, and endings that take too long ------------
+    def _watch(self, ray: Any) -> None:
+        """Every ``TICK``: look at what every task is doing; past the stop deadline, or with a
+        task stalled for ``stall_timeout``, fail the flow naming them (which aborts it)."""
+        now = time.monotonic()
+        if now - self._looked_at < TICK:
+            return
+        self._observe(ray, now)
+        if not self._abort.is_set():
+            self._check_stop(ray, now)
+        if not self._abort.is_set():
+            self._check_stall(ray, now)
+
+    def _observe(self, ray: Any, now: float) -> None:
+        """What every task is doing, from the calls in flight: an actor runs its calls in the
+        order they were made, so its oldest call that has not returned is the one it runs,
+        once that call's arguments are ready (else it waits for them); an actor with no call
+        left waits for input, or has closed. A change of what it does restarts its clock.
+
+        A long gap since the last look means this process was not running (Ctrl-Z, a
+        debugger): nothing could be seen meanwhile, so that time does not count."""
+        self._moved_at += skip_gap(now - self._looked_at, self._tasks)
+        self._looked_at = now
+        refs = [ref for message in self._flight for _, ref, _ in message.calls]
+        refs += [t.close_ref for t in self._tasks if t.close_ref is not None and not t.closed]
+        ready: set[Any] = set()
+        if refs:
+            with contextlib.suppress(Exception):
+                ready = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
+        seen: dict[int, tuple[int, int]] = {}
+        for message in self._flight:
+            for task, ref, args in message.calls:
+                if id(task) in seen or ref in ready:
+                    continue
+                if all(arg in ready for arg in args):
+                    phase = {PRODUCER: P_NEXT, CONSUMER: P_CONSUME}.get(task.spec.kind, P_PROCESS)
+                else:
+                    phase = P_BETWEEN  # waiting for the input of that message
+                seen[id(task)] = (phase, message.seq)
+        here = _this_ip(ray)
+        for task in self._tasks:
+            state = seen.get(id(task))
+            if state is None and task.close_ref is not None:
+                done = task.closed or task.close_ref in ready
+                state = (P_ENDED if done else P_CLOSE, -1)
+            if state is None:
+                state = (P_BETWEEN, -1)
+            if state != (task.phase, task.seq):
+                task.phase, task.seq = state
+                task.since = now
+            if task.info is not None and task.info.ip == here and not task.dead:
+                stopped = _process_stopped(task.info.pid)
+                if stopped and not task.stopped:
+                    task.stopped_since = now
+                task.stopped = stopped
+
+    def _look(self, ray: Any) -> None:
+        """Ask the producer what it is doing and which messages its latest takes got (for
+        the words of a forced ending); keeps the previous answer when it does not come."""
+        producer = self._tasks[0]
+        if producer.dead or producer.info is None:
+            return
+        ref = self._control(producer, "look").remote()
+        try:
+            row, seconds, first, indices = ray.get(ref, timeout=LOOK_WAIT)
+        except Exception:
+            self._loose.append(ref)
+            return
+        producer.row = row
+        self._taken = (first, indices)
+        self._producer_look = (row, seconds, time.monotonic())
+
+    def _index(self, seq: int) -> int:
+        """The message index (``meta["index"]``) of the driver's message ``seq``: the same in
+        BATCH; in REALTIME, where the producer drops messages, what its take got."""
+        if not self._realtime or seq < 0:
+            return seq
+        first, indices = self._taken
+        return indices[seq - first] if 0 <= seq - first < len(indices) else -1
+
+    def _doing(self, task: _Task, now: float) -> str:
+        """What ``task`` is doing, in the process engine's words (engine/endings.py). The
+        producer says it itself (``_look``); the driver knows for the others."""
+        look = self._producer_look
+        if task.stage == 0 and look is not None and not task.closed:
+            row, took, when = look
+            phase = row[STATE] % PHASE_SPAN
+            return doing(task.spec.kind, row, took + now - when if phase in IN_NODE_CODE
+                         else None, task.stopped)
+        row = [0] * ROW
+        message = self._index(task.seq) if task.phase != P_BETWEEN else -1
+        row[STATE] = message * PHASE_SPAN + task.phase
+        seconds = now - task.since if task.phase in IN_NODE_CODE else None
+        return doing(task.spec.kind, row, seconds, task.stopped)
+
+    def _doing_s(self, task: _Task, now: float) -> float:
+        """For how long ``task`` has been doing what it does (as far as the driver saw)."""
+        look = self._producer_look
+        if task.stage == 0 and look is not None and not task.closed:
+            return look[1] + now - look[2]
+        return now - task.since if task.since else 0.0
+
+    def _stalled(self, task: _Task, now: float) -> bool:
+        """Its process is stopped, or it has been in its node's code far longer than usual."""
+        if task.stopped:
+            return True
+        if self.started_at is None or (task.stage == 0 and self._producer_look is None):
+            return False
+        phase = task.row[STATE] % PHASE_SPAN if task.stage == 0 else task.phase
+        assert self._config is not None
+        return (phase in IN_NODE_CODE
+                and self._doing_s(task, now) >= stalled_after(self._config.stall_timeout, task.row))
+
+    def _unfinished(self, ray: Any, now: float) -> list[Unfinished]:
+        """The tasks with a call that has not returned (those in their node's code, or
+        stopped, first), each with what it is doing."""
+        self._look(ray)
+        left = [t for t in self._tasks if t.pending and not t.dead]
+        left.sort(key=lambda t: not (t.stopped or t.phase in IN_NODE_CODE))
+        return [Unfinished(t.spec.name, t.worker, self._doing(t, now)) for t in left]
+
+    def _check_stop(self, ray: Any, now: float) -> None:
+        """Past ``stop_timeout`` after stop(): fail (and so abort) the flow, naming the tasks
+        that had not finished."""
+        deadline = self._stop_deadline
+        if deadline is None or now < deadline:
+            return
+        left = self._unfinished(ray, now)
+        if left:
+            assert self._config is not None
+            self._fail(stop_timeout_error(self._config.stop_timeout, self._config.stop_grace,
+                                          left))
+
+    def _check_stall(self, ray: Any, now: float) -> None:
+        """With stall_timeout: fail the flow when a task has been stuck that long (in its
+        node's code, or its process stopped), or when nothing at all moved that long."""
+        assert self._config is not None
+        timeout = self._config.stall_timeout
+        if not timeout:
+            return
+        signature = (self._delivered, *((t.phase, t.seq, t.stopped) for t in self._tasks))
+        if signature != self._signature:
+            self._signature, self._moved_at = signature, now
+        stuck = [
+            t for t in self._tasks if not t.dead and (
+                (t.stopped and now - t.stopped_since >= timeout)
+                or (t.phase in IN_NODE_CODE and now - t.since >= timeout))
+        ]
+        if not stuck and now - self._moved_at < timeout:
+            return
+        left = self._unfinished(ray, now)
+        if not left:
+            return
+        first = None
+        if stuck:
+            task = min(stuck, key=lambda t: t.stopped_since if t.stopped else t.since)
+            first = Unfinished(task.spec.name, task.worker, self._doing(task, now))
+            left = [u for u in left if (u.name, u.worker) != (first.name, first.worker)]
+        self._fail(stall_error(timeout, first, left))
 
     def _harvest(
         self, ray: Any, pending: dict[Any, _Task], timeout: float
@@ -531,30 +828,45 @@ class RayEngine:
     def _poll_counters(self, timeout: float) -> None:
         """Ask the actors for their counters, the last stage first and the producer last, so
         that a snapshot never shows more messages delivered than produced. An actor answers
-        after the calls queued on it (the producer at once), so this takes up to ``timeout``;
-        the rows are kept only if every live actor answered in time: a snapshot stays whole."""
+        after the calls queued on it (the producer at once, and what it is doing too), so this
+        takes up to ``timeout``; the rows are kept only if every live actor answered in time:
+        a snapshot stays whole."""
         import ray
 
         deadline = time.monotonic() + timeout
         rows: list[tuple[_Task, list[int]]] = []
+        look = None
         for index in reversed(range(len(self._stages))):
-            pending = {self._control(t, "stats").remote(): t for t in self._tasks
+            method = "look" if index == 0 else "stats"
+            pending = {self._control(t, method).remote(): t for t in self._tasks
                        if t.stage == index and t.info and not t.dead}
             left = max(0.0, deadline - time.monotonic())
             done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=left)
             if len(done) < len(pending):
+                self._loose += pending
                 return
             try:
-                rows += [(pending[ref], ray.get(ref)) for ref in done]
+                answers = [(pending[ref], ray.get(ref)) for ref in done]
             except Exception:  # a dead actor: the driver reports it
+                self._loose += pending
                 return
+            if index == 0:
+                look = answers[0][1] if answers else None
+                answers = [(task, answer[0]) for task, answer in answers]
+            rows += answers
         for task, row in rows:
             task.row = row
+        if look is not None:
+            row, seconds, first, indices = look
+            self._taken = (first, indices)
+            self._producer_look = (row, seconds, time.monotonic())
 
     def _finish(self, ray: Any, graceful: bool) -> None:
         """Close every node (after the calls queued on its actor), then kill the actors.
-        Graceful: wait for the closes as long as they take (an abort or a kill still cuts it
-        short); otherwise the producer stops at once and the closes get ``stop_grace``."""
+        Graceful: the closes have ``stop_timeout`` (and the flow what is left of the stop
+        deadline after a stop()); a close() that has not returned by then fails the flow,
+        named. Otherwise (and once the flow has failed) the producer stops at once and the
+        closes get ``stop_grace``. A kill cuts either short."""
         assert self._config is not None
         if self._killed.is_set():
             self._kill_actors()
@@ -564,8 +876,11 @@ class RayEngine:
         if not graceful and not self._tasks[0].dead:
             # The producer stops at once; the calls already queued on the other actors still
             # run (or return at once after a failure) before their close.
-            self._control(self._tasks[0], "abort").remote()
-        closes = {t.handle.close.remote(grace): t for t in live}
+            self._loose.append(self._control(self._tasks[0], "abort").remote())
+        closes: dict[Any, _Task] = {}
+        for task in live:
+            task.close_ref = task.handle.close.remote(grace)
+            closes[task.close_ref] = task
         deadline = None if graceful else time.monotonic() + grace
         while closes and not self._killed.is_set():
             if deadline is None and self._abort.is_set():
@@ -573,10 +888,23 @@ class RayEngine:
             if deadline is not None and time.monotonic() >= deadline:
                 break
             for task, (row, failure) in self._harvest(ray, closes, poll) or ():
-                task.row = row
+                task.row, task.closed, task.phase, task.seq = row, True, P_ENDED, -1
                 if failure is not None and not task.failed:
                     self._fail(self._failure_error(failure), task)
+            if deadline is None:
+                self._watch(ray)
+                self._check_closes(time.monotonic())
         self._kill_actors()
+
+    def _check_closes(self, now: float) -> None:
+        """A close() that has not returned ``stop_timeout`` seconds after the task's last call
+        fails the flow, naming it; its actor is killed with the others."""
+        assert self._config is not None
+        timeout = self._config.stop_timeout
+        for task in self._tasks:
+            if (task.phase == P_CLOSE and not task.failed and not task.dead
+                    and now - task.since >= timeout):
+                self._fail(close_timeout_error(task.spec.name, task.worker, timeout), task)
 
     def _kill_actors(self) -> None:
         """Kill every actor of the flow and wait for the processes of those on this machine
@@ -632,7 +960,8 @@ class RayEngine:
         running = self.running
         now = time.monotonic()
         started = self.started_at
-        elapsed = 0.0 if started is None else max(0.0, (self.ended_at or now) - started)
+        seen = self.ended_at or now  # what the tasks were doing: as last seen
+        elapsed = 0.0 if started is None else max(0.0, seen - started)
         failed: dict[tuple[str, int], int] = {}
         for err in list(self.errors):
             failed[(err.node, err.task)] = failed.get((err.node, err.task), 0) + 1
@@ -640,8 +969,10 @@ class RayEngine:
         for index, spec in enumerate(self._stages):
             tasks = [t for t in self._tasks if t.stage == index]
             rows = [
-                task_stats(spec.name, t.worker, t.row, errors=failed.get((spec.name, t.worker), 0),
-                           elapsed_s=elapsed)
+                task_stats(spec.name, t.worker, t.counters(),
+                           errors=failed.get((spec.name, t.worker), 0),
+                           elapsed_s=elapsed, doing=self._doing(t, seen),
+                           doing_s=self._doing_s(t, seen), stalled=self._stalled(t, seen))
                 for t in tasks
             ]
             queued = None
@@ -675,6 +1006,24 @@ def process_started(pid: int) -> int | None:
     except (OSError, IndexError):
         return None
     return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+_here: list[str] = []
+
+
+def _this_ip(ray: Any) -> str | None:
+    """This machine's address in the Ray cluster (several Ray nodes may share a machine)."""
+    if not _here:
+        with contextlib.suppress(Exception):
+            _here.append(ray.util.get_node_ip_address())
+    return _here[0] if _here else None
+
+
+def _process_stopped(pid: int) -> bool:
+    """Process ``pid`` of this machine is stopped (SIGSTOP, a debugger)."""
+    from videoflow.engine.runner import process_state
+
+    return process_state(pid) in ("T", "t")
 
 
 def _shutdown_running() -> None:

@@ -36,6 +36,16 @@ from videoflow.engine.bootstrap import (
     package_copy,
     unpicklable_node,
 )
+from videoflow.engine.endings import (
+    Unfinished,
+    close_timeout_error,
+    doing,
+    not_ended_error,
+    skip_gap,
+    stall_error,
+    stalled_after,
+    stop_timeout_error,
+)
 from videoflow.engine.join_task import JoinTask, JoinWiring
 from videoflow.engine.logs import handle_forwarded, level_snapshot
 from videoflow.engine.plan import (
@@ -52,7 +62,6 @@ from videoflow.engine.plan import (
 )
 from videoflow.engine.stats import (
     ABORT,
-    BUSY_NS,
     DROPPED,
     FLAGS,
     GO,
@@ -91,9 +100,6 @@ from videoflow.transport.shm import PoolRegistry, SlotPool
 log = logging.getLogger(__name__)
 NODE_PACKAGES = ("videoflow.producers", "videoflow.processors", "videoflow.consumers")
 TICK = 0.2  # seconds between the monitor's looks at the tasks' phases (it wakes on events too)
-STALL_AFTER = 2.0  # seconds in a node's code that make a task "stalled" when stall_timeout is 0
-STALL_RATIO = 10  # ... and this many times the task's mean time per call
-GAP = 2.0  # seconds without a look at the tasks that mean the owner itself was not running
 SERVER_LOST = 255  # the exit code multiprocessing gives a forkserver task it lost track of
 _running: weakref.WeakSet[ProcessEngine] = weakref.WeakSet()
 # A forked child has no monitor thread: the flows it inherited are not its to finish at exit.
@@ -384,13 +390,8 @@ class ProcessEngine:
         A long gap since the last look means this process was not running (Ctrl-Z, a debugger):
         nothing could be seen meanwhile, so that time does not count towards a stall."""
         with self._lock:
-            gap = now - self._looked_at
+            self._moved_at += skip_gap(now - self._looked_at, self._tasks)
             self._looked_at = now
-            if gap > GAP:
-                self._moved_at += gap
-                for task in self._tasks:
-                    task.since += gap
-                    task.stopped_since += gap
             for task in self._tasks:
                 state = self.control[task.row + STATE]
                 if state != task.state:
@@ -411,29 +412,23 @@ class ProcessEngine:
             return True
         if not self._in_node_code(task) or task.state != row[STATE]:
             return False
-        mean = row[BUSY_NS] / 1e9 / max(1, row[IN])
-        after = max(self.config.stall_timeout or STALL_AFTER, STALL_RATIO * mean)
-        return now - task.since >= after
+        return now - task.since >= stalled_after(self.config.stall_timeout, row)
 
     def _doing(self, task: _TaskHandle, now: float | None) -> str:
         """What ``task`` is doing, in words, with how long (unless ``now`` is None) and why
         it may not move."""
-        text = describe_state(task.kind, self._row(task))
+        seconds = None
         if now is not None and self._in_node_code(task) and task.state is not None:
-            text += f" for {now - task.since:.1f} s"
-        if task.stopped:
-            text += "; its process is stopped (SIGSTOP, or a debugger)"
-        if task.threads:
-            text += f"; threads keep its process alive: {', '.join(task.threads)}"
-        return text
+            seconds = now - task.since
+        return doing(task.kind, self._row(task), seconds, task.stopped, task.threads)
 
     def _unfinished(self) -> list[_TaskHandle]:
         """Tasks whose process has not exited, those that hold the flow up first."""
         left = [t for t in self._tasks if not t.exited]
         return sorted(left, key=lambda t: not (t.stopped or self._in_node_code(t)))
 
-    def _listing(self, tasks: list[_TaskHandle], now: float) -> str:
-        return "".join(f"\n  - {t.label}: {self._doing(t, now)}" for t in tasks)
+    def _listing(self, tasks: list[_TaskHandle], now: float) -> list[Unfinished]:
+        return [Unfinished(t.name, t.worker, self._doing(t, now)) for t in tasks]
 
     # -- monitor ---------------------------------------------------------------------------
     def _fail(self, err: FlowError) -> None:
@@ -638,19 +633,9 @@ class ProcessEngine:
         if now < deadline:
             return
         left = self._unfinished()
-        if not left:
-            return
-        first = left[0]
-        cfg = self.config
-        self._fail(
-            FlowError(
-                f"the flow did not end within {cfg.stop_timeout:g} s of stop() "
-                f"(stop_timeout): {len(left)} task(s) had not finished, and were aborted "
-                f"(and killed if still running {cfg.stop_grace:g} s later, stop_grace):"
-                + self._listing(left, now),
-                node=first.name, task=first.worker,
-            )
-        )
+        if left:
+            cfg, listing = self.config, self._listing(left, now)
+            self._fail(stop_timeout_error(cfg.stop_timeout, cfg.stop_grace, listing))
 
     def _check_endings(self, now: float) -> None:
         """A task past its last message (in close(), or ended) must exit within stop_timeout;
@@ -668,23 +653,19 @@ class ProcessEngine:
             if now - task.ending_since < timeout:
                 continue
             if phase == P_CLOSE and not task.done:
-                what = f"node {task.name!r} (task {task.worker}) did not return from close()"
-                fix = "make close() return"
+                error = close_timeout_error(task.name, task.worker, timeout)
             else:
-                what = f"the process of node {task.name!r} (task {task.worker}) did not exit"
                 fix = (
                     f"threads kept it alive: {', '.join(task.threads)}; make them daemon "
                     "threads, or stop and join them in close()"
                     if task.threads else "something in it kept it from exiting"
                 )
-            task.failed = True
-            self._fail(
-                FlowError(
-                    f"{what} within {timeout:g} s of its last message (stop_timeout), so it "
-                    f"was killed: {fix}",
-                    node=task.name, task=task.worker,
+                error = not_ended_error(
+                    f"the process of node {task.name!r} (task {task.worker}) did not exit", fix,
+                    task.name, task.worker, timeout,
                 )
-            )
+            task.failed = True
+            self._fail(error)
             self._kill(task)
 
     def _stuck(self, task: _TaskHandle, now: float, timeout: float) -> bool:
@@ -714,21 +695,12 @@ class ProcessEngine:
         left = self._unfinished()
         if not left:
             return
+        listing = self._listing(left, now)
+        first = None
         if stuck:  # (a realtime flow drops around a stuck task: its counters still move)
-            first = min(stuck, key=lambda t: t.stopped_since if t.stopped else t.since)
-            left.remove(first)
-            left.insert(0, first)
-            what = f"{first.label} is stalled, {self._doing(first, now)}"
-        else:
-            first = left[0]
-            what = "no task is in its node's code"
-        self._fail(
-            FlowError(
-                f"no message moved for {timeout:g} s (stall_timeout): {what}. Tasks that had "
-                "not finished (aborted):" + self._listing(left, now),
-                node=first.name, task=first.worker,
-            )
-        )
+            task = min(stuck, key=lambda t: t.stopped_since if t.stopped else t.since)
+            first = listing[left.index(task)]
+        self._fail(stall_error(timeout, first, listing))
 
     def _close_tasks(self) -> None:
         """Once the tasks have ended: reap and close every process and pipe of the flow, so
