@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from typing import Any
 
 import cv2
 import pytest
+from nodes import RecordingConsumer
 from video_helpers import run_flow
 
 import videoflow
@@ -193,6 +195,48 @@ def test_an_unpicklable_node_is_named_with_what_helps(make, part, method):
     assert info.value.__cause__ is None and info.value.__suppress_context__
     doc = FunctionProcessorNode.__doc__ or ""
     assert "every start method" in doc and "only works with the ``fork``" not in doc
+
+
+class OpensALock(HoldsALock):
+    """Makes a lock in open(), named transient: a copy of an opened node still travels."""
+
+    transient = ("opened",)
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.lock = None  # type: ignore[assignment]
+        self.opened: Any = None
+
+    def open(self) -> None:
+        self.opened = threading.Lock()
+
+    def process(self, value: Any) -> Any:
+        assert self.opened is not None, "open() ran in the task"
+        return value + 1
+
+
+class OpensTwo(OpensALock):
+    """A subclass lists only its own transient attributes; its base's still count."""
+
+    transient = ("other",)
+
+    def open(self) -> None:
+        super().open()
+        self.other = threading.Lock()
+
+
+@pytest.mark.timeout(60)
+def test_the_attributes_open_makes_stay_behind_when_named_transient(tmp_path):
+    node = OpensTwo(name="opens")
+    node.open()
+    copy = pickle.loads(pickle.dumps(node))
+    assert copy.opened is None and copy.other is None and copy.name == "opens"
+    assert node.opened is not None  # the owner's object is untouched
+    a = IntProducer(0, 4)
+    b = node(a)
+    path = tmp_path / "out.txt"
+    run_flow(a, [RecordingConsumer(str(path))(b)])
+    assert path.read_text().split() == ["1", "2", "3", "4", "5"]
 
 
 class Ghost(ProcessorNode):

@@ -19,6 +19,8 @@ class FileAppenderConsumer(ConsumerNode):
     NotImplementedError on its first value; here a missing ``path`` is an error at creation.
     """
 
+    transient = ("_file",)
+
     def __init__(self, path: str | os.PathLike[str] | None = None, name: str | None = None) -> None:
         super().__init__(name=name)
         if path is None:
@@ -29,11 +31,6 @@ class FileAppenderConsumer(ConsumerNode):
         self.path = os.fspath(path)
         _check_folder_of(self.path)
         self._file: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_file"] = None
-        return state
 
     def open(self) -> None:
         self._file = open(self.path, "ab")  # noqa: SIM115 (closed in close())

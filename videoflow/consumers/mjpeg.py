@@ -181,6 +181,8 @@ class MjpegServer(ConsumerNode):
     (H, W, 3) BGR or (H, W) grey uint8 arrays.
     """
 
+    transient = ("_server", "_thread", "_latest")
+
     def __init__(
         self,
         port: int,
@@ -209,11 +211,6 @@ class MjpegServer(ConsumerNode):
         """The page's address (with the port given; for port 0 see the task's log)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state.update(_server=None, _thread=None, _latest=None)
-        return state
 
     def open(self) -> None:
         latest = _Latest()

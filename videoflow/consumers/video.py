@@ -73,6 +73,8 @@ class VideoWriter(ConsumerNode):
     this node's process. ``encoder`` (and the flow's report) says which encoder writes.
     """
 
+    transient = ("_encoder",)
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -131,11 +133,6 @@ class VideoWriter(ConsumerNode):
         if self.copy_audio_from is not None:
             text += f"; audio copied from {self.copy_audio_from}"
         return text
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_encoder"] = None
-        return state
 
     def open(self) -> None:
         _check_folder_of(self.path)
@@ -337,6 +334,8 @@ class JsonLinesWriter(ConsumerNode):
     Arrays such as N x 6 detections become lists of rows.
     """
 
+    transient = ("_file",)
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -348,11 +347,6 @@ class JsonLinesWriter(ConsumerNode):
         _check_folder_of(self.path)
         self.keys = tuple(keys) if keys is not None else None
         self._file: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_file"] = None
-        return state
 
     def open(self) -> None:
         self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (closed in close())
