@@ -10,7 +10,6 @@ import os
 import pickle
 import re
 import shutil
-import subprocess
 import sys
 import textwrap
 import threading
@@ -19,6 +18,7 @@ from typing import Any
 
 import cv2
 import pytest
+import scripts
 from nodes import RecordingConsumer
 from video_helpers import run_flow
 
@@ -52,16 +52,13 @@ def source_tree_copy(root) -> str:
 
 def run_script(
     root, body: str, *args: str, cwd: str, timeout: float = 90
-) -> subprocess.CompletedProcess:
+) -> scripts.Ran:
     """Run ``body`` as a script that lives outside ``cwd``: like a console script, the owner
     then imports the installed videoflow, not ``cwd/videoflow``."""
     script = root / "scripts" / "owner.py"
     script.parent.mkdir(exist_ok=True)
     script.write_text(textwrap.dedent(body))
-    return subprocess.run(
-        [sys.executable, str(script), *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout,
-    )
+    return scripts.run_script(script, *args, cwd=cwd, timeout=timeout)
 
 
 OWNER = """\
