@@ -21,8 +21,10 @@ class FileAppenderConsumer(ConsumerNode):
 
     transient = ("_file",)
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, name: str | None = None) -> None:
-        super().__init__(name=name)
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, name: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(name=name, **kwargs)
         if path is None:
             raise ValueError(
                 "FileAppenderConsumer needs the file to append to: "

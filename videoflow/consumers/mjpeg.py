@@ -190,8 +190,9 @@ class MjpegServer(ConsumerNode):
         max_fps: float | None = 15.0,
         quality: int = 80,
         name: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(name=name)
+        super().__init__(name=name, **kwargs)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an int between 0 and 65535, got {port!r}")
         if max_fps is not None and max_fps <= 0:

@@ -88,8 +88,9 @@ class VideoWriter(ConsumerNode):
         fourcc: str | None = None,
         copy_audio_from: str | os.PathLike[str] | None = None,
         name: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(name=name)
+        super().__init__(name=name, **kwargs)
         path = os.fspath(path)
         if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
             raise ValueError(f"fps must be a positive number, got {fps!r}")
@@ -217,8 +218,9 @@ class ImageFolderWriter(ConsumerNode):
         pattern: str = "frame_{index:06d}.png",
         params: tuple[int, ...] = (),
         name: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(name=name)
+        super().__init__(name=name, **kwargs)
         self.folder = os.fspath(folder)
         try:
             pattern.format(index=0)
@@ -288,9 +290,10 @@ class VideoDisplay(ConsumerNode):
     """
 
     def __init__(
-        self, window_name: str = "videoflow", wait_ms: int = 1, name: str | None = None
+        self, window_name: str = "videoflow", wait_ms: int = 1, name: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(name=name)
+        super().__init__(name=name, **kwargs)
         self.window_name = window_name
         self.wait_ms = int(wait_ms)
 
@@ -341,8 +344,9 @@ class JsonLinesWriter(ConsumerNode):
         path: str | os.PathLike[str],
         keys: tuple[str, ...] | None = None,
         name: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(name=name)
+        super().__init__(name=name, **kwargs)
         self.path = os.fspath(path)
         _check_folder_of(self.path)
         self.keys = tuple(keys) if keys is not None else None
