@@ -296,6 +296,46 @@ def test_sigkill_of_the_parent_leaves_nothing(tmp_path, k, flow_type):
     proc.communicate(timeout=5)
 
 
+STUCK_SCRIPT = """
+    from nodes import Ints, RecordingConsumer, Stuck
+    from scripts import join_and_report
+    from videoflow.core import Flow
+
+    if __name__ == "__main__":
+        p = Ints(delay=0.002, block_at={block_at}, folder={folder!r})
+        x = Stuck("deadlock", {stuck_at}, {folder!r}, nb_tasks=2)(p)
+        c = RecordingConsumer({out!r})(x)
+        flow = Flow([p], [c], flow_options={{"stop_timeout": 1.0}})
+        flow.run()
+        join_and_report(flow, lambda s: s.produced)
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("where", ["next", "process"])
+def test_tasks_stuck_in_the_node_end_when_the_owner_is_killed(tmp_path, where):
+    """A task checks its owner between messages; one stuck inside next() or process() never
+    gets there. Killed with SIGKILL, the owner cleans nothing up: its tasks must leave on
+    their own, with their /dev/shm entries, within about two stop_timeouts."""
+    out = str(tmp_path / "out.txt")
+    stuck = "blocked" if where == "next" else "stuck"
+    script = write_script(
+        tmp_path, STUCK_SCRIPT, folder=str(tmp_path), out=out,
+        block_at=20 if where == "next" else None, stuck_at=10 if where == "process" else None,
+    )
+    with start_script(script, lambda: len(glob.glob(str(tmp_path / f"{stuck}.*"))), 1) as (
+        proc, _,
+    ):
+        tasks = descendants(proc.pid)
+        assert len(tasks) >= 4  # a producer, two Stuck tasks, a consumer
+        proc.kill()
+        proc.wait(timeout=10)
+    left = wait_gone(tasks, 30)
+    assert not left, f"tasks outlived their killed owner: {sorted(left)}"
+    entries, _ = wait_clean(proc.pid, 10)
+    assert not entries, f"left behind by the killed flow: {entries}"
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("flow_type", TYPES)
 @pytest.mark.parametrize("k", KS)
