@@ -42,6 +42,7 @@ from nodes import (  # noqa: E402
     SlowProcessor,
     Stuck,
 )
+from scripts import descendants, run_script, wait_gone, write_script  # noqa: E402
 
 from videoflow import FlowError  # noqa: E402
 from videoflow.consumers import VoidConsumer  # noqa: E402
@@ -426,14 +427,10 @@ def _start_script(tmp_path, engine: str, flow_type: str, consumer_delay: float =
 
 
 def _descendants(pid: int) -> set[int]:
-    from test_faults import descendants
-
     return descendants(pid)
 
 
 def _wait_gone(pids: set[int], seconds: float) -> set[int]:
-    from test_faults import wait_gone
-
     return wait_gone(pids, seconds)
 
 
@@ -635,10 +632,7 @@ def test_a_close_that_does_not_return_is_named_on_ray(tmp_path, output_file):
     assert flow.stats().delivered == 20
 
 
-ENDING_SCRIPT = textwrap.dedent(
-    """
-    import sys
-    sys.path.insert(0, {tests!r})
+ENDING_SCRIPT = """
     import nodes
     from nodes import FaultyProcessor, FaultyProducer, Lingers, Stuck
     from videoflow import FlowError
@@ -666,8 +660,7 @@ ENDING_SCRIPT = textwrap.dedent(
             flow.join()
         except FlowError as err:
             print("FlowError", err.node, flush=True)
-    """
-)
+"""
 
 
 @pytest.mark.parametrize("ending", ["unsendable", "stall", "close"])
@@ -675,11 +668,9 @@ def test_a_failed_flow_says_only_its_flow_error(tmp_path, ending):
     # Calls in flight when a flow is torn down fail (a message that could not be sent, the
     # actors killed): Ray logs "Unhandled error" for each result nobody fetched, unless the
     # engine fetches them. The user's console shows the FlowError only.
-    script = tmp_path / "flow.py"
-    script.write_text(ENDING_SCRIPT.format(tests=TESTS_DIR, folder=str(tmp_path), ending=ending,
-                                           out=str(tmp_path / "out.txt"), address=local_ray()))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=90)
+    script = write_script(tmp_path, ENDING_SCRIPT, folder=str(tmp_path), ending=ending,
+                          out=str(tmp_path / "out.txt"), address=local_ray())
+    proc = run_script(script, timeout=90)
     node = "sink" if ending == "close" else "middle"
     assert f"FlowError {node}" in proc.stdout, proc.stdout + proc.stderr
     assert "Unhandled error" not in proc.stderr, proc.stderr
