@@ -42,7 +42,13 @@ from nodes import (  # noqa: E402
     SlowProcessor,
     Stuck,
 )
-from scripts import descendants, run_script, wait_gone, write_script  # noqa: E402
+from scripts import (  # noqa: E402
+    descendants,
+    run_script,
+    script_stats,
+    wait_gone,
+    write_script,
+)
 
 from videoflow import FlowError  # noqa: E402
 from videoflow.consumers import VoidConsumer  # noqa: E402
@@ -587,8 +593,9 @@ def test_stop_interrupts_a_producer_blocked_in_next_on_ray(tmp_path, output_file
         assert ints(output_file) == list(range(30)) and stats.dropped == 0
 
 
-def test_stop_ends_a_flow_with_a_stuck_worker_and_report_names_it(tmp_path):
-    flow = stuck_flow(tmp_path, "deadlock")
+@pytest.mark.parametrize("how", ["deadlock", "sigstop"])
+def test_stop_ends_a_flow_with_a_stuck_worker_and_report_names_it(tmp_path, how):
+    flow = stuck_flow(tmp_path, how)
     flow.run()
     wait_for(lambda: any(p.name.startswith("stuck.") for p in tmp_path.iterdir()),
              what="the stuck worker")
@@ -604,6 +611,40 @@ def test_stop_ends_a_flow_with_a_stuck_worker_and_report_names_it(tmp_path):
     assert "did not end within 0.5 s of stop() (stop_timeout)" in text
     assert re.search(r"'middle' \(task \d\): in process\(\) holding message 20 for \d", text), text
     assert "and were aborted (and killed if still running 0.5 s later, stop_grace)" in text
+    if how == "sigstop":
+        assert "its process is stopped (SIGSTOP, or a debugger)" in text
+
+
+CTRL_C_SCRIPT = """
+    import nodes
+    from nodes import Ints, RecordingConsumer
+    from scripts import join_and_report
+    from videoflow.core import BATCH, Flow
+
+    if __name__ == "__main__":
+        from ray import cloudpickle
+        cloudpickle.register_pickle_by_value(nodes)
+        a = Ints(block_at=30, folder={folder!r})
+        c = RecordingConsumer({out!r})(a)
+        options = {{"engine": "ray", "ray_address": {address!r}, "stop_timeout": 20}}
+        flow = Flow([a], [c], flow_type=BATCH, flow_options=options)
+        flow.run()
+        join_and_report(flow, lambda s: [s.produced, s.delivered])
+"""
+
+
+def test_the_first_ctrl_c_interrupts_a_producer_blocked_in_next_on_ray(tmp_path, output_file):
+    script = write_script(tmp_path, CTRL_C_SCRIPT, folder=str(tmp_path), out=output_file,
+                          address=local_ray())
+
+    def ctrl_c(proc: subprocess.Popen) -> None:
+        wait_for(lambda: len(read_lines(output_file)) == 30, what="30 messages")
+        proc.send_signal(signal.SIGINT)
+
+    ran = run_script(script, timeout=90, meanwhile=ctrl_c)
+    assert ran.returncode == 0, ran.stderr  # no FlowError: the stop did not wait for next()
+    assert script_stats(ran.stdout) == [30, 30], ran.stdout + ran.stderr
+    assert "Unhandled error" not in ran.stderr, ran.stderr
 
 
 @pytest.mark.parametrize("flow_type", [BATCH, REALTIME])
