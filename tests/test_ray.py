@@ -478,6 +478,7 @@ def test_sigint_twice_kills(tmp_path, engine):
     _, stderr = _interrupt(proc, 2)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr.replace("KeyboardInterrupt", ""), stderr
+    assert "Unhandled error" not in stderr, stderr  # the calls to killed actors were fetched
     assert not _wait_gone(pids, END_WITHIN), "tasks or actors outlived a second Ctrl-C"
 
 
