@@ -140,9 +140,14 @@ class _Task:
     since: float = 0.0
     stopped: bool = False
     stopped_since: float = 0.0
+    source: _Task | None = None  # the producer whose take made the message it holds
     close_ref: Any = None  # its close() call, once asked
     closed: bool = False  # ... which returned
     returned: int = 0  # its calls for data messages the driver saw return
+    # A producer says what it does itself (NodeActor.look): its row (STATE), for how long,
+    # when it said so; and which message each of its latest takes got.
+    look: tuple[list[int], float, float] | None = None
+    taken: tuple[int, list[int]] = (0, [])
 
     def counters(self) -> list[int]:
         """Its counter row: as the actor last said, but never below the calls the driver saw
@@ -237,8 +242,6 @@ class RayEngine:
         self._moved_at = 0.0  # when a message last moved (stall watchdog)
         self._signature: tuple[Any, ...] = ()
         self._delivered = 0  # messages whose last stage returned
-        self._taken: tuple[int, list[int]] = (0, [])  # the producer's latest takes (look)
-        self._producer_look: tuple[list[int], float, float] | None = None  # row, s, when
 
     # -- Engine protocol -------------------------------------------------------------------
     def start(self, stages: Sequence[StageSpec], realtime: bool, config: FlowConfig) -> None:
@@ -678,6 +681,8 @@ class RayEngine:
                 ready = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
         seen: dict[int, tuple[int, int]] = {}
         for message in self._flight:
+            first = message.calls[0][0] if message.calls else None
+            source = first if first is not None and first.spec.kind == PRODUCER else None
             for task, ref, args in message.calls:
                 if id(task) in seen or ref in ready:
                     continue
@@ -686,6 +691,7 @@ class RayEngine:
                 else:
                     phase = P_BETWEEN  # waiting for the input of that message
                 seen[id(task)] = (phase, message.seq)
+                task.source = source
         here = _this_ip(ray)
         for task in self._tasks:
             state = seen.get(id(task))
@@ -704,48 +710,56 @@ class RayEngine:
                 task.stopped = stopped
 
     def _look(self, ray: Any) -> None:
-        """Ask the producer what it is doing and which messages its latest takes got (for
-        the words of a forced ending); keeps the previous answer when it does not come."""
-        producer = self._tasks[0]
-        if producer.dead or producer.info is None:
+        """Ask every producer what it is doing and which messages its latest takes got (for
+        the words of a forced ending); one that does not answer keeps its previous answer."""
+        asked = {self._control(t, "look").remote(): t for t in self._tasks
+                 if t.spec.kind == PRODUCER and not t.dead and t.info is not None}
+        if not asked:
             return
-        ref = self._control(producer, "look").remote()
-        try:
-            row, seconds, first, indices = ray.get(ref, timeout=LOOK_WAIT)
-        except Exception:
-            self._loose.append(ref)
-            return
-        producer.row = row
-        self._taken = (first, indices)
-        self._producer_look = (row, seconds, time.monotonic())
+        done, _ = ray.wait(list(asked), num_returns=len(asked), timeout=LOOK_WAIT)
+        for ref in asked:
+            if ref not in done:
+                self._loose.append(ref)
+                continue
+            with contextlib.suppress(Exception):
+                self._looked(asked[ref], ray.get(ref))
 
-    def _index(self, seq: int) -> int:
-        """The message index (``meta["index"]``) of the driver's message ``seq``: the same in
-        BATCH; in REALTIME, where the producer drops messages, what its take got."""
-        if not self._realtime or seq < 0:
-            return seq
-        first, indices = self._taken
-        return indices[seq - first] if 0 <= seq - first < len(indices) else -1
+    @staticmethod
+    def _looked(task: _Task, answer: tuple[list[int], float, int, list[int]]) -> None:
+        """Keep what producer ``task`` answered to ``look``."""
+        row, seconds, first, indices = answer
+        task.row, task.taken = row, (first, indices)
+        task.look = (row, seconds, time.monotonic())
+
+    def _index(self, task: _Task) -> int:
+        """The message index (``meta["index"]``) of the message ``task`` holds: the driver's
+        number for it in BATCH; in REALTIME, where the producer drops messages, what its take
+        got (-1 when unknown)."""
+        if not self._realtime or task.seq < 0:
+            return task.seq
+        first, indices = task.source.taken if task.source is not None else (0, [])
+        at = task.seq - first
+        return indices[at] if 0 <= at < len(indices) else -1
 
     def _doing(self, task: _Task, now: float) -> str:
         """What ``task`` is doing, in the process engine's words (engine/endings.py). The
         producer says it itself (``_look``); the driver knows for the others."""
-        look = self._producer_look
-        if task.stage == 0 and look is not None and not task.closed:
+        look = task.look
+        if look is not None and not task.closed:
             row, took, when = look
             phase = row[STATE] % PHASE_SPAN
             return doing(task.spec.kind, row, took + now - when if phase in IN_NODE_CODE
                          else None, task.stopped)
         row = [0] * ROW
-        message = self._index(task.seq) if task.phase != P_BETWEEN else -1
+        message = self._index(task) if task.phase != P_BETWEEN else -1
         row[STATE] = message * PHASE_SPAN + task.phase
         seconds = now - task.since if task.phase in IN_NODE_CODE else None
         return doing(task.spec.kind, row, seconds, task.stopped)
 
     def _doing_s(self, task: _Task, now: float) -> float:
         """For how long ``task`` has been doing what it does (as far as the driver saw)."""
-        look = self._producer_look
-        if task.stage == 0 and look is not None and not task.closed:
+        look = task.look
+        if look is not None and not task.closed:
             return look[1] + now - look[2]
         return now - task.since if task.since else 0.0
 
@@ -753,9 +767,10 @@ class RayEngine:
         """Its process is stopped, or it has been in its node's code far longer than usual."""
         if task.stopped:
             return True
-        if self.started_at is None or (task.stage == 0 and self._producer_look is None):
+        producer = task.spec.kind == PRODUCER
+        if self.started_at is None or (producer and task.look is None):
             return False
-        phase = task.row[STATE] % PHASE_SPAN if task.stage == 0 else task.phase
+        phase = task.row[STATE] % PHASE_SPAN if producer else task.phase
         assert self._config is not None
         return (phase in IN_NODE_CODE
                 and self._doing_s(task, now) >= stalled_after(self._config.stall_timeout, task.row))
@@ -834,32 +849,25 @@ class RayEngine:
         import ray
 
         deadline = time.monotonic() + timeout
-        rows: list[tuple[_Task, list[int]]] = []
-        look = None
+        answers: list[tuple[_Task, Any]] = []
         for index in reversed(range(len(self._stages))):
-            method = "look" if index == 0 else "stats"
-            pending = {self._control(t, method).remote(): t for t in self._tasks
-                       if t.stage == index and t.info and not t.dead}
+            pending = {self._control(t, "look" if t.spec.kind == PRODUCER else "stats").remote(): t
+                       for t in self._tasks if t.stage == index and t.info and not t.dead}
             left = max(0.0, deadline - time.monotonic())
             done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=left)
             if len(done) < len(pending):
                 self._loose += pending
                 return
             try:
-                answers = [(pending[ref], ray.get(ref)) for ref in done]
+                answers += [(pending[ref], ray.get(ref)) for ref in done]
             except Exception:  # a dead actor: the driver reports it
                 self._loose += pending
                 return
-            if index == 0:
-                look = answers[0][1] if answers else None
-                answers = [(task, answer[0]) for task, answer in answers]
-            rows += answers
-        for task, row in rows:
-            task.row = row
-        if look is not None:
-            row, seconds, first, indices = look
-            self._taken = (first, indices)
-            self._producer_look = (row, seconds, time.monotonic())
+        for task, answer in answers:
+            if task.spec.kind == PRODUCER:
+                self._looked(task, answer)
+            else:
+                task.row = answer
 
     def _finish(self, ray: Any, graceful: bool) -> None:
         """Close every node (after the calls queued on its actor), then kill the actors.
