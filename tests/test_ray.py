@@ -25,7 +25,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+import join_nodes  # noqa: E402
 import nodes  # noqa: E402
+import test_joins  # noqa: E402
+import test_realtime  # noqa: E402
 from conftest import read_lines  # noqa: E402
 from nodes import (  # noqa: E402
     FailingConsumer,
@@ -71,8 +74,8 @@ def local_ray() -> str:
         from ray import cloudpickle
 
         # Workers cannot import tests/ modules by name: send the test nodes by value.
-        cloudpickle.register_pickle_by_value(nodes)
-        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        for module in (nodes, join_nodes, sys.modules[__name__]):
+            cloudpickle.register_pickle_by_value(module)
         ray.init(num_cpus=2, num_gpus=FAKE_GPUS, include_dashboard=False,
                  log_to_driver=False)
         _session["address"] = ray.get_runtime_context().gcs_address
@@ -462,6 +465,38 @@ def test_with_restarts_a_killed_actor_loses_nothing(tmp_path, output_file):
     assert stats.produced == stats.delivered == 300 and stats.dropped == 0
 
 
+# -- joins and skip_when_busy: the process engine's tests, on Ray ---------------------------------
+
+
+class TestOnRay:
+    """The tests of joins (tests/test_joins.py) and of skip_when_busy (tests/test_realtime.py)
+    that hold whatever the engine, run on Ray (``VIDEOFLOW_ENGINE=ray``); the default suite runs
+    them on the process engine. Left out: those about shared memory, queue depths and the JOIN
+    task's process (blobs, a full inbox, SIGKILL of the JOIN, its doorbell)."""
+
+    @pytest.fixture(autouse=True)
+    def _on_ray(self, monkeypatch):
+        monkeypatch.setenv("VIDEOFLOW_ENGINE", "ray")
+
+    test_seq_pairs = staticmethod(test_joins.test_seq_pairs_the_ith_frames_and_counts_what_is_left)
+    test_seq_frames = staticmethod(test_joins.test_seq_frames_reach_the_join_intact_and_in_order)
+    test_multi_task = staticmethod(
+        test_joins.test_multi_task_nodes_before_and_after_a_join_keep_the_order)
+    test_latest_silent = staticmethod(test_joins.test_latest_goes_on_without_a_silent_stream)
+    test_latest_batch = staticmethod(test_joins.test_latest_in_batch_loses_nothing_it_receives)
+    test_time_pairs = staticmethod(test_joins.test_time_pairs_by_timestamp)
+    test_time_refuses = staticmethod(test_joins.test_time_refuses_timestamps_that_go_back)
+    test_nested = staticmethod(test_joins.test_nested_joins_merge_their_sources)
+    test_never_meet = staticmethod(test_joins.test_producers_that_never_meet_run_side_by_side)
+    test_one_ends = staticmethod(test_joins.test_one_producer_ending_ends_only_its_stream)
+    test_stop = staticmethod(test_joins.test_stop_ends_every_producer_and_drains)
+    test_raising_before = staticmethod(
+        test_joins.test_an_exception_in_one_streams_node_fails_the_flow)
+    test_raising_after = staticmethod(test_joins.test_an_exception_after_the_join_fails_the_flow)
+    test_skip_when_busy = staticmethod(
+        test_realtime.test_skip_when_busy_passes_waiting_messages_on)
+
+
 # -- Ray specifics ---------------------------------------------------------------------------------
 
 
@@ -474,21 +509,6 @@ def test_gpu_nodes_ask_ray_for_a_gpu_while_there_are_any(tmp_path, output_file):
     seen = sorted((tmp_path / m).read_text() for m in os.listdir(tmp_path) if m.startswith("open."))
     assert seen == [" cpu", "0 gpu"]
     assert b.device_type == GPU
-
-
-def test_what_the_ray_engine_cannot_run_yet_is_a_clear_error():
-    from videoflow.core import Join
-
-    cam1, cam2 = IntProducer(0, 9, name="cam1"), IntProducer(0, 9, name="cam2")
-    both = nodes.PairProcessor(join=Join.seq(), name="both")(cam1, cam2)
-    flow = Flow([cam1, cam2], [VoidConsumer()(both)], flow_type=BATCH, engine="ray")
-    with pytest.raises(ValueError, match="one producer for now"):
-        flow.run()
-    a = IntProducer(0, 9)
-    b = nodes.CountCalls(skip_when_busy=True)(a)
-    flow = Flow([a], [VoidConsumer()(b)], flow_type=REALTIME, engine="ray")
-    with pytest.raises(ValueError, match="skip_when_busy"):
-        flow.run()
 
 
 def test_bad_actor_options_and_unpicklable_nodes_are_clear_errors():

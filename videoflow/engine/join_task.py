@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from videoflow.engine.align import Aligner
+from videoflow.engine.align import Aligner, set_meta
 from videoflow.engine.plan import JOIN, PRODUCER, Plan, Stage
 from videoflow.engine.stats import (
     CPU_NS,
@@ -114,29 +114,17 @@ class JoinTask(Task):
     def _send(self, group: Sequence[Message | None]) -> None:
         """Merge a set into one message and send it on (realtime: or drop it, counted)."""
         values: dict[int, Any] = {}
-        meta: dict[str, Any] | None = None
-        sources: dict[str, Any] = {}
+        metas: list[dict[str, Any] | None] = []
         for inp, msg in zip(self.inputs, group, strict=True):
             if msg is None:
                 for nid in inp.carries:
                     values[nid] = _NONE
-                for name in inp.sources:
-                    sources[name] = None
+                metas.append(None)
                 continue
             _, m, v = message.data_fields(msg)
             values.update(v)
-            inner = m.get("sources") if len(inp.sources) > 1 else None
-            if inner is not None:
-                sources.update(inner)
-            else:
-                sources[inp.sources[0]] = {
-                    "index": m.get("index"), "timestamp_ms": m.get("timestamp_ms")
-                }
-            if meta is None:
-                meta = m
-        assert meta is not None, "a set with no message at all"
-        meta["index"] = self.sets
-        meta["sources"] = sources
+            metas.append(m)
+        meta = set_meta([inp.sources for inp in self.inputs], metas, self.sets)
         self.sets += 1
         self.slots.hold(values)
         self._forward(0, meta)

@@ -105,8 +105,14 @@ class NodeActor:
         self.realtime = realtime
         self.drop_newest = drop_newest  # REALTIME producer: a new value finding one untaken
         self.items = any(i is not None for i in spec.items)
-        self.skipper = make_skipper(spec.name, spec.every, False, lambda: 0) if (
-            spec.kind == "processor") else None
+        # skip_when_busy (REALTIME): the driver tells this actor, in its control thread, the
+        # refs of the inputs of the calls submitted to it (``ahead``); a call whose inputs are
+        # all ready waits behind the one running, as a message waits in a task's inbox.
+        self.calls = 0  # calls received (the number of the next call the driver submitted)
+        self.ahead_refs: dict[int, list[Any]] = {}
+        self.skipper = make_skipper(
+            spec.name, spec.every, spec.skip_when_busy and realtime, self._backlog
+        ) if spec.kind == "processor" else None
         self.ages = False  # a consumer on the producer's machine: frame ages are comparable
         self.row = [0] * ROW
         self.failure: Failure | None = None
@@ -196,6 +202,28 @@ class NodeActor:
             self.aborted = self.stopping = True
             self.cond.notify_all()
 
+    def ahead(self, number: int, refs: list[Any]) -> None:
+        """skip_when_busy: call ``number`` of this actor was submitted with inputs ``refs``
+        (a list, so that Ray passes the refs without waiting for them)."""
+        with self.cond:
+            if number >= self.calls:
+                self.ahead_refs[number] = refs
+
+    def _backlog(self) -> int:
+        """Calls queued behind the one in hand whose inputs are all ready: the messages that
+        wait for this node, as its inbox would hold them on the process engine."""
+        with self.cond:
+            current = self.calls - 1
+            for number in [n for n in self.ahead_refs if n <= current]:
+                del self.ahead_refs[number]
+            later = list(self.ahead_refs.values())
+        refs = [ref for call in later for ref in call]
+        if not refs:
+            return len(later)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        done = set(ready)
+        return sum(1 for call in later if all(ref in done for ref in call))
+
     def stats(self) -> list[int]:
         """This task's counter row (engine/stats.py FIELDS)."""
         if self.cpu0 is not None:
@@ -274,6 +302,13 @@ class NodeActor:
                 return buffer.popleft()
         return self.failure, None
 
+    @ray.method(num_returns=2)
+    def take_split(self) -> tuple[Any, tuple[Any, Any]]:
+        """``take`` for a producer whose stream ends at a join: its metadata as an object of
+        its own too, which the driver reads to pair messages without fetching the value."""
+        got = self.take()
+        return got[0], got
+
     # -- processors and consumers ----------------------------------------------------------
     def call(self, result: tuple[Any, Any]) -> tuple[Any, Any]:
         """Run the node on one message whose only input is the previous stage's output (the
@@ -286,9 +321,20 @@ class NodeActor:
         on; the node's input ``i`` is the output of ``results[where[i]]``."""
         return self._run(results[0][0], tuple(results[j][1] for j in where))
 
+    @ray.method(num_returns=2)
+    def call_split(
+        self, where: tuple[int, ...], *results: tuple[Any, Any]
+    ) -> tuple[Any, tuple[Any, Any]]:
+        """``call_with`` for the last stage of a stream that ends at a join: its metadata as
+        an object of its own too, which the driver reads to pair messages without fetching
+        the output."""
+        pair = self.call_with(where, *results)
+        return pair[0], pair
+
     def _run(self, meta: Any, inputs: tuple[Any, ...]) -> tuple[Any, Any]:
         """This stage's (metadata, output) pair (a consumer's output is None), or the marker
         in hand."""
+        self.calls += 1
         if not isinstance(meta, dict) or self.aborted:
             return (None if self.aborted else meta), None
         if self.failure is not None:
