@@ -497,6 +497,40 @@ class TestOnRay:
         test_realtime.test_skip_when_busy_passes_waiting_messages_on)
 
 
+def test_a_join_waiting_for_one_stream_holds_back_the_other_producer(tmp_path):
+    """BATCH on Ray: while b is silent, a's values wait in the JOIN's buffer and in a's window,
+    then a's producer waits: nothing dropped, nothing unbounded, the pairs go on afterwards."""
+    out = str(tmp_path / "out.jsonl")
+    a = join_nodes.Stamped(40, shape=(24, 32, 3), name="a")
+    b = join_nodes.Stamped(8, stall_at=1, stall=3.0, shape=(24, 32, 3), name="b")
+    sink = join_nodes.JoinedLog(out, names=("a", "b"), frames=True, name="sink")(a, b)
+    pending, depth = 3, 4
+    flow = Flow([a, b], [sink], flow_type=BATCH, engine="ray",
+                flow_options={"join_pending": pending, "queue_depth": depth})
+    # a's first value goes out with b's; then the JOIN buffers `pending` of a's values and a's
+    # stream has its window (2 per actor + queue_depth) in flight or waiting for the JOIN.
+    bound = 1 + pending + 2 + depth
+    flow.run()
+    most = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        made = flow.stats().produced_by
+        if made["b"] > 1:
+            break
+        most = max(most, made["a"])
+        time.sleep(0.1)
+    assert flow.join(60)
+    assert pending < most <= bound
+    lines = join_nodes.read_log(out)
+    assert [line["index"] for line in lines] == list(range(8))
+    assert all(line["values"] == [True, True] for line in lines)
+    stats = flow.stats()
+    a_in = stats.join().inputs[0]
+    assert (a_in.produced, a_in.dropped, a_in.used, a_in.unmatched) == (40, 0, 8, 32)
+    assert stats.node("a").blocked_s > 0
+    test_joins.assert_accounted(flow)
+
+
 # -- Ray specifics ---------------------------------------------------------------------------------
 
 

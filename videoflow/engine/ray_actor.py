@@ -5,7 +5,9 @@ The driver (engine/ray_engine.py) is the single submitter: for every message it 
 than the previous stage) on one actor of every later stage, passing object refs from call to
 call. Every call returns one (metadata, output) pair: the metadata is threaded from each stage
 to the next in chain order, so the chain is ordered exactly as the process engine's, and a
-node's output is read by the stages that name it.
+node's output is read by the stages that name it. The last stage of a stream that feeds a JOIN
+returns its metadata a second time, as an object of its own (``take_split``, ``call_split``),
+for the driver to pair messages by.
 
 A data message's metadata is a dict. Two other values travel in its place and make every later
 call return at once without running its node: ``None`` (the producer has ended, or the flow is

@@ -9,12 +9,19 @@ in submission order, and each message's calls are chained by refs, so every stag
 messages in order whatever K is and however long each call takes: no reorder buffer is needed,
 and the last stage's results complete in order.
 
-At most ``window`` messages are in flight: the driver waits for the oldest before it submits
-another, so the object store holds a bounded number of frames. In BATCH the producer calls
-``next()`` inside ``take``, so it runs at most a window ahead and nothing is dropped. In
-REALTIME it calls ``next()`` in a thread of its own and keeps only the newest value not yet
-taken, counting the ones it replaced as dropped: a flow that cannot keep up skips frames
-instead of queueing them, and ``produced == delivered + dropped`` holds.
+Several producers: the driver runs the plan's segments (engine/plan.py), one stream per
+producer and one per JOIN, and every JOIN with the plan's ``Aligner`` (engine/align.py) on the
+metadata of its inputs' messages, which the last stage of each such stream returns as an object
+of its own; a set goes on as one more message of the JOIN's stream (``_pair``, and
+docs/architecture.md for why the driver and not an actor). A node that skips when busy learns
+from the driver which later calls wait for it (``ahead``, REALTIME).
+
+At most ``window`` messages are in flight per stream: the driver waits for the oldest before
+it submits another, so the object store holds a bounded number of frames. In BATCH the
+producer calls ``next()`` inside ``take``, so it runs at most a window ahead and nothing is
+dropped. In REALTIME it calls ``next()`` in a thread of its own and keeps only the newest value
+not yet taken, counting the ones it replaced as dropped: a flow that cannot keep up skips
+frames instead of queueing them, and ``produced == delivered + dropped`` holds.
 
 ``stop()`` stops the producer; what it produced drains, every actor closes its node and is then
 killed. A node raising travels as a marker in place of the message's metadata and ends the
@@ -85,11 +92,12 @@ _exit_hook = False
 
 
 def default_window(stages: Sequence[StageSpec], realtime: bool, queue_depth: int) -> int:
-    """Messages in flight at most when RayEngine(window=None). BATCH: two per actor plus
-    ``queue_depth``, so that every actor has its next call queued behind the one it runs,
-    whatever Ray's latency per call. REALTIME: one per actor plus one, so that the slowest
-    actor always has work while a message waits in front of it as little as possible (every
-    message in flight is one more frame of latency; the producer drops the rest)."""
+    """Messages in flight at most in a stream of ``stages`` when RayEngine(window=None).
+    BATCH: two per actor plus ``queue_depth``, so that every actor has its next call queued
+    behind the one it runs, whatever Ray's latency per call. REALTIME: one per actor plus
+    one, so that the slowest actor always has work while a message waits in front of it as
+    little as possible (every message in flight is one more frame of latency; the producer
+    drops the rest)."""
     actors = sum(s.nb_tasks for s in stages)
     return actors + 1 if realtime else 2 * actors + queue_depth
 
@@ -173,7 +181,8 @@ class RayEngine:
     max_restarts:  restarts Ray may give each processor actor that dies (0: a dead actor ends
                    the flow with a FlowError). Calls in flight are retried on the restarted
                    actor, which opens its node again; messages still arrive once, in order.
-    window:        messages in flight at most (default: see ``default_window``).
+    window:        messages in flight at most, per stream: a producer's, or a JOIN's sets
+                   (default: see ``default_window``).
     runtime_env:   Ray runtime environment for the actors (``pip``, ``py_modules``,
                    ``env_vars``, ...), e.g. to ship the modules that define your nodes.
     actor_options: per node name, extra ``ray.remote`` options for its actors, e.g.
@@ -722,7 +731,8 @@ class RayEngine:
                 seg.ending = True
                 seg.inflight.append((_END, None))
             deadline = aligner.deadline()
-            if deadline is not None:
+            # While the stream after it is full, no set can go: nothing is due before room.
+            if deadline is not None and len(seg.inflight) < seg.window:
                 timeout = min(timeout, max(0.0, deadline - aligner.clock()))
         return timeout
 
