@@ -219,7 +219,7 @@ class NodeActor:
             for number in [n for n in self.ahead_refs if n <= current]:
                 del self.ahead_refs[number]
             later = list(self.ahead_refs.values())
-        refs = [ref for call in later for ref in call]
+        refs = list(dict.fromkeys(ref for call in later for ref in call))  # ray.wait: unique
         if not refs:
             return len(later)
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)

@@ -226,6 +226,7 @@ class RayEngine:
         self._segments: list[_Segment] = []
         self._joins: list[_Join] = []
         self._object_ref: Any = object  # ray.ObjectRef, once Ray is imported
+        self._turn = 0  # the stream the driver looks at first when several have messages
         self._by_actor: dict[str, _Task] = {}
         self._realtime = False
         self._config: FlowConfig | None = None
@@ -285,12 +286,9 @@ class RayEngine:
 
     # -- start -----------------------------------------------------------------------------
     def _check(self, stages: list[StageSpec]) -> None:
+        """What the plan (built next, as the process engine builds it) does not check."""
         if not stages or stages[0].kind != PRODUCER:
             raise ValueError("the Ray engine runs flows that start with a producer")
-        if stages[-1].nb_tasks != 1 or any(
-            s.nb_tasks != 1 for s in stages if s.kind == PRODUCER
-        ):
-            raise ValueError("the first and the last node of a flow run as a single task")
 
     @staticmethod
     def _pickle(spec: StageSpec) -> bytes:
@@ -651,6 +649,8 @@ class RayEngine:
             return True
         seg = heads[0]
         if len(heads) > 1:
+            self._turn = turn = (self._turn + 1) % len(heads)  # no stream served first always
+            heads = heads[turn:] + heads[:turn]
             refs = [s.inflight[0][0] for s in heads]
             ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
             if not ready:
