@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 from videoflow.config import FlowConfig, available_cpus
 from videoflow.engine.bootstrap import (
     check_platform,
+    fork_safe,
     forkserver_preload,
     package_copy,
     unpicklable_node,
@@ -313,7 +314,8 @@ class ProcessEngine:
                 row += ROW
                 self._tasks.append(task)
                 try:
-                    process.start()
+                    with fork_safe(cfg.start_method):
+                        process.start()
                 finally:
                     writer.close()
                 task.pid = process.pid
