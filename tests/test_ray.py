@@ -42,7 +42,7 @@ from nodes import (  # noqa: E402
 
 from videoflow import FlowError  # noqa: E402
 from videoflow.consumers import VoidConsumer  # noqa: E402
-from videoflow.core import BATCH, REALTIME, ConsumerNode, Flow, ProcessorNode  # noqa: E402
+from videoflow.core import BATCH, REALTIME, ConsumerNode, Flow, Join, ProcessorNode  # noqa: E402
 from videoflow.core.constants import GPU  # noqa: E402
 from videoflow.engine import ray_engine  # noqa: E402
 from videoflow.engine.ray_engine import RayEngine  # noqa: E402
@@ -529,6 +529,23 @@ def test_a_join_waiting_for_one_stream_holds_back_the_other_producer(tmp_path):
     assert (a_in.produced, a_in.dropped, a_in.used, a_in.unmatched) == (40, 0, 8, 32)
     assert stats.node("a").blocked_s > 0
     test_joins.assert_accounted(flow)
+
+
+def test_with_restarts_a_killed_actor_in_a_joined_stream_loses_nothing(tmp_path):
+    # The victim is the last stage of a's stream: Ray retries its calls that also return the
+    # metadata the driver pairs by (call_split), and every pair still comes once, in order.
+    out = str(tmp_path / "out.jsonl")
+    a = join_nodes.Stamped(150, name="a")
+    b = join_nodes.Stamped(150, name="b")
+    victim = KillOnce(str(tmp_path), nb_tasks=2, name="victim")(a)
+    sink = join_nodes.JoinedLog(out, join=Join.seq(), name="sink")(victim, b)
+    flow = Flow([a, b], [sink], flow_type=BATCH, engine=RayEngine(max_restarts=1))
+    flow.run()
+    assert flow.join(60)
+    assert os.path.exists(tmp_path / "killed")
+    assert [line["values"] for line in join_nodes.read_log(out)] == [[i, i] for i in range(150)]
+    a_in = flow.stats().join().inputs[0]
+    assert (a_in.received, a_in.used, a_in.unmatched) == (150, 150, 0)
 
 
 # -- Ray specifics ---------------------------------------------------------------------------------
