@@ -548,6 +548,38 @@ def test_with_restarts_a_killed_actor_in_a_joined_stream_loses_nothing(tmp_path)
     assert (a_in.received, a_in.used, a_in.unmatched) == (150, 150, 0)
 
 
+def test_a_restarted_node_that_skips_when_busy_goes_on_skipping_as_before(tmp_path, output_file):
+    # The node dies at message 40 and Ray restarts it: its calls say their number, so it
+    # still runs on the messages that find nothing waiting behind them, not on none of them.
+    a = IntProducer(0, None, fps=1000, name="source")
+    b = KillOnce(str(tmp_path), at=40, skip_when_busy=True, name="victim")(a)
+    c = nodes.MetaLog(output_file, name="sink")(b)
+    flow = Flow([a], [c], flow_type=REALTIME, engine=RayEngine(max_restarts=1))
+    flow.run()
+
+    def logged() -> list[dict[str, Any]]:
+        with open(output_file) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if os.path.exists(output_file) and sum(1 for x in logged() if x["index"] > 40) >= 40:
+            break
+        time.sleep(0.05)
+    flow.stop()
+    assert flow.join(60)
+    assert os.path.exists(tmp_path / "killed")
+    lines = logged()
+    got = [line["index"] for line in lines]
+    assert got == sorted(set(got))
+    after = [line for line in lines if line["index"] > 40]
+    ran = [line for line in after if line["skipped"] is None]
+    assert len(ran) >= 3 and len(ran) < len(after), (len(ran), len(after))
+    stats = flow.stats()
+    assert stats.node("victim").skipped > 0
+    assert stats.produced == stats.delivered + stats.dropped
+
+
 # -- Ray specifics ---------------------------------------------------------------------------------
 
 

@@ -317,26 +317,33 @@ class NodeActor:
         common case, one argument per call): ``result`` is that stage's (metadata, output)."""
         return self._run(result[0], (result[1],))
 
-    def call_with(self, where: tuple[int, ...], *results: tuple[Any, Any]) -> tuple[Any, Any]:
+    def call_with(
+        self, where: tuple[int, ...], *results: tuple[Any, Any], number: int | None = None
+    ) -> tuple[Any, Any]:
         """Run the node on one message. ``results`` are (metadata, output) pairs returned by
         earlier stages: the first is the previous stage's, whose metadata this message carries
-        on; the node's input ``i`` is the output of ``results[where[i]]``."""
-        return self._run(results[0][0], tuple(results[j][1] for j in where))
+        on; the node's input ``i`` is the output of ``results[where[i]]``. ``number``: the
+        call's number on this actor, given to a node that skips when busy (see ``ahead``)."""
+        return self._run(results[0][0], tuple(results[j][1] for j in where), number)
 
     @ray.method(num_returns=2)
     def call_split(
-        self, where: tuple[int, ...], *results: tuple[Any, Any]
+        self, where: tuple[int, ...], *results: tuple[Any, Any], number: int | None = None
     ) -> tuple[Any, tuple[Any, Any]]:
         """``call_with`` for the last stage of a stream that ends at a join: its metadata as
         an object of its own too, which the driver reads to pair messages without fetching
         the output."""
-        pair = self.call_with(where, *results)
+        pair = self.call_with(where, *results, number=number)
         return pair[0], pair
 
-    def _run(self, meta: Any, inputs: tuple[Any, ...]) -> tuple[Any, Any]:
+    def _run(
+        self, meta: Any, inputs: tuple[Any, ...], number: int | None = None
+    ) -> tuple[Any, Any]:
         """This stage's (metadata, output) pair (a consumer's output is None), or the marker
         in hand."""
-        self.calls += 1
+        # A call that says its number keeps the count right on an actor Ray restarted, whose
+        # first call is a retried one.
+        self.calls = self.calls + 1 if number is None else number + 1
         if not isinstance(meta, dict) or self.aborted:
             return (None if self.aborted else meta), None
         if self.failure is not None:

@@ -582,7 +582,7 @@ class RayEngine:
             if spec.kind == PRODUCER:
                 args = []
                 last = (task.handle.take_split if split else task.handle.take).remote()
-            elif spec.reads == (previous,) and not split:
+            elif spec.reads == (previous,) and not split and task.ahead is None:
                 last = task.handle.call.remote(last)
             else:
                 for node_id in spec.reads:
@@ -591,7 +591,10 @@ class RayEngine:
                 where = tuple(next(j for j, a in enumerate(args) if a is results[node_id])
                               for node_id in spec.reads)
                 method = task.handle.call_split if split else task.handle.call_with
-                last = method.remote(where, *args)
+                if task.ahead is None:
+                    last = method.remote(where, *args)
+                else:  # skip_when_busy: the call says its number (ray_actor.NodeActor.ahead)
+                    last = method.remote(where, *args, number=number)
             if split:
                 meta_ref, last = last
             if task.ahead is not None:  # skip_when_busy: what this call waits for
