@@ -44,8 +44,9 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from videoflow.config import DROP_NEWEST
+from videoflow.engine.control import IN, ROW, ControlLayout, StageRows
 from videoflow.engine.plan import GPU, PROCESSOR, PRODUCER, StageSpec
-from videoflow.engine.stats import IN, ROW, FlowStats, NodeStats, node_stats, task_stats
+from videoflow.engine.stats import FlowStats
 from videoflow.errors import FlowError
 
 if TYPE_CHECKING:
@@ -636,33 +637,21 @@ class RayEngine:
         failed: dict[tuple[str, int], int] = {}
         for err in list(self.errors):
             failed[(err.node, err.task)] = failed.get((err.node, err.task), 0) + 1
-        nodes: list[NodeStats] = []
-        for index, spec in enumerate(self._stages):
-            tasks = [t for t in self._tasks if t.stage == index]
-            rows = [
-                task_stats(spec.name, t.worker, t.row, errors=failed.get((spec.name, t.worker), 0),
-                           elapsed_s=elapsed)
-                for t in tasks
-            ]
-            queued = None
-            if running and index > 0:
-                queued = max(0, sum(t.submitted for t in tasks) - sum(t.row[IN] for t in tasks))
-            nodes.append(node_stats(
-                spec.name, spec.kind, rows, inbox_queued=queued,
-                one_task=spec.kind != PROCESSOR or spec.one_task,
-                elapsed_s=elapsed,
-            ))
-        if not nodes:
+        if not self._stages:
             return FlowStats(nodes=(), produced=0, delivered=0, dropped=0, running=running)
-        return FlowStats(
-            nodes=tuple(nodes),
-            produced=nodes[0].messages_in,
-            delivered=nodes[-1].messages_in,
-            dropped=sum(n.dropped for n in nodes),
-            running=running,
+        layout = ControlLayout.of_specs(self._stages)
+        tasks = list(self._tasks)
+
+        def queued(stage: StageRows) -> int | None:
+            if not running or stage.index == 0:
+                return None
+            mine = [t for t in tasks if t.stage == stage.index]
+            return max(0, sum(t.submitted for t in mine) - sum(t.row[IN] for t in mine))
+
+        return FlowStats.from_block(
+            layout.pack({(t.stage, t.worker): t.row for t in tasks}), layout, running=running,
+            elapsed_s=elapsed, errors=failed, inbox_queued=queued,
             pool_slots_in_use=None if running else 0,
-            errors=sum(failed.values()),
-            elapsed_s=elapsed,
         )
 
 
