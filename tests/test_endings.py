@@ -18,8 +18,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 import weakref
 
@@ -37,6 +35,7 @@ from nodes import (
     Stuck,
     Unloadable,
 )
+from scripts import run_script, script_stats, write_script
 
 from videoflow import FlowError
 from videoflow.consumers import VoidConsumer
@@ -45,7 +44,6 @@ from videoflow.engine.runner import forkserver_pid, process_state
 from videoflow.producers import IntProducer, SyntheticFrameProducer
 
 FAST = {"stop_timeout": 0.5, "stop_grace": 0.5}
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def wait_for(predicate, seconds: float = 30.0, what: str = "the condition") -> None:
@@ -86,23 +84,6 @@ def run_to_error(source, node) -> tuple[Flow, FlowError]:
     err = join_error(flow)
     assert err.node == node.name, str(err)
     return flow, err
-
-
-def run_script(script, meanwhile=None) -> tuple[subprocess.Popen, str, str]:
-    """Run ``script`` to its end (40 s at most), calling ``meanwhile(proc)`` once it started;
-    returns the process, its stdout and its stderr. Never leaves it running."""
-    proc = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        if meanwhile is not None:
-            meanwhile(proc)
-        stdout, stderr = proc.communicate(timeout=40)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    return proc, stdout, stderr
 
 
 def all_gone(pids: list[int]) -> bool:
@@ -258,50 +239,39 @@ def test_stop_interrupts_a_producer_blocked_in_next(tmp_path, k):
     assert stats.produced == stats.delivered == 30 and stats.pool_slots_in_use == 0
 
 
-CTRL_C_SCRIPT = textwrap.dedent(
-    """
-    import signal, sys
-    sys.path.insert(0, {tests!r})
+CTRL_C_SCRIPT = """
     from nodes import Ints, RecordingConsumer
+    from scripts import join_and_report
     from videoflow.core import BATCH, Flow
-
-    # Ctrl-C as in a terminal, even when the tests run in a background job (SIGINT ignored).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     if __name__ == "__main__":
         a = Ints(block_at=30, folder={folder!r})
         c = RecordingConsumer({out!r})(a)
         flow = Flow([a], [c], flow_type=BATCH, flow_options={{"stop_timeout": 20}})
         flow.run()
-        flow.join()
-        s = flow.stats()
-        print("stats", s.produced, s.delivered, s.pool_slots_in_use, flush=True)
-    """
-)
+        join_and_report(flow, lambda s: [s.produced, s.delivered, s.pool_slots_in_use])
+"""
 
 
 @pytest.mark.timeout(60)
 def test_the_first_ctrl_c_interrupts_a_producer_blocked_in_next(tmp_path):
     out = str(tmp_path / "out.txt")
-    script = tmp_path / "flow.py"
-    script.write_text(CTRL_C_SCRIPT.format(tests=TESTS_DIR, folder=str(tmp_path), out=out))
+    script = write_script(tmp_path, CTRL_C_SCRIPT, folder=str(tmp_path), out=out)
 
     def interrupt(proc: subprocess.Popen) -> None:
         wait_for(lambda: noted(tmp_path, "blocked") and len(read_lines(out)) == 30)
         proc.send_signal(signal.SIGINT)
 
-    proc, stdout, stderr = run_script(script, interrupt)
-    assert proc.returncode == 0, stderr
-    assert "stats 30 30 0" in stdout, stdout + stderr
-    assert not wait_clean(proc.pid, 5)[0]
+    done = run_script(script, meanwhile=interrupt)
+    assert done.returncode == 0, done.stderr
+    assert script_stats(done.stdout) == [30, 30, 0], done.stdout + done.stderr
+    assert not wait_clean(done.pid, 5)[0]
 
 
 # -- a script that ends without join() --------------------------------------------------------
 
-EXIT_SCRIPT = textwrap.dedent(
-    """
-    import os, sys, time
-    sys.path.insert(0, {tests!r})
+EXIT_SCRIPT = """
+    import os, time
     from nodes import Ints, RecordingConsumer
     from videoflow.core import Flow
 
@@ -311,8 +281,7 @@ EXIT_SCRIPT = textwrap.dedent(
         Flow([a], [c], flow_type={flow_type!r}).run()
         while {wait} and not (os.path.exists({out!r}) and os.path.getsize({out!r})):
             time.sleep(0.01)  # until values arrive (the test's timeout bounds it)
-    """
-)
+"""
 
 
 @pytest.mark.timeout(60)
@@ -323,15 +292,13 @@ def test_a_flow_left_running_at_exit_ends_without_silent_loss(tmp_path, flow_typ
     # closed. Either way a warning names the flow.
     out = str(tmp_path / "out.txt")
     count = 200 if flow_type == BATCH else None
-    script = tmp_path / "flow.py"
-    script.write_text(
-        EXIT_SCRIPT.format(
-            tests=TESTS_DIR, out=out, count=count, flow_type=flow_type,
-            wait=flow_type == REALTIME,
-        )
+    script = write_script(
+        tmp_path, EXIT_SCRIPT, out=out, count=count, flow_type=flow_type,
+        wait=flow_type == REALTIME,
     )
-    proc, _, stderr = run_script(script)
-    assert proc.returncode == 0, stderr
+    done = run_script(script)
+    stderr = done.stderr
+    assert done.returncode == 0, stderr
     said = f"the {flow_type.upper()} flow numbers -> keeper was still running at interpreter exit"
     assert said in stderr, stderr
     values = [int(v) for v in read_lines(out)]
@@ -341,7 +308,7 @@ def test_a_flow_left_running_at_exit_ends_without_silent_loss(tmp_path, flow_typ
     else:
         assert "stopping it" in stderr
         assert values and values == sorted(set(values))  # closed cleanly, in order
-    assert not wait_clean(proc.pid, 5)[0]
+    assert not wait_clean(done.pid, 5)[0]
 
 
 # -- descriptors and memory -------------------------------------------------------------------
@@ -453,8 +420,7 @@ def test_a_dead_forkserver_is_reported_as_such(tmp_path):
     assert flow2.join(timeout=60)  # a new forkserver
 
 
-MSGQUEUE_SCRIPT = textwrap.dedent(
-    """
+MSGQUEUE_SCRIPT = """
     import resource
     hard = resource.getrlimit(resource.RLIMIT_MSGQUEUE)[1]
     resource.setrlimit(resource.RLIMIT_MSGQUEUE, (2048, hard))
@@ -465,18 +431,13 @@ MSGQUEUE_SCRIPT = textwrap.dedent(
     if __name__ == "__main__":
         a = IntProducer(0, 5)
         Flow([a], [VoidConsumer()(a)]).run()
-    """
-)
+"""
 
 
 @pytest.mark.timeout(60)
 def test_without_the_native_extension_the_queue_limit_is_named(tmp_path):
-    script = tmp_path / "flow.py"
-    script.write_text(MSGQUEUE_SCRIPT)
-    run = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=50,
-        env={**os.environ, "VIDEOFLOW_NATIVE": "0"},
-    )
+    script = write_script(tmp_path, MSGQUEUE_SCRIPT)
+    run = run_script(script, env={"VIDEOFLOW_NATIVE": "0"}, timeout=50)
     assert run.returncode == 1
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("OSError: [Errno 24] cannot create the control queue"), run.stderr

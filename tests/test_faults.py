@@ -13,20 +13,25 @@ import contextlib
 import glob
 import multiprocessing as mp
 import os
-import select
 import signal
 import subprocess
-import sys
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pytest
 from conftest import own_entries, read_lines, wait_clean
 from nodes import DictOfArrays, FaultyConsumer, FaultyProcessor, FaultyProducer, KeepsInput
+from scripts import (
+    descendants,
+    interrupt,
+    read_until,
+    script_stats,
+    start_script,
+    wait_gone,
+    write_script,
+)
 
 from videoflow import FlowError
 from videoflow.consumers import VoidConsumer
@@ -38,7 +43,6 @@ from videoflow.transport.shm import POISON, PoolRegistry, SlotAllocator
 END_WITHIN = 5.0
 KS = [1, 3]
 TYPES = [BATCH, REALTIME]
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def build(tmp_path, where: str, fault: str, k: int, flow_type: str, count=None, delay=0.0):
@@ -227,15 +231,11 @@ def test_stop_from_another_thread(tmp_path, k, flow_type):
 
 # -- signals to the process that runs the flow -----------------------------------------------
 
-SCRIPT = textwrap.dedent(
-    """
-    import os, signal, sys, time
-    sys.path.insert(0, {tests!r})
+SCRIPT = """
+    import os, time
     from nodes import FaultyConsumer, FaultyProcessor, FaultyProducer
+    from scripts import join_and_report
     from videoflow.core import Flow
-
-    # Ctrl-C as in a terminal, even when the tests run in a background job (SIGINT ignored).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     class HeldConsumer(FaultyConsumer):
         # Waits while the hold file exists: a graceful stop cannot end meanwhile.
@@ -250,58 +250,10 @@ SCRIPT = textwrap.dedent(
         c = HeldConsumer("none", {out!r}, delay={consumer_delay})(x)
         flow = Flow([p], [c], flow_type={flow_type!r})
         flow.run()
-        print("running", flush=True)
-        try:
-            flow.join()
-            code = 0
-        except KeyboardInterrupt:
-            code = 130
-        s = flow.stats()
-        print("stats", s.produced, s.delivered, s.dropped, s.pool_slots_in_use, flush=True)
-        sys.exit(code)
-    """
-)
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (zombies count as gone)."""
-    children: dict[int, list[int]] = {}
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def wait_gone(pids: set[int], seconds: float) -> set[int]:
-    """Wait up to ``seconds`` for ``pids`` to exit; returns those still alive."""
-    deadline = time.monotonic() + seconds
-    while (left := alive(pids)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return left
-
-
-def alive(pids: set[int]) -> set[int]:
-    left = set()
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
-                    left.add(pid)
-        except OSError:
-            pass
-    return left
+        join_and_report(
+            flow, lambda s: [s.produced, s.delivered, s.dropped, s.pool_slots_in_use]
+        )
+"""
 
 
 @contextlib.contextmanager
@@ -309,62 +261,20 @@ def running_script(
     tmp_path, k: int, flow_type: str, delay: float, consumer_delay: float = 0.0,
     hold: str | None = None,
 ) -> Iterator[tuple[subprocess.Popen, str]]:
-    """SCRIPT, started (see start_script); killed on the way out if a test left it running,
-    so that a failed test leaves no flow behind (its tasks follow their owner)."""
-    proc, out = start_script(tmp_path, k, flow_type, delay, consumer_delay, hold)
+    """SCRIPT, started once 30 frames reached its consumer, and killed on the way out if a test
+    left it running. While the file ``hold`` exists (create it once this yields) the consumer
+    takes no more frames."""
+    out = str(tmp_path / "out.txt")
+    script = write_script(
+        tmp_path, SCRIPT, out=out, k=k, flow_type=flow_type, delay=delay,
+        consumer_delay=consumer_delay, hold=hold,
+    )
     try:
-        yield proc, out
+        with start_script(script, lambda: len(read_lines(out)), 30, seconds=20) as (proc, _):
+            yield proc, out
     finally:
         if hold is not None and os.path.exists(hold):
             os.unlink(hold)
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-
-
-def start_script(
-    tmp_path, k: int, flow_type: str, delay: float, consumer_delay: float = 0.0,
-    hold: str | None = None,
-) -> tuple[subprocess.Popen, str]:
-    """Start SCRIPT and wait until 30 frames reached its consumer. While the file ``hold``
-    exists (create it after this returns) the consumer takes no more frames."""
-    out = str(tmp_path / "out.txt")
-    script = tmp_path / "flow.py"
-    script.write_text(
-        SCRIPT.format(
-            tests=TESTS_DIR, out=out, k=k, flow_type=flow_type, delay=delay,
-            consumer_delay=consumer_delay, hold=hold,
-        )
-    )
-    proc = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "running", proc.stderr.read()  # type: ignore[union-attr]
-    deadline = time.monotonic() + 20
-    while len(read_lines(out)) < 30 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(read_lines(out)) >= 30, "the flow did not get going"
-    return proc, out
-
-
-def read_until(stream: Any, text: str, seconds: float) -> str:
-    """Lines of ``stream`` up to the first that holds ``text`` (all, if it never comes)."""
-    deadline = time.monotonic() + seconds
-    got = ""
-    while text not in got and (left := deadline - time.monotonic()) > 0:
-        if not select.select([stream], [], [], left)[0]:
-            break
-        line = stream.readline()
-        if not line:
-            break
-        got += line
-    return got
-
-
-def script_stats(stdout: str) -> tuple[int, int, int, int]:
-    produced, delivered, dropped, in_use = map(int, stdout.split("stats", 1)[1].split()[:4])
-    return produced, delivered, dropped, in_use
 
 
 @pytest.mark.timeout(60)
@@ -386,15 +296,53 @@ def test_sigkill_of_the_parent_leaves_nothing(tmp_path, k, flow_type):
     proc.communicate(timeout=5)
 
 
+STUCK_SCRIPT = """
+    from nodes import Ints, RecordingConsumer, Stuck
+    from scripts import join_and_report
+    from videoflow.core import Flow
+
+    if __name__ == "__main__":
+        p = Ints(delay=0.002, block_at={block_at}, folder={folder!r})
+        x = Stuck("deadlock", {stuck_at}, {folder!r}, nb_tasks=2)(p)
+        c = RecordingConsumer({out!r})(x)
+        flow = Flow([p], [c], flow_options={{"stop_timeout": 1.0}})
+        flow.run()
+        join_and_report(flow, lambda s: s.produced)
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("where", ["next", "process"])
+def test_tasks_stuck_in_the_node_end_when_the_owner_is_killed(tmp_path, where):
+    """A task checks its owner between messages; one stuck inside next() or process() never
+    gets there. Killed with SIGKILL, the owner cleans nothing up: its tasks must leave on
+    their own, with their /dev/shm entries, within about two stop_timeouts."""
+    out = str(tmp_path / "out.txt")
+    stuck = "blocked" if where == "next" else "stuck"
+    script = write_script(
+        tmp_path, STUCK_SCRIPT, folder=str(tmp_path), out=out,
+        block_at=20 if where == "next" else None, stuck_at=10 if where == "process" else None,
+    )
+    with start_script(script, lambda: len(glob.glob(str(tmp_path / f"{stuck}.*"))), 1) as (
+        proc, _,
+    ):
+        tasks = descendants(proc.pid)
+        assert len(tasks) >= 4  # a producer, two Stuck tasks, a consumer
+        proc.kill()
+        proc.wait(timeout=10)
+    left = wait_gone(tasks, 30)
+    assert not left, f"tasks outlived their killed owner: {sorted(left)}"
+    entries, _ = wait_clean(proc.pid, 10)
+    assert not entries, f"left behind by the killed flow: {entries}"
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("flow_type", TYPES)
 @pytest.mark.parametrize("k", KS)
 def test_sigint_once_stops_cleanly(tmp_path, k, flow_type):
     with running_script(tmp_path, k, flow_type, delay=0.001) as (proc, out):
         tasks = descendants(proc.pid)
-        proc.send_signal(signal.SIGINT)
-        sent = time.monotonic()
-        stdout, stderr = proc.communicate(timeout=20)
+        stdout, stderr, sent = interrupt(proc, timeout=20)
     assert time.monotonic() - sent < END_WITHIN
     assert proc.returncode == 0, stderr
     produced, delivered, dropped, in_use = script_stats(stdout)

@@ -3,10 +3,6 @@ manager. How a flow fails (a node raising, a task killed, stop, Ctrl-C) is test_
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
 import pytest
 from conftest import read_lines
 from nodes import (
@@ -22,6 +18,7 @@ from nodes import (
     RunningList,
     UnwrapDict,
 )
+from scripts import run_script, write_script
 
 from videoflow.config import available_cpus
 from videoflow.consumers import VoidConsumer
@@ -35,8 +32,7 @@ from videoflow.processors import (
 )
 from videoflow.producers import IntProducer, SyntheticFrameProducer
 
-SEED = textwrap.dedent(
-    """
+SEED = """
     from videoflow.core import Flow
     from videoflow.core.constants import BATCH, REALTIME
     from videoflow.producers import IntProducer
@@ -49,22 +45,13 @@ SEED = textwrap.dedent(
         C = CommandlineConsumer()(B)
         flow = Flow([A], [C], flow_type={flow_type})
         flow.run(); flow.join()
-    """
-)
-
-
-def run_script(tmp_path, source: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    script = tmp_path / "script.py"
-    script.write_text(source)
-    return subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=timeout
-    )
+"""
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("flow_type", ["BATCH", "REALTIME"])
 def test_seed_example_prints_0_to_40_in_order(tmp_path, flow_type):
-    done = run_script(tmp_path, SEED.format(flow_type=flow_type))
+    done = run_script(write_script(tmp_path, SEED, flow_type=flow_type))
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(i) for i in range(41)]  # the end is included
 

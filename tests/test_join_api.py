@@ -9,7 +9,18 @@ import math
 
 import pytest
 
-from videoflow.consumers import VoidConsumer
+from videoflow.consumers import (
+    CommandlineConsumer,
+    FileAppenderConsumer,
+    ImageFolderWriter,
+    JsonLinesWriter,
+    MjpegServer,
+    VideoDisplay,
+    VideofileWriter,
+    VideoWriter,
+    VoidConsumer,
+    WebhookConsumer,
+)
 from videoflow.core import BATCH, REALTIME, Flow, FunctionProcessorNode, Join, OneTaskProcessorNode
 from videoflow.core.graph import join_inputs, join_points, resolve_joins
 from videoflow.core.join import REALTIME_TIMEOUT_MS
@@ -81,6 +92,29 @@ def test_join_keyword_on_processors_and_consumers():
         IdentityProcessor(join="latest", name="x")
     with pytest.raises(TypeError, match="join="):
         VoidConsumer(join=40)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: CommandlineConsumer(**kw),
+        lambda **kw: FileAppenderConsumer("/tmp/x.jsonl", **kw),
+        lambda **kw: MjpegServer(port=0, **kw),
+        lambda **kw: VideoWriter("/tmp/x.mp4", **kw),
+        lambda **kw: VideofileWriter("/tmp/x.mp4", **kw),
+        lambda **kw: ImageFolderWriter("/tmp/x", **kw),
+        lambda **kw: VideoDisplay(**kw),
+        lambda **kw: JsonLinesWriter("/tmp/x.jsonl", **kw),
+        lambda **kw: WebhookConsumer("http://localhost:1", **kw),
+    ],
+)
+def test_every_built_in_consumer_takes_join_and_realtime_drop(make):
+    """A built-in consumer can be where cameras meet, and choose what a full queue drops."""
+    policy = Join.latest(40)
+    node = make(join=policy, realtime_drop="newest", name="end")
+    assert (node.join_policy, node.realtime_drop, node.name) == (policy, "newest", "end")
+    with pytest.raises(TypeError):
+        make(no_such_option=1)
 
 
 def test_item_selector_wires_the_parent_and_remembers_the_item():

@@ -8,13 +8,9 @@ CI): the doorbell is a futex word on the native path and a pipe on the other.
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 
@@ -22,6 +18,7 @@ import pytest
 from conftest import own_entries, wait_clean
 from join_nodes import Fails, JoinedLog, Stamped, Together, read_log
 from nodes import BigMeta, FaultyProcessor
+from scripts import interrupt, script_stats, start_script, write_script
 
 from videoflow import FlowError
 from videoflow.core import BATCH, REALTIME, Flow, Join
@@ -30,7 +27,6 @@ from videoflow.processors import IdentityProcessor
 from videoflow.transport import native
 from videoflow.transport.doorbell import NativeDoorbell, PipeDoorbell
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 SHAPE = (24, 32, 3)
 
 pytestmark = pytest.mark.timeout(90)
@@ -405,12 +401,15 @@ def test_sigkill_of_a_join_task(tmp_path, flow_type):
     assert not mp.active_children() and not own_entries()
 
 
-SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    sys.path.insert(0, {tests!r})
+SCRIPT = """
     from join_nodes import JoinedLog, Stamped
+    from scripts import join_and_report
     from videoflow.core import Flow, Join
+
+    def counts(s):
+        inputs = [[i.produced, i.dropped, i.received, i.used, i.stale, i.unmatched]
+                  for i in s.join().inputs]
+        return [s.pool_slots_in_use, s.join().sets, inputs]
 
     if __name__ == "__main__":
         a = Stamped(None, delay=0.002, shape=(24, 32, 3), name="a")
@@ -418,20 +417,8 @@ SCRIPT = textwrap.dedent(
         sink = JoinedLog({out!r}, names=("a", "b"), frames=True, join={join}, name="sink")(a, b)
         flow = Flow([a, b], [sink], flow_type={flow_type!r})
         flow.run()
-        print("running", flush=True)
-        try:
-            flow.join()
-            code = 0
-        except KeyboardInterrupt:
-            code = 130
-        s = flow.stats()
-        j = s.join()
-        inputs = [[i.produced, i.dropped, i.received, i.used, i.stale, i.unmatched]
-                  for i in j.inputs]
-        print("stats", json.dumps([s.pool_slots_in_use, j.sets, inputs]), flush=True)
-        sys.exit(code)
-    """
-)
+        join_and_report(flow, counts)
+"""
 
 
 @pytest.mark.parametrize(
@@ -439,20 +426,11 @@ SCRIPT = textwrap.dedent(
 )
 def test_ctrl_c_mid_join_stops_every_stream_cleanly(tmp_path, flow_type, join):
     out = log_path(tmp_path)
-    script = tmp_path / "flow.py"
-    script.write_text(SCRIPT.format(tests=TESTS_DIR, out=out, flow_type=flow_type, join=join))
-    proc = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "running"
-    deadline = time.monotonic() + 30
-    while len(read_log(out)) < 20 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=30)
+    script = write_script(tmp_path, SCRIPT, out=out, flow_type=flow_type, join=join)
+    with start_script(script, lambda: len(read_log(out)), 20) as (proc, _):
+        stdout, stderr, _ = interrupt(proc)
     assert proc.returncode == 0, stderr
-    in_use, sets, inputs = json.loads(stdout.split("stats", 1)[1])
+    in_use, sets, inputs = script_stats(stdout)
     assert in_use == 0
     lines = read_log(out)
     assert sets == len(lines) and all(v is not False for ln in lines for v in ln["values"])

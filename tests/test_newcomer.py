@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import re
 import shutil
-import subprocess
 import sys
 import textwrap
 import threading
@@ -18,6 +18,8 @@ from typing import Any
 
 import cv2
 import pytest
+import scripts
+from nodes import RecordingConsumer
 from video_helpers import run_flow
 
 import videoflow
@@ -50,16 +52,13 @@ def source_tree_copy(root) -> str:
 
 def run_script(
     root, body: str, *args: str, cwd: str, timeout: float = 90
-) -> subprocess.CompletedProcess:
+) -> scripts.Ran:
     """Run ``body`` as a script that lives outside ``cwd``: like a console script, the owner
     then imports the installed videoflow, not ``cwd/videoflow``."""
     script = root / "scripts" / "owner.py"
     script.parent.mkdir(exist_ok=True)
     script.write_text(textwrap.dedent(body))
-    return subprocess.run(
-        [sys.executable, str(script), *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout,
-    )
+    return scripts.run_script(script, *args, cwd=cwd, timeout=timeout)
 
 
 OWNER = """\
@@ -193,6 +192,48 @@ def test_an_unpicklable_node_is_named_with_what_helps(make, part, method):
     assert info.value.__cause__ is None and info.value.__suppress_context__
     doc = FunctionProcessorNode.__doc__ or ""
     assert "every start method" in doc and "only works with the ``fork``" not in doc
+
+
+class OpensALock(HoldsALock):
+    """Makes a lock in open(), named transient: a copy of an opened node still travels."""
+
+    transient = ("opened",)
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.lock = None  # type: ignore[assignment]
+        self.opened: Any = None
+
+    def open(self) -> None:
+        self.opened = threading.Lock()
+
+    def process(self, value: Any) -> Any:
+        assert self.opened is not None, "open() ran in the task"
+        return value + 1
+
+
+class OpensTwo(OpensALock):
+    """A subclass lists only its own transient attributes; its base's still count."""
+
+    transient = ("other",)
+
+    def open(self) -> None:
+        super().open()
+        self.other = threading.Lock()
+
+
+@pytest.mark.timeout(60)
+def test_the_attributes_open_makes_stay_behind_when_named_transient(tmp_path):
+    node = OpensTwo(name="opens")
+    node.open()
+    copy = pickle.loads(pickle.dumps(node))
+    assert copy.opened is None and copy.other is None and copy.name == "opens"
+    assert node.opened is not None  # the owner's object is untouched
+    a = IntProducer(0, 4)
+    b = node(a)
+    path = tmp_path / "out.txt"
+    run_flow(a, [RecordingConsumer(str(path))(b)])
+    assert path.read_text().split() == ["1", "2", "3", "4", "5"]
 
 
 class Ghost(ProcessorNode):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import time
 from typing import Any
 
@@ -206,12 +207,12 @@ def test_stream_that_ends_delivers_its_frames(tmp_path):
 def test_stalled_stream_ends_with_an_error_after_read_timeout(tmp_path):
     with MjpegServer(nb_frames=5, stall=True) as server:
         reader = StreamReader(server.url, reconnect=False, read_timeout=1.0, name="camera")
-        t0 = time.monotonic()
         with pytest.raises(FlowError, match="stalled") as info:
             run_flow(reader, [FrameDump(str(tmp_path / "dump"))(reader)])
-        elapsed = time.monotonic() - t0
+    # The timeout marker catches a reader that never gives up; the message says it gave up
+    # because no frame came for (about) its read_timeout, not for any other reason.
     assert info.value.node == "camera"
-    assert elapsed < 15
+    assert re.search(r"no frame for \d+(\.\d+)? s", str(info.value)), str(info.value)
     frames, _ = load_dump(str(tmp_path / "dump"))
     assert len(frames) == 5
 

@@ -14,8 +14,10 @@ class CommandlineConsumer(ConsumerNode):
     """Prints each value to standard output, followed by ``end`` (several parents: separated
     by ``sep``), and flushes, so that lines from a flow appear as they are consumed."""
 
-    def __init__(self, sep: str = " ", end: str = "\n", name: str | None = None) -> None:
-        super().__init__(name=name)
+    def __init__(
+        self, sep: str = " ", end: str = "\n", name: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(name=name, **kwargs)
         self._sep = sep
         self._end = end
 

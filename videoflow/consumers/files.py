@@ -19,8 +19,12 @@ class FileAppenderConsumer(ConsumerNode):
     NotImplementedError on its first value; here a missing ``path`` is an error at creation.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, name: str | None = None) -> None:
-        super().__init__(name=name)
+    transient = ("_file",)
+
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, name: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(name=name, **kwargs)
         if path is None:
             raise ValueError(
                 "FileAppenderConsumer needs the file to append to: "
@@ -29,11 +33,6 @@ class FileAppenderConsumer(ConsumerNode):
         self.path = os.fspath(path)
         _check_folder_of(self.path)
         self._file: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_file"] = None
-        return state
 
     def open(self) -> None:
         self._file = open(self.path, "ab")  # noqa: SIM115 (closed in close())

@@ -181,6 +181,8 @@ class MjpegServer(ConsumerNode):
     (H, W, 3) BGR or (H, W) grey uint8 arrays.
     """
 
+    transient = ("_server", "_thread", "_latest")
+
     def __init__(
         self,
         port: int,
@@ -188,8 +190,9 @@ class MjpegServer(ConsumerNode):
         max_fps: float | None = 15.0,
         quality: int = 80,
         name: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(name=name)
+        super().__init__(name=name, **kwargs)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an int between 0 and 65535, got {port!r}")
         if max_fps is not None and max_fps <= 0:
@@ -209,11 +212,6 @@ class MjpegServer(ConsumerNode):
         """The page's address (with the port given; for port 0 see the task's log)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state.update(_server=None, _thread=None, _latest=None)
-        return state
 
     def open(self) -> None:
         latest = _Latest()

@@ -73,6 +73,8 @@ class VideoWriter(ConsumerNode):
     this node's process. ``encoder`` (and the flow's report) says which encoder writes.
     """
 
+    transient = ("_encoder",)
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -86,8 +88,9 @@ class VideoWriter(ConsumerNode):
         fourcc: str | None = None,
         copy_audio_from: str | os.PathLike[str] | None = None,
         name: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(name=name)
+        super().__init__(name=name, **kwargs)
         path = os.fspath(path)
         if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
             raise ValueError(f"fps must be a positive number, got {fps!r}")
@@ -131,11 +134,6 @@ class VideoWriter(ConsumerNode):
         if self.copy_audio_from is not None:
             text += f"; audio copied from {self.copy_audio_from}"
         return text
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_encoder"] = None
-        return state
 
     def open(self) -> None:
         _check_folder_of(self.path)
@@ -220,8 +218,9 @@ class ImageFolderWriter(ConsumerNode):
         pattern: str = "frame_{index:06d}.png",
         params: tuple[int, ...] = (),
         name: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(name=name)
+        super().__init__(name=name, **kwargs)
         self.folder = os.fspath(folder)
         try:
             pattern.format(index=0)
@@ -291,9 +290,10 @@ class VideoDisplay(ConsumerNode):
     """
 
     def __init__(
-        self, window_name: str = "videoflow", wait_ms: int = 1, name: str | None = None
+        self, window_name: str = "videoflow", wait_ms: int = 1, name: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(name=name)
+        super().__init__(name=name, **kwargs)
         self.window_name = window_name
         self.wait_ms = int(wait_ms)
 
@@ -337,22 +337,20 @@ class JsonLinesWriter(ConsumerNode):
     Arrays such as N x 6 detections become lists of rows.
     """
 
+    transient = ("_file",)
+
     def __init__(
         self,
         path: str | os.PathLike[str],
         keys: tuple[str, ...] | None = None,
         name: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(name=name)
+        super().__init__(name=name, **kwargs)
         self.path = os.fspath(path)
         _check_folder_of(self.path)
         self.keys = tuple(keys) if keys is not None else None
         self._file: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_file"] = None
-        return state
 
     def open(self) -> None:
         self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (closed in close())

@@ -40,8 +40,9 @@ class WebhookConsumer(ConsumerNode):
         method: str = "post",
         timeout: float = 10.0,
         name: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(name=name)
+        super().__init__(name=name, **kwargs)
         if not isinstance(host, str) or not host.startswith(("http://", "https://")):
             raise ValueError(f"host must be an http:// or https:// URL, got {host!r}")
         if timeout <= 0:

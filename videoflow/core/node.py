@@ -53,9 +53,14 @@ class Node:
     """Base of every node. Holds identity, wiring and the per-task hooks.
 
     name:        shown in errors, logs and statistics; defaults to the class name plus a number.
+
+    ``transient`` names the attributes a class makes in ``open()`` (files, sockets, models,
+    threads): they belong to one task's process, so the copy of the node sent to a task has
+    them set to None. Each class lists its own; those of its bases are added.
     """
 
     kind: ClassVar[str] = "node"
+    transient: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str | None = None) -> None:
         self._id = next(_ids)
@@ -271,6 +276,10 @@ class Node:
         state["_parents"] = None
         state["_children"] = []
         state["_vf_context"] = LocalContext()  # a binding belongs to one process
+        for cls in type(self).__mro__:
+            for name in cls.__dict__.get("transient", ()):
+                if name in state:
+                    state[name] = None
         return state
 
     def __repr__(self) -> str:

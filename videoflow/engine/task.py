@@ -85,6 +85,7 @@ class StopRequested(BaseException):
 
 
 STOP_SIGNAL = signal.SIGUSR1  # what the owner sends a producer blocked in next() on stop()
+ORPHAN_POLL = 0.25  # seconds between two looks of a task's owner watch (Task.watch_owner)
 MAX_INDEX = 1 << 58  # message indexes published in a STATE counter (int64) stay below this
 
 
@@ -566,13 +567,41 @@ class Task:
             # before this point has its slots reclaimed by the owner once every task ended).
             self._publish(P_ENDED)
             if self.life.orphaned:
-                for pool in self.allocator.owned() if self.allocator is not None else ():
-                    pool.unlink()
-                for name in (self.spec.inbox_queue, self.spec.outbox_queue):
-                    if name is not None:  # the owner died before it could unlink them
-                        with contextlib.suppress(Exception):
-                            ControlQueue(name).unlink()
-                sweep_prefix(self.spec.pool_prefix)  # the rest, once the owner's lock is free
+                self.remove_orphaned_entries()
+
+    def remove_orphaned_entries(self) -> None:
+        """The owner died before it could unlink this task's pools and queues: unlink them,
+        and whatever else of the flow is left once the owner's lock is free."""
+        for pool in self.allocator.owned() if self.allocator is not None else ():
+            with contextlib.suppress(OSError):
+                pool.unlink()
+        for name in (self.spec.inbox_queue, self.spec.outbox_queue):
+            if name is not None:
+                with contextlib.suppress(Exception):
+                    ControlQueue(name).unlink()
+        sweep_prefix(self.spec.pool_prefix)
+
+    def watch_owner(self) -> None:
+        """End this process once its owner is gone, even while the node is stuck where the
+        lifeline is never checked (a next() that waits for a camera for ever, a process() on
+        a dead lock, a close() that never returns, a non-daemon thread). A task between
+        messages notices within milliseconds by itself; a daemon thread gives it
+        ``stop_timeout`` seconds to, then interrupts a producer blocked in next(), then
+        removes the task's entries and exits the process."""
+        grace = self.spec.config.stop_timeout
+
+        def watch() -> None:
+            while not self.life.orphaned:
+                time.sleep(ORPHAN_POLL)
+            time.sleep(grace)
+            if state_phase(self.control[self.state_at])[0] == P_NEXT:
+                os.kill(os.getpid(), STOP_SIGNAL)
+                time.sleep(grace)
+            with contextlib.suppress(Exception):
+                self.remove_orphaned_entries()
+            os._exit(1)
+
+        threading.Thread(target=watch, name="videoflow-owner-watch", daemon=True).start()
 
     def _let_go(self) -> None:
         """When the task ends: give back the slots it still holds. After an error or an abort
@@ -777,6 +806,7 @@ def task_main(
         return
     forward_to_owner(sender, spec.stage.spec.name, spec.worker, spec.log_levels)
     task = (cls or Task)(spec, sender, control)
+    task.watch_owner()
     if spec.config.profile:  # the ``profile`` flow option
         run_profiled(spec.config.profile, spec.stage.spec.name, spec.worker, task.run)
     else:

@@ -189,6 +189,8 @@ class CaptureReader(ProducerNode):
     :class:`CameraReader`), whose defaults suit their kind of source.
     """
 
+    transient = ("_thread",)
+
     #: a source that stays away past the limits raises (False: the flow ends cleanly, as the
     #: original videoflow's readers did once their retries were used up)
     give_up_raises = True
@@ -248,11 +250,6 @@ class CaptureReader(ProducerNode):
         self._gap_from = 0.0  # time.time() of the last frame before the loss
         self._attempts = 0  # reconnect attempts in this outage
         self._failure = ""  # why the last one failed
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_thread"] = None
-        return state
 
     # -- describing the source ------------------------------------------------------------
     def _describe(self) -> str:

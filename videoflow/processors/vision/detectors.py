@@ -114,6 +114,8 @@ class HogPeopleDetector(ProcessorNode):
     Output: N x 6 float32 (x1, y1, x2, y2, score, class_id), after non-max suppression.
     """
 
+    transient = ("_hog",)
+
     def __init__(
         self,
         win_stride: int = 8,
@@ -136,11 +138,6 @@ class HogPeopleDetector(ProcessorNode):
         self._hog = _cv2.HOGDescriptor()
         self._hog.setSVMDetector(_cv2.HOGDescriptor_getDefaultPeopleDetector())
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_hog"] = None
-        return state
-
     def process(self, frame: np.ndarray) -> np.ndarray:
         if self._hog is None:
             self.open()
@@ -161,6 +158,8 @@ class HaarFaceDetector(ProcessorNode):
     Score is the number of neighbouring detections that support each face (detectMultiScale2).
     Output: N x 6 float32 (x1, y1, x2, y2, score, class_id).
     """
+
+    transient = ("_cascade",)
 
     def __init__(
         self,
@@ -183,11 +182,6 @@ class HaarFaceDetector(ProcessorNode):
         self.scale_factor, self.min_neighbors = float(scale_factor), int(min_neighbors)
         self.min_size, self.class_id = int(min_size), class_id
         self._cascade: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_cascade"] = None
-        return state
 
     def open(self) -> None:
         cascade = _cv2.CascadeClassifier(self.path)
@@ -218,6 +212,8 @@ class MotionDetector(OneTaskProcessorNode):
     of its box.
     """
 
+    transient = ("_subtractor",)
+
     def __init__(
         self,
         min_area: int = 100,
@@ -234,11 +230,6 @@ class MotionDetector(OneTaskProcessorNode):
         self.class_id = class_id
         self._subtractor: Any = None
         self._kernel = np.ones((3, 3), dtype=np.uint8)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_subtractor"] = None
-        return state
 
     def open(self) -> None:
         self._subtractor = cv2.createBackgroundSubtractorMOG2(
