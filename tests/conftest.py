@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
 
 from videoflow.engine.runner import leftovers
-from videoflow.transport.names import owned_entries
+from videoflow.transport.names import MQUEUE_DIR, SHM_DIR, owned_entries
 
 own_entries = owned_entries  # this test process's flows' "vf." segments and queues
 wait_clean = leftovers  # (entries, live children) after waiting for them to go
@@ -18,6 +19,13 @@ def no_leaks():
     """Fail a test that leaves a child process or a /dev/shm entry of its flows."""
     yield
     entries, children = wait_clean()
+    for child in children:  # gone before the next test, which would fail on them too
+        child.kill()
+        child.join(10)
+    for entry in entries:
+        for folder in (SHM_DIR, MQUEUE_DIR):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, entry))
     assert not children, f"child processes left behind: {children}"
     assert not entries, f"shared memory / queues left behind: {entries}"
 

@@ -114,14 +114,16 @@ def test_stop_ends_a_flow_with_a_stuck_worker_and_report_names_it(tmp_path, how,
     report = flow.report()
     assert report.bottleneck is None, str(report)
     assert report.stalled[0].startswith("middle (task "), report.stalled
-    assert "in process() holding message 20" in report.stalled[0]
+    # Message 20 or, with 3 tasks, a later one that another task started first.
+    held = re.search(r"in process\(\) holding message (\d+)", report.stalled[0])
+    assert held and 20 <= int(held[1]) < 20 + k, report.stalled
     assert "stalled: middle (task" in report.verdict and "stalled)" in report.table()
     flow.stop()
     err = join_error(flow)
     assert err.node == "middle", str(err)
     text = str(err)
     assert "did not end within 0.5 s of stop() (stop_timeout)" in text
-    assert "in process() holding message 20" in text
+    assert held[0] in text
     if how == "sigstop":
         assert "its process is stopped (SIGSTOP, or a debugger)" in text
     stats = flow.stats()

@@ -236,6 +236,33 @@ def test_the_attributes_open_makes_stay_behind_when_named_transient(tmp_path):
     assert path.read_text().split() == ["1", "2", "3", "4", "5"]
 
 
+OPENCV_FIRST = """
+    import cv2, numpy as np
+    from videoflow.consumers import CommandlineConsumer
+    from videoflow.core import BATCH, Flow
+    from videoflow.processors import IdentityProcessor
+    from videoflow.producers import IntProducer
+
+    image = np.random.default_rng(0).integers(0, 255, (2000, 2000, 3), np.uint8)
+    for run in range(3):
+        for _ in range(5):
+            cv2.GaussianBlur(image, (21, 21), 0)  # OpenCV's thread pool runs in the owner
+        a = IntProducer(0, 2)
+        flow = Flow([a], [CommandlineConsumer()(IdentityProcessor(nb_tasks=2)(a))], BATCH)
+        flow.run()
+        flow.join()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_an_unguarded_script_that_used_opencv_first_runs_its_flows(tmp_path):
+    """Unguarded, the script's flows fork their tasks; OpenCV's thread pool, busy in the owner
+    just before, used to hang the forked tasks in cv2.setNumThreads (5 runs in 6)."""
+    done = scripts.run_script(scripts.write_script(tmp_path, OPENCV_FIRST), timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "1", "2"] * 3
+
+
 class Ghost(ProcessorNode):
     """Pickled as __main__.Ghost: the owner finds it there, a task's __main__ does not (a
     class defined in a notebook or an interactive session)."""

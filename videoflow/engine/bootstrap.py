@@ -17,15 +17,19 @@ Two things decide it:
   (fork too); when it does not pickle, the error names the part that does not and what helps.
 - ``check_platform``: flows run on Linux only; elsewhere ``run()`` says so before it starts
   anything. ``set_process_title`` names each task process in ps and top.
+- ``fork_safe``: a task forked from an owner whose OpenCV thread pool has run would hang in
+  ``cv2.setNumThreads(1)``; the owner's pool is stopped around each fork.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
 import importlib.util
 import os
 import pickle
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import videoflow
@@ -142,3 +146,27 @@ def set_process_title(title: str) -> None:
             pass
     else:
         setproctitle.setproctitle(title)
+
+
+@contextlib.contextmanager
+def fork_safe(start_method: str) -> Iterator[None]:
+    """Around the start of a task process: with ``fork``, stop the owner's OpenCV thread pool
+    first and give it back its size after.
+
+    OpenCV's pthreads pool (the backend of the opencv-python wheels) does not survive fork: a
+    child of an owner that ran a parallel OpenCV call (a blur, a resize) before ``run()``
+    inherits a pool whose worker threads exist only in the owner, and hangs for ever in
+    ``cv2.setNumThreads(1)``, which waits for them (4 runs in 5 here). A pool of one thread has
+    no workers, so the child starts from an empty one. The owner's pool restarts lazily, at
+    its next parallel call.
+    """
+    cv2 = sys.modules.get("cv2") if start_method == "fork" else None
+    if cv2 is None:
+        yield
+        return
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)

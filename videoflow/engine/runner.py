@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 from videoflow.config import FlowConfig, available_cpus
 from videoflow.engine.bootstrap import (
     check_platform,
+    fork_safe,
     forkserver_preload,
     package_copy,
     unpicklable_node,
@@ -304,7 +305,8 @@ class ProcessEngine:
                 task = _TaskHandle(stage, worker, row, process, reader)
                 self._tasks.append(task)
                 try:
-                    process.start()
+                    with fork_safe(cfg.start_method):
+                        process.start()
                 finally:
                     writer.close()
                 task.pid = process.pid
