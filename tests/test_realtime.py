@@ -25,8 +25,9 @@ from nodes import (
 from videoflow.config import FlowConfig
 from videoflow.consumers import VoidConsumer
 from videoflow.core import BATCH, REALTIME, Flow, ProcessorNode, Report
+from videoflow.engine.control import age_bucket, age_bucket_bounds
 from videoflow.engine.plan import PRODUCER, StageSpec, build_plan
-from videoflow.engine.stats import FrameAge, age_bucket, age_bucket_bounds
+from videoflow.engine.stats import FrameAge
 from videoflow.producers import IntProducer, SyntheticFrameProducer
 
 COUNT = 300
@@ -321,8 +322,8 @@ class _Queue:
 def _outbox(depth: int):
     from types import SimpleNamespace
 
+    from videoflow.engine.control import ROW
     from videoflow.engine.plan import Link
-    from videoflow.engine.stats import ROW
     from videoflow.engine.task import Outbox
 
     queue = _Queue(depth)

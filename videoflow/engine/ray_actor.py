@@ -30,9 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import ray
 
-from videoflow.engine.ray_engine import process_started
-from videoflow.engine.skipping import make_skipper
-from videoflow.engine.stats import (
+from videoflow.engine.control import (
     BLOCKED_NS,
     BUSY_NS,
     CPU_NS,
@@ -45,6 +43,8 @@ from videoflow.engine.stats import (
     WAIT_NS,
     record_age,
 )
+from videoflow.engine.ray_engine import process_started
+from videoflow.engine.skipping import make_skipper
 from videoflow.engine.task import limit_opencv_threads
 
 if TYPE_CHECKING:
@@ -227,7 +227,7 @@ class NodeActor:
         return sum(1 for call in later if all(ref in done for ref in call))
 
     def stats(self) -> list[int]:
-        """This task's counter row (engine/stats.py FIELDS)."""
+        """This task's counter row (engine/control.py FIELDS)."""
         if self.cpu0 is not None:
             self.row[CPU_NS] = time.process_time_ns() - self.cpu0
         return list(self.row)
@@ -251,7 +251,7 @@ class NodeActor:
         t1 = _now()
         self.row[BUSY_NS] += t1 - t0
         self.row[IN] += 1
-        if PRODUCED_NS not in meta:  # the age of the frame counts from here (stats.py)
+        if PRODUCED_NS not in meta:  # the age of the frame counts from here (control.py)
             meta[PRODUCED_NS] = t1
         return meta, value
 

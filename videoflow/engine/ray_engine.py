@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from videoflow.config import DROP_NEWEST
 from videoflow.engine.align import Aligner, set_meta
+from videoflow.engine.control import DROPPED, IN, ROW, ControlLayout, StageRows
 from videoflow.engine.plan import (
     GPU,
     JOIN,
@@ -64,17 +65,7 @@ from videoflow.engine.plan import (
     StageSpec,
     build_plan,
 )
-from videoflow.engine.stats import (
-    DROPPED,
-    IN,
-    ROW,
-    FlowStats,
-    JoinInputStats,
-    JoinStats,
-    NodeStats,
-    node_stats,
-    task_stats,
-)
+from videoflow.engine.stats import FlowStats, JoinInputStats, JoinStats
 from videoflow.errors import FlowError
 
 if TYPE_CHECKING:
@@ -881,35 +872,24 @@ class RayEngine:
         failed: dict[tuple[str, int], int] = {}
         for err in list(self.errors):
             failed[(err.node, err.task)] = failed.get((err.node, err.task), 0) + 1
-        nodes: list[NodeStats] = []
-        for index, spec in enumerate(self._stages):
-            tasks = [t for t in self._tasks if t.stage == index]
-            rows = [
-                task_stats(spec.name, t.worker, t.row, errors=failed.get((spec.name, t.worker), 0),
-                           elapsed_s=elapsed)
-                for t in tasks
-            ]
-            queued = None
-            if running and index > 0:
-                queued = max(0, sum(t.submitted for t in tasks) - sum(t.row[IN] for t in tasks))
-            nodes.append(node_stats(
-                spec.name, spec.kind, rows, inbox_queued=queued,
-                one_task=spec.kind != PROCESSOR or spec.one_task,
-                elapsed_s=elapsed,
-            ))
-        if not nodes:
+        if not self._stages:
             return FlowStats(nodes=(), produced=0, delivered=0, dropped=0, running=running)
-        return FlowStats(
-            nodes=tuple(nodes),
-            produced=sum(n.messages_in for n in nodes if n.kind == PRODUCER),
-            delivered=nodes[-1].messages_in,
-            dropped=sum(n.dropped for n in nodes),
-            running=running,
+        layout = ControlLayout.of_specs(self._stages)
+        tasks = list(self._tasks)
+
+        def queued(stage: StageRows) -> int | None:
+            if not running or stage.spec.kind == PRODUCER:
+                return None
+            mine = [t for t in tasks if t.stage == stage.index]
+            return max(0, sum(t.submitted for t in mine) - sum(t.row[IN] for t in mine))
+
+        snapshot = FlowStats.from_block(
+            layout.pack({(t.stage, t.worker): t.row for t in tasks}), layout, running=running,
+            elapsed_s=elapsed, errors=failed, inbox_queued=queued,
             pool_slots_in_use=None if running else 0,
-            errors=sum(failed.values()),
-            elapsed_s=elapsed,
-            joins=self._join_stats(),
         )
+        # The driver runs the JOINs (no actor, no row): their counters come from its Aligners.
+        return dataclasses.replace(snapshot, joins=self._join_stats())
 
     def _join_stats(self) -> tuple[JoinStats, ...]:
         """The JoinStats of every JOIN, as the process engine counts them: from its Aligner,
