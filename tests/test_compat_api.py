@@ -480,7 +480,7 @@ def test_metadata_consumer_gets_one_metadata_dict_per_parent(tmp_path):
     _run(producer, JsonLines(str(out), metadata=True)(producer, a))
     records = _records(out)
     stamps = [[m.pop("produced_ns") for m in r["values"]] for r in records]  # the frame's age
-    assert all(len(set(pair)) == 1 for pair in stamps)  # counts from it (engine/stats.py)
+    assert all(len(set(pair)) == 1 for pair in stamps)  # counts from it (engine/control.py)
     assert [r["values"] for r in records] == [[{"index": i}, {"index": i}] for i in range(5)]
 
 

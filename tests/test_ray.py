@@ -28,7 +28,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+import join_nodes  # noqa: E402
 import nodes  # noqa: E402
+import test_joins  # noqa: E402
+import test_realtime  # noqa: E402
 from conftest import read_lines  # noqa: E402
 from nodes import (  # noqa: E402
     FailingConsumer,
@@ -52,7 +55,7 @@ from scripts import (  # noqa: E402
 
 from videoflow import FlowError  # noqa: E402
 from videoflow.consumers import VoidConsumer  # noqa: E402
-from videoflow.core import BATCH, REALTIME, ConsumerNode, Flow, ProcessorNode  # noqa: E402
+from videoflow.core import BATCH, REALTIME, ConsumerNode, Flow, Join, ProcessorNode  # noqa: E402
 from videoflow.core.constants import GPU  # noqa: E402
 from videoflow.engine import ray_engine  # noqa: E402
 from videoflow.engine.ray_engine import RayEngine  # noqa: E402
@@ -85,8 +88,8 @@ def local_ray() -> str:
         from ray import cloudpickle
 
         # Workers cannot import tests/ modules by name: send the test nodes by value.
-        cloudpickle.register_pickle_by_value(nodes)
-        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        for module in (nodes, join_nodes, sys.modules[__name__]):
+            cloudpickle.register_pickle_by_value(module)
         ray.init(num_cpus=2, num_gpus=FAKE_GPUS, include_dashboard=False,
                  log_to_driver=False)
         _session["address"] = ray.get_runtime_context().gcs_address
@@ -721,6 +724,121 @@ def test_a_failed_flow_says_only_its_flow_error(tmp_path, ending):
     assert "Traceback" not in proc.stderr, proc.stderr
 
 
+# -- joins and skip_when_busy: the process engine's tests, on Ray ---------------------------------
+
+
+class TestOnRay:
+    """The tests of joins (tests/test_joins.py) and of skip_when_busy (tests/test_realtime.py)
+    that hold whatever the engine, run on Ray (``VIDEOFLOW_ENGINE=ray``); the default suite runs
+    them on the process engine. Left out: those about shared memory, queue depths and the JOIN
+    task's process (blobs, a full inbox, SIGKILL of the JOIN, its doorbell)."""
+
+    @pytest.fixture(autouse=True)
+    def _on_ray(self, monkeypatch):
+        monkeypatch.setenv("VIDEOFLOW_ENGINE", "ray")
+
+    test_seq_pairs = staticmethod(test_joins.test_seq_pairs_the_ith_frames_and_counts_what_is_left)
+    test_seq_frames = staticmethod(test_joins.test_seq_frames_reach_the_join_intact_and_in_order)
+    test_multi_task = staticmethod(
+        test_joins.test_multi_task_nodes_before_and_after_a_join_keep_the_order)
+    test_latest_silent = staticmethod(test_joins.test_latest_goes_on_without_a_silent_stream)
+    test_latest_batch = staticmethod(test_joins.test_latest_in_batch_loses_nothing_it_receives)
+    test_time_pairs = staticmethod(test_joins.test_time_pairs_by_timestamp)
+    test_time_refuses = staticmethod(test_joins.test_time_refuses_timestamps_that_go_back)
+    test_nested = staticmethod(test_joins.test_nested_joins_merge_their_sources)
+    test_never_meet = staticmethod(test_joins.test_producers_that_never_meet_run_side_by_side)
+    test_one_ends = staticmethod(test_joins.test_one_producer_ending_ends_only_its_stream)
+    test_stop = staticmethod(test_joins.test_stop_ends_every_producer_and_drains)
+    test_raising_before = staticmethod(
+        test_joins.test_an_exception_in_one_streams_node_fails_the_flow)
+    test_raising_after = staticmethod(test_joins.test_an_exception_after_the_join_fails_the_flow)
+    test_skip_when_busy = staticmethod(
+        test_realtime.test_skip_when_busy_passes_waiting_messages_on)
+
+
+def test_a_join_waiting_for_one_stream_holds_back_the_other_producer(tmp_path):
+    """BATCH on Ray: while b is silent, a's values wait in the JOIN's buffer and in a's window,
+    then a's producer waits: nothing dropped, nothing unbounded, the pairs go on afterwards."""
+    out = str(tmp_path / "out.jsonl")
+    a = join_nodes.Stamped(40, shape=(24, 32, 3), name="a")
+    b = join_nodes.Stamped(8, stall_at=1, stall=3.0, shape=(24, 32, 3), name="b")
+    sink = join_nodes.JoinedLog(out, names=("a", "b"), frames=True, name="sink")(a, b)
+    pending, depth = 3, 4
+    flow = Flow([a, b], [sink], flow_type=BATCH, engine="ray",
+                flow_options={"join_pending": pending, "queue_depth": depth})
+    # a's first value goes out with b's; then the JOIN buffers `pending` of a's values and a's
+    # stream has its window (2 per actor + queue_depth) in flight or waiting for the JOIN.
+    bound = 1 + pending + 2 + depth
+    flow.run()
+    most = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        made = flow.stats().produced_by
+        if made["b"] > 1:
+            break
+        most = max(most, made["a"])
+        time.sleep(0.1)
+    assert flow.join(60)
+    assert pending < most <= bound
+    lines = join_nodes.read_log(out)
+    assert [line["index"] for line in lines] == list(range(8))
+    assert all(line["values"] == [True, True] for line in lines)
+    stats = flow.stats()
+    a_in = stats.join().inputs[0]
+    assert (a_in.produced, a_in.dropped, a_in.used, a_in.unmatched) == (40, 0, 8, 32)
+    assert stats.node("a").blocked_s > 0
+    test_joins.assert_accounted(flow)
+
+
+def test_with_restarts_a_killed_actor_in_a_joined_stream_loses_nothing(tmp_path):
+    # The victim is the last stage of a's stream: Ray retries its calls that also return the
+    # metadata the driver pairs by (call_split), and every pair still comes once, in order.
+    out = str(tmp_path / "out.jsonl")
+    a = join_nodes.Stamped(150, name="a")
+    b = join_nodes.Stamped(150, name="b")
+    victim = KillOnce(str(tmp_path), nb_tasks=2, name="victim")(a)
+    sink = join_nodes.JoinedLog(out, join=Join.seq(), name="sink")(victim, b)
+    flow = Flow([a, b], [sink], flow_type=BATCH, engine=RayEngine(max_restarts=1))
+    flow.run()
+    assert flow.join(60)
+    assert os.path.exists(tmp_path / "killed")
+    assert [line["values"] for line in join_nodes.read_log(out)] == [[i, i] for i in range(150)]
+    a_in = flow.stats().join().inputs[0]
+    assert (a_in.received, a_in.used, a_in.unmatched) == (150, 150, 0)
+
+
+def test_a_restarted_node_that_skips_when_busy_goes_on_skipping_as_before(tmp_path, output_file):
+    # The node dies at message 40 and Ray restarts it: its calls say their number, so it
+    # still runs on the messages that find nothing waiting behind them, not on none of them.
+    a = IntProducer(0, None, fps=1000, name="source")
+    b = KillOnce(str(tmp_path), at=40, skip_when_busy=True, name="victim")(a)
+    c = nodes.MetaLog(output_file, name="sink")(b)
+    flow = Flow([a], [c], flow_type=REALTIME, engine=RayEngine(max_restarts=1))
+    flow.run()
+
+    def logged() -> list[dict[str, Any]]:
+        with open(output_file) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if os.path.exists(output_file) and sum(1 for x in logged() if x["index"] > 40) >= 40:
+            break
+        time.sleep(0.05)
+    flow.stop()
+    assert flow.join(60)
+    assert os.path.exists(tmp_path / "killed")
+    lines = logged()
+    got = [line["index"] for line in lines]
+    assert got == sorted(set(got))
+    after = [line for line in lines if line["index"] > 40]
+    ran = [line for line in after if line["skipped"] is None]
+    assert len(ran) >= 3 and len(ran) < len(after), (len(ran), len(after))
+    stats = flow.stats()
+    assert stats.node("victim").skipped > 0
+    assert stats.produced == stats.delivered + stats.dropped
+
+
 # -- Ray specifics ---------------------------------------------------------------------------------
 
 
@@ -733,21 +851,6 @@ def test_gpu_nodes_ask_ray_for_a_gpu_while_there_are_any(tmp_path, output_file):
     seen = sorted((tmp_path / m).read_text() for m in os.listdir(tmp_path) if m.startswith("open."))
     assert seen == [" cpu", "0 gpu"]
     assert b.device_type == GPU
-
-
-def test_what_the_ray_engine_cannot_run_yet_is_a_clear_error():
-    from videoflow.core import Join
-
-    cam1, cam2 = IntProducer(0, 9, name="cam1"), IntProducer(0, 9, name="cam2")
-    both = nodes.PairProcessor(join=Join.seq(), name="both")(cam1, cam2)
-    flow = Flow([cam1, cam2], [VoidConsumer()(both)], flow_type=BATCH, engine="ray")
-    with pytest.raises(ValueError, match="one producer for now"):
-        flow.run()
-    a = IntProducer(0, 9)
-    b = nodes.CountCalls(skip_when_busy=True)(a)
-    flow = Flow([a], [VoidConsumer()(b)], flow_type=REALTIME, engine="ray")
-    with pytest.raises(ValueError, match="skip_when_busy"):
-        flow.run()
 
 
 def test_bad_actor_options_and_unpicklable_nodes_are_clear_errors():

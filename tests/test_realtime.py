@@ -25,8 +25,9 @@ from nodes import (
 from videoflow.config import FlowConfig
 from videoflow.consumers import VoidConsumer
 from videoflow.core import BATCH, REALTIME, Flow, ProcessorNode, Report
+from videoflow.engine.control import age_bucket, age_bucket_bounds
 from videoflow.engine.plan import PRODUCER, StageSpec, build_plan
-from videoflow.engine.stats import FrameAge, age_bucket, age_bucket_bounds
+from videoflow.engine.stats import FrameAge
 from videoflow.producers import IntProducer, SyntheticFrameProducer
 
 COUNT = 300
@@ -257,7 +258,10 @@ def test_every_n_with_a_frame_output_gives_each_message_its_own_copy(output_file
 
 @pytest.mark.timeout(120)
 def test_skip_when_busy_passes_waiting_messages_on(output_file):
-    a = IntProducer(0, COUNT - 1, name="source")
+    # A camera at 500 fps before a 100 fps detector: messages keep arriving while it is busy
+    # (unpaced, the producer would be over before its first call where the producer keeps
+    # only the newest value not yet taken, as the Ray engine's does: tests/test_ray.py).
+    a = IntProducer(0, COUNT - 1, fps=500, name="source")
     b = SlowCountCalls(0.01, skip_when_busy=True, name="detector")(a)
     c = MetaLog(output_file, name="sink")(b)
     stats = run(a, c)
@@ -318,8 +322,8 @@ class _Queue:
 def _outbox(depth: int):
     from types import SimpleNamespace
 
+    from videoflow.engine.control import ROW
     from videoflow.engine.plan import Link
-    from videoflow.engine.stats import ROW
     from videoflow.engine.task import Outbox
 
     queue = _Queue(depth)

@@ -49,7 +49,7 @@ AGE_OCTAVE_FROM, AGE_OCTAVES = 10, 16
 def age_histogram(age: FrameAge) -> tuple[list[tuple[str, float]], float]:
     """(cumulative ``(le, count)`` buckets ending with ``+Inf``, sum of ages in seconds) of a
     consumer's frame ages, for a Prometheus histogram."""
-    from videoflow.engine.stats import age_bucket_bounds
+    from videoflow.engine.control import age_bucket_bounds
 
     edges = [(1 << e) * 1e-6 for e in range(AGE_OCTAVE_FROM, AGE_OCTAVE_FROM + AGE_OCTAVES)]
     counts = [0] * len(edges)

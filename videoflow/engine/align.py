@@ -457,6 +457,34 @@ class LatestAligner(Aligner):
         self.opened = None
 
 
+def set_meta(
+    sources: Sequence[Sequence[str]], metas: Sequence[dict[str, Any] | None], index: int
+) -> dict[str, Any]:
+    """The metadata a set goes on with, whatever engine made it: the first present input's
+    metadata (updated in place), with ``index`` set to the set's number and ``sources`` naming,
+    per producer, the ``index`` and ``timestamp_ms`` of its message (None for a producer whose
+    input is missing from the set). ``sources[i]`` are the producers of input ``i``; an input
+    of several producers (an inner join) brings its own ``sources`` along."""
+    meta: dict[str, Any] | None = None
+    merged: dict[str, Any] = {}
+    for names, m in zip(sources, metas, strict=True):
+        if m is None:
+            for name in names:
+                merged[name] = None
+            continue
+        inner = m.get("sources") if len(names) > 1 else None
+        if inner is not None:
+            merged.update(inner)
+        else:
+            merged[names[0]] = {"index": m.get("index"), "timestamp_ms": m.get("timestamp_ms")}
+        if meta is None:
+            meta = m
+    assert meta is not None, "a set with no message at all"
+    meta["index"] = index
+    meta["sources"] = merged
+    return meta
+
+
 _POLICIES: dict[str, type[Aligner]] = {
     cls.policy: cls for cls in (SeqAligner, TimeAligner, LatestAligner)
 }
@@ -465,5 +493,5 @@ __all__ = [
     "LATEST",
     "SEQ",
     "TIME",
-    "Aligner", "InputCounts", "LatestAligner", "SeqAligner", "TimeAligner",
+    "Aligner", "InputCounts", "LatestAligner", "SeqAligner", "TimeAligner", "set_meta",
 ]

@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from videoflow.engine.stats import BUSY_NS, IN, describe_state
+from videoflow.engine.control import BUSY_NS, IN, describe_state
 from videoflow.errors import FlowError
 
 STALL_AFTER = 2.0  # seconds in a node's code that make a task "stalled" when stall_timeout is 0
@@ -41,7 +41,7 @@ def doing(
     stopped: bool = False, threads: Sequence[str] = (),
 ) -> str:
     """What the task whose counter row is ``row`` is doing, in words: its phase and message
-    (stats.describe_state), for how long when it is in a call of its node (``seconds``), and
+    (control.describe_state), for how long when it is in a call of its node (``seconds``), and
     why it may not move."""
     text = describe_state(kind, row)
     if seconds is not None:

@@ -27,11 +27,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from videoflow.engine.align import Aligner
-from videoflow.engine.plan import JOIN, PRODUCER, Plan, Stage
-from videoflow.engine.stats import (
-    CPU_NS,
-    DROPPED,
+from videoflow.engine.align import Aligner, set_meta
+from videoflow.engine.control import (
     IN,
     J_BUFFERED,
     J_RECEIVED,
@@ -39,16 +36,13 @@ from videoflow.engine.stats import (
     J_UNMATCHED,
     J_USED,
     J_WAITED_NS,
-    JOIN_BELL,
     JOIN_HEAD,
     JOIN_PARTIAL,
     JOIN_ROW,
-    OUT,
-    ROW,
     WAIT_NS,
-    JoinInputStats,
-    JoinStats,
+    ControlLayout,
 )
+from videoflow.engine.plan import JOIN, Stage
 from videoflow.engine.task import Task, read_message
 from videoflow.transport import message
 from videoflow.transport.doorbell import Doorbell, DoorbellSpec, new_doorbell
@@ -114,29 +108,17 @@ class JoinTask(Task):
     def _send(self, group: Sequence[Message | None]) -> None:
         """Merge a set into one message and send it on (realtime: or drop it, counted)."""
         values: dict[int, Any] = {}
-        meta: dict[str, Any] | None = None
-        sources: dict[str, Any] = {}
+        metas: list[dict[str, Any] | None] = []
         for inp, msg in zip(self.inputs, group, strict=True):
             if msg is None:
                 for nid in inp.carries:
                     values[nid] = _NONE
-                for name in inp.sources:
-                    sources[name] = None
+                metas.append(None)
                 continue
             _, m, v = message.data_fields(msg)
             values.update(v)
-            inner = m.get("sources") if len(inp.sources) > 1 else None
-            if inner is not None:
-                sources.update(inner)
-            else:
-                sources[inp.sources[0]] = {
-                    "index": m.get("index"), "timestamp_ms": m.get("timestamp_ms")
-                }
-            if meta is None:
-                meta = m
-        assert meta is not None, "a set with no message at all"
-        meta["index"] = self.sets
-        meta["sources"] = sources
+            metas.append(m)
+        meta = set_meta([inp.sources for inp in self.inputs], metas, self.sets)
         self.sets += 1
         self.slots.hold(values)
         self._forward(0, meta)
@@ -193,27 +175,20 @@ class JoinTask(Task):
 
 
 class JoinWiring:
-    """The owner's side of a plan's JOIN stages: where their blocks sit in the control block
-    (after the task rows), their doorbells, what each task is given, and their statistics."""
+    """The owner's side of a plan's JOIN stages: their doorbells (in their blocks of the control
+    block, engine/control.py) and what each task is given."""
 
-    def __init__(self, plan: Plan, start: int) -> None:
-        self.plan = plan
-        self.blocks: dict[int, int] = {}  # JOIN stage index -> its first control entry
-        at = start
-        for stage in plan.stages:
-            if stage.spec.kind == JOIN:
-                self.blocks[stage.index] = at
-                at += JOIN_HEAD + JOIN_ROW * len(stage.inboxes)
-        self.size = at - start
+    def __init__(self, layout: ControlLayout) -> None:
+        self.layout = layout
         self.receivers: dict[int, DoorbellSpec] = {}
         self.senders: dict[int, DoorbellSpec] = {}
         self._to_close: list[Any] = []
 
     def open(self, ctx: Any) -> None:
         """Make the doorbells (pipes on the pure-Python path, made with ``ctx``)."""
-        for index, at in self.blocks.items():
-            receiver, sender, owned = new_doorbell(ctx, at + JOIN_BELL)
-            self.receivers[index], self.senders[index] = receiver, sender
+        for block in self.layout.joins:
+            receiver, sender, owned = new_doorbell(ctx, block.bell)
+            self.receivers[block.stage], self.senders[block.stage] = receiver, sender
             self._to_close += owned
 
     def task_fields(self, stage: Stage, queue_names: Sequence[str]) -> dict[str, Any]:
@@ -222,62 +197,10 @@ class JoinWiring:
         if stage.spec.kind == JOIN:
             fields["inbox_queues"] = tuple(queue_names[link.index] for link in stage.inboxes)
             fields["doorbell"] = self.receivers[stage.index]
-            fields["join_at"] = self.blocks[stage.index]
+            fields["join_at"] = self.layout.join(stage.index).at
         elif stage.outbox is not None and stage.outbox.join >= 0:
             fields["doorbell"] = self.senders[stage.outbox.join]
         return fields
-
-    def stats(self, rows: Sequence[int], rows_at: int) -> tuple[JoinStats, ...]:
-        """The JoinStats of every JOIN, from a copy of the control block."""
-        first_row: dict[int, int] = {}
-        at = rows_at
-        for stage in self.plan.stages:
-            first_row[stage.index] = at
-            at += ROW * stage.spec.nb_tasks
-
-        def total(index: int, field: int) -> int:
-            base = first_row[index]
-            return sum(
-                rows[base + ROW * w + field] for w in range(self.plan.stages[index].spec.nb_tasks)
-            )
-
-        out = []
-        for index, block in self.blocks.items():
-            stage = self.plan.stages[index]
-            inputs = []
-            at = block + JOIN_HEAD
-            for inp in stage.join_inputs:
-                head = self.plan.stages[inp.stages[0]]
-                made = total(head.index, IN)
-                if head.spec.kind != PRODUCER:  # an inner JOIN: the sets it made
-                    made = total(head.index, OUT) + total(head.index, DROPPED)
-                inputs.append(
-                    JoinInputStats(
-                        name=inp.name,
-                        produced=made,
-                        dropped=sum(total(s, DROPPED) for s in inp.stages),
-                        received=rows[at + J_RECEIVED],
-                        used=rows[at + J_USED],
-                        stale=rows[at + J_STALE],
-                        unmatched=rows[at + J_UNMATCHED],
-                        buffered=rows[at + J_BUFFERED],
-                        waited_s=rows[at + J_WAITED_NS] / 1e9,
-                    )
-                )
-                at += JOIN_ROW
-            out.append(
-                JoinStats(
-                    name=stage.spec.name,
-                    policy=repr(stage.spec.join),
-                    sets=total(index, OUT),
-                    partial=rows[block + JOIN_PARTIAL],
-                    dropped=total(index, DROPPED),
-                    inputs=tuple(inputs),
-                    cpu_s=total(index, CPU_NS) / 1e9,
-                    wait_s=total(index, WAIT_NS) / 1e9,
-                )
-            )
-        return tuple(out)
 
     def close(self) -> None:
         """Close the owner's ends of the doorbell pipes (once the flow has ended)."""

@@ -5,7 +5,9 @@ The driver (engine/ray_engine.py) is the single submitter: for every message it 
 than the previous stage) on one actor of every later stage, passing object refs from call to
 call. Every call returns one (metadata, output) pair: the metadata is threaded from each stage
 to the next in chain order, so the chain is ordered exactly as the process engine's, and a
-node's output is read by the stages that name it.
+node's output is read by the stages that name it. The last stage of a stream that feeds a JOIN
+returns its metadata a second time, as an object of its own (``take_split``, ``call_split``),
+for the driver to pair messages by.
 
 A data message's metadata is a dict. Two other values travel in its place and make every later
 call return at once without running its node: ``None`` (the producer has ended, or the flow is
@@ -33,9 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import ray
 
-from videoflow.engine.ray_engine import process_started
-from videoflow.engine.skipping import make_skipper
-from videoflow.engine.stats import (
+from videoflow.engine.control import (
     BLOCKED_NS,
     BUSY_NS,
     CPU_NS,
@@ -54,6 +54,8 @@ from videoflow.engine.stats import (
     WAIT_NS,
     record_age,
 )
+from videoflow.engine.ray_engine import process_started
+from videoflow.engine.skipping import make_skipper
 from videoflow.engine.task import StopRequested, limit_opencv_threads
 
 if TYPE_CHECKING:
@@ -128,8 +130,14 @@ class NodeActor:
         self.realtime = realtime
         self.drop_newest = drop_newest  # REALTIME producer: a new value finding one untaken
         self.items = any(i is not None for i in spec.items)
-        self.skipper = make_skipper(spec.name, spec.every, False, lambda: 0) if (
-            spec.kind == "processor") else None
+        # skip_when_busy (REALTIME): the driver tells this actor, in its control thread, the
+        # refs of the inputs of the calls submitted to it (``ahead``); a call whose inputs are
+        # all ready waits behind the one running, as a message waits in a task's inbox.
+        self.calls = 0  # calls received (the number of the next call the driver submitted)
+        self.ahead_refs: dict[int, list[Any]] = {}
+        self.skipper = make_skipper(
+            spec.name, spec.every, spec.skip_when_busy and realtime, self._backlog
+        ) if spec.kind == "processor" else None
         self.ages = False  # a consumer on the producer's machine: frame ages are comparable
         self.row = [0] * ROW
         self.failure: Failure | None = None
@@ -230,8 +238,30 @@ class NodeActor:
             self.cond.notify_all()
         self._interrupt()
 
+    def ahead(self, number: int, refs: list[Any]) -> None:
+        """skip_when_busy: call ``number`` of this actor was submitted with inputs ``refs``
+        (a list, so that Ray passes the refs without waiting for them)."""
+        with self.cond:
+            if number >= self.calls:
+                self.ahead_refs[number] = refs
+
+    def _backlog(self) -> int:
+        """Calls queued behind the one in hand whose inputs are all ready: the messages that
+        wait for this node, as its inbox would hold them on the process engine."""
+        with self.cond:
+            current = self.calls - 1
+            for number in [n for n in self.ahead_refs if n <= current]:
+                del self.ahead_refs[number]
+            later = list(self.ahead_refs.values())
+        refs = list(dict.fromkeys(ref for call in later for ref in call))  # ray.wait: unique
+        if not refs:
+            return len(later)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        done = set(ready)
+        return sum(1 for call in later if all(ref in done for ref in call))
+
     def stats(self) -> list[int]:
-        """This task's counter row (engine/stats.py FIELDS)."""
+        """This task's counter row (engine/control.py FIELDS)."""
         if self.cpu0 is not None:
             self.row[CPU_NS] = time.process_time_ns() - self.cpu0
         return list(self.row)
@@ -294,7 +324,7 @@ class NodeActor:
             self._set_state(P_BETWEEN)
         t1 = _now()
         self.row[BUSY_NS] += t1 - t0
-        if PRODUCED_NS not in meta:  # the age of the frame counts from here (stats.py)
+        if PRODUCED_NS not in meta:  # the age of the frame counts from here (control.py)
             meta[PRODUCED_NS] = t1
         return meta, value
 
@@ -361,21 +391,46 @@ class NodeActor:
                 return meta, value
         return self.failure, None
 
+    @ray.method(num_returns=2)
+    def take_split(self) -> tuple[Any, tuple[Any, Any]]:
+        """``take`` for a producer whose stream ends at a join: its metadata as an object of
+        its own too, which the driver reads to pair messages without fetching the value."""
+        got = self.take()
+        return got[0], got
+
     # -- processors and consumers ----------------------------------------------------------
     def call(self, result: tuple[Any, Any]) -> tuple[Any, Any]:
         """Run the node on one message whose only input is the previous stage's output (the
         common case, one argument per call): ``result`` is that stage's (metadata, output)."""
         return self._run(result[0], (result[1],))
 
-    def call_with(self, where: tuple[int, ...], *results: tuple[Any, Any]) -> tuple[Any, Any]:
+    def call_with(
+        self, where: tuple[int, ...], *results: tuple[Any, Any], number: int | None = None
+    ) -> tuple[Any, Any]:
         """Run the node on one message. ``results`` are (metadata, output) pairs returned by
         earlier stages: the first is the previous stage's, whose metadata this message carries
-        on; the node's input ``i`` is the output of ``results[where[i]]``."""
-        return self._run(results[0][0], tuple(results[j][1] for j in where))
+        on; the node's input ``i`` is the output of ``results[where[i]]``. ``number``: the
+        call's number on this actor, given to a node that skips when busy (see ``ahead``)."""
+        return self._run(results[0][0], tuple(results[j][1] for j in where), number)
 
-    def _run(self, meta: Any, inputs: tuple[Any, ...]) -> tuple[Any, Any]:
+    @ray.method(num_returns=2)
+    def call_split(
+        self, where: tuple[int, ...], *results: tuple[Any, Any], number: int | None = None
+    ) -> tuple[Any, tuple[Any, Any]]:
+        """``call_with`` for the last stage of a stream that ends at a join: its metadata as
+        an object of its own too, which the driver reads to pair messages without fetching
+        the output."""
+        pair = self.call_with(where, *results, number=number)
+        return pair[0], pair
+
+    def _run(
+        self, meta: Any, inputs: tuple[Any, ...], number: int | None = None
+    ) -> tuple[Any, Any]:
         """This stage's (metadata, output) pair (a consumer's output is None), or the marker
         in hand."""
+        # A call that says its number keeps the count right on an actor Ray restarted, whose
+        # first call is a retried one.
+        self.calls = self.calls + 1 if number is None else number + 1
         if not isinstance(meta, dict) or self.aborted:
             return (None if self.aborted else meta), None
         if self.failure is not None:

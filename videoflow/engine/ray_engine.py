@@ -9,13 +9,20 @@ in submission order, and each message's calls are chained by refs, so every stag
 messages in order whatever K is and however long each call takes: no reorder buffer is needed,
 and the last stage's results complete in order.
 
-At most ``window`` messages are in flight: the driver waits for the oldest before it submits
-another, so the object store holds a bounded number of frames. The producer calls ``next()``
-in a thread of its own. In BATCH it makes one value per ``take`` waiting, so it runs at most a
-window ahead and nothing is dropped. In REALTIME it calls ``next()`` as fast as the source
-gives values and keeps only the newest value not yet taken, counting the ones it replaced as
-dropped: a flow that cannot keep up skips frames instead of queueing them, and
-``produced == delivered + dropped`` holds.
+Several producers: the driver runs the plan's segments (engine/plan.py), one stream per
+producer and one per JOIN, and every JOIN with the plan's ``Aligner`` (engine/align.py) on the
+metadata of its inputs' messages, which the last stage of each such stream returns as an object
+of its own; a set goes on as one more message of the JOIN's stream (``_pair``, and
+docs/architecture.md for why the driver and not an actor). A node that skips when busy learns
+from the driver which later calls wait for it (``ahead``, REALTIME).
+
+At most ``window`` messages are in flight per stream: the driver waits for the oldest before
+it submits another, so the object store holds a bounded number of frames. A producer calls
+``next()`` in a thread of its own: one value per take waiting in BATCH, so it runs at most a
+window ahead and nothing is dropped; in REALTIME as fast as the source gives values, keeping
+only the newest value not yet taken and counting the ones it replaced as dropped: a flow that
+cannot keep up skips frames instead of queueing them, and ``produced == delivered + dropped``
+holds.
 
 ``stop()`` stops the producer, interrupting a ``next()`` in progress (StopRequested raised in
 the producer's thread, as the process engine's STOP_SIGNAL does); what it produced drains,
@@ -50,22 +57,15 @@ import os
 import signal
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from videoflow.config import DROP_NEWEST
-from videoflow.engine.endings import (
-    Unfinished,
-    close_timeout_error,
-    doing,
-    skip_gap,
-    stall_error,
-    stalled_after,
-    stop_timeout_error,
-)
-from videoflow.engine.plan import CONSUMER, GPU, PROCESSOR, PRODUCER, StageSpec
-from videoflow.engine.stats import (
+from videoflow.engine.align import Aligner, set_meta
+from videoflow.engine.control import (
+    DROPPED,
     IN,
     IN_NODE_CODE,
     OUT,
@@ -79,11 +79,31 @@ from videoflow.engine.stats import (
     PHASE_SPAN,
     ROW,
     STATE,
-    FlowStats,
-    NodeStats,
-    node_stats,
-    task_stats,
+    ControlLayout,
+    StageRows,
 )
+from videoflow.engine.endings import (
+    Unfinished,
+    close_timeout_error,
+    doing,
+    skip_gap,
+    stall_error,
+    stalled_after,
+    stop_timeout_error,
+)
+from videoflow.engine.plan import (
+    CONSUMER,
+    GPU,
+    JOIN,
+    MERGE,
+    PROCESSOR,
+    PRODUCER,
+    JoinInput,
+    Plan,
+    StageSpec,
+    build_plan,
+)
+from videoflow.engine.stats import FlowStats, JoinInputStats, JoinStats
 from videoflow.errors import FlowError
 
 if TYPE_CHECKING:
@@ -97,18 +117,19 @@ STATS_WAIT = 1.0  # seconds stats() waits for the actors' counters while the flo
 STATS_FRESH = 0.5  # seconds during which stats() reuses the counters it last asked for
 GONE_WITHIN = 5.0  # seconds to wait for the processes of killed local actors to exit
 SETTLE_WITHIN = 3.0  # seconds to wait for the results of calls to killed actors (see _settle)
-LOOK_WAIT = 1.0  # seconds a forced ending waits for the producer to say what it is doing
+LOOK_WAIT = 1.0  # seconds a forced ending waits for a producer to say what it is doing
 TICK = 0.2  # seconds between the driver's looks at what every task is doing
 _running: weakref.WeakSet[RayEngine] = weakref.WeakSet()
 _exit_hook = False
 
 
 def default_window(stages: Sequence[StageSpec], realtime: bool, queue_depth: int) -> int:
-    """Messages in flight at most when RayEngine(window=None). BATCH: two per actor plus
-    ``queue_depth``, so that every actor has its next call queued behind the one it runs,
-    whatever Ray's latency per call. REALTIME: one per actor plus one, so that the slowest
-    actor always has work while a message waits in front of it as little as possible (every
-    message in flight is one more frame of latency; the producer drops the rest)."""
+    """Messages in flight at most in a stream of ``stages`` when RayEngine(window=None).
+    BATCH: two per actor plus ``queue_depth``, so that every actor has its next call queued
+    behind the one it runs, whatever Ray's latency per call. REALTIME: one per actor plus
+    one, so that the slowest actor always has work while a message waits in front of it as
+    little as possible (every message in flight is one more frame of latency; the producer
+    drops the rest)."""
     actors = sum(s.nb_tasks for s in stages)
     return actors + 1 if realtime else 2 * actors + queue_depth
 
@@ -132,6 +153,8 @@ class _Task:
     submitted: int = 0  # data messages submitted to this actor
     failed: bool = False  # its node raised, or its actor died
     dead: bool = False  # its actor died: nothing more can be asked of it
+    control: bool = False  # it has a control thread (a producer, a node that skips when busy)
+    ahead: Any = None  # skip_when_busy: its ``ahead`` method, in its control thread
     # What it is doing, as the driver sees it from the calls in flight (_observe): a phase of
     # stats.PHASES and the driver's number of the message it holds (-1: none), since when;
     # whether its process is stopped (actors on this machine only), since when.
@@ -165,14 +188,61 @@ class _Task:
         return self.seq >= 0 or self.phase == P_CLOSE
 
 
+
+
 @dataclasses.dataclass
 class _Message:
-    """One message in flight: the driver's number for it, the ref of its last stage's result,
-    and every call made for it: (actor, result ref, argument refs)."""
+    """One message in flight: its number in its stream, and every call made for it: (actor,
+    result ref, argument refs)."""
 
     seq: int
-    last: Any
     calls: list[tuple[_Task, Any, tuple[Any, ...]]]
+
+
+_END: Any = None  # in a stream's queue of messages: the stream has ended
+_NONE_PAIR = (None, None)  # the pair of a node whose input is missing from a set
+
+
+@dataclasses.dataclass
+class _Join:
+    """A JOIN stage, run by the driver: the streams it pairs and its Aligner."""
+
+    name: str
+    policy: Any  # the node's Join
+    inputs: tuple[JoinInput, ...]
+    aligner: Aligner
+    sets: int = 0  # sets sent on: the next set's index
+    ready: collections.deque[tuple[Any, ...]] = dataclasses.field(
+        default_factory=collections.deque)  # sets made, waiting for room after the JOIN
+    cpu_ns: int = 0  # the driver's CPU time spent pairing for this JOIN
+    feeders: list[_Segment] = dataclasses.field(default_factory=list)  # its inputs' streams
+
+
+@dataclasses.dataclass
+class _Segment:
+    """One producer set's chain (engine/plan.py): the stream of one producer, or of the sets a
+    JOIN makes, through the stages of its nodes, submitted by the driver message by message.
+
+    inflight: per message in flight, oldest first, the ref to wait for and what the JOIN after
+              it needs: the ref of its last stage's metadata and the refs of the outputs it
+              carries (``_END`` once the stream has ended, for a JOIN's own stream).
+    arrived:  messages of a stream that feeds a JOIN whose metadata came back, not yet offered
+              to that JOIN (its buffer for this input is full); ``_END`` ends the input.
+    """
+
+    index: int
+    chain: list[tuple[StageSpec, list[_Task]]]  # its nodes' stages and their actors
+    parent: int  # the segment whose JOIN it feeds; -1: none, it ends the flow
+    input: int  # its input number in that JOIN
+    carries: tuple[int, ...]  # node ids that JOIN needs of its messages
+    window: int
+    join: _Join | None = None  # the JOIN at its head (None: it starts with a producer)
+    inflight: collections.deque[tuple[Any, Any]] = dataclasses.field(
+        default_factory=collections.deque)
+    arrived: collections.deque[Any] = dataclasses.field(default_factory=collections.deque)
+    seq: int = 0  # messages submitted
+    ending: bool = False  # no more messages will be submitted
+    ended: bool = False  # its end came back: what is in flight after it is not a message
 
 
 class RayEngine:
@@ -185,7 +255,8 @@ class RayEngine:
     max_restarts:  restarts Ray may give each processor actor that dies (0: a dead actor ends
                    the flow with a FlowError). Calls in flight are retried on the restarted
                    actor, which opens its node again; messages still arrive once, in order.
-    window:        messages in flight at most (default: see ``default_window``).
+    window:        messages in flight at most, per stream: a producer's, or a JOIN's sets
+                   (default: see ``default_window``).
     runtime_env:   Ray runtime environment for the actors (``pip``, ``py_modules``,
                    ``env_vars``, ...), e.g. to ship the modules that define your nodes.
     actor_options: per node name, extra ``ray.remote`` options for its actors, e.g.
@@ -225,7 +296,11 @@ class RayEngine:
         self._polled_at = -STATS_FRESH  # monotonic time stats() last asked the actors
         self._stages: list[StageSpec] = []
         self._tasks: list[_Task] = []
-        self._chain: list[tuple[StageSpec, list[_Task]]] = []  # each stage and its actors
+        self._plan: Plan | None = None
+        self._segments: list[_Segment] = []
+        self._joins: list[_Join] = []
+        self._object_ref: Any = object  # ray.ObjectRef, once Ray is imported
+        self._turn = 0  # the stream the driver looks at first when several have messages
         self._by_actor: dict[str, _Task] = {}
         self._realtime = False
         self._config: FlowConfig | None = None
@@ -236,12 +311,14 @@ class RayEngine:
         self._killed = threading.Event()
         self._started = False
         self._stop_deadline: float | None = None  # stop() + stop_timeout
-        self._flight: collections.deque[_Message] = collections.deque()  # oldest first
+        # The messages in flight of every stream, by the ref the driver waits for, in the
+        # order they were submitted (_observe, _settle).
+        self._flight: dict[Any, _Message] = {}
         self._loose: list[Any] = []  # refs of calls whose results nobody fetched (_settle)
         self._looked_at = 0.0  # the driver's last look at the tasks (_observe)
         self._moved_at = 0.0  # when a message last moved (stall watchdog)
         self._signature: tuple[Any, ...] = ()
-        self._delivered = 0  # messages whose last stage returned
+        self._delivered = 0  # messages that came back to the driver
 
     # -- Engine protocol -------------------------------------------------------------------
     def start(self, stages: Sequence[StageSpec], realtime: bool, config: FlowConfig) -> None:
@@ -253,12 +330,14 @@ class RayEngine:
         self._stages, self._realtime, self._config = list(stages), realtime, config
         try:
             self._check(self._stages)
+            self._plan = build_plan(self._stages, config)  # segments and joins, or a clear error
             unknown = set(self.actor_options) - {s.name for s in self._stages}
             if unknown:
                 raise ValueError("actor_options names nodes that are not in the flow: "
                                  f"{', '.join(sorted(unknown))}")
             node_bytes = [self._pickle(spec) for spec in self._stages]
             self._create_actors(self._connect(), node_bytes)
+            self._build_segments()
         except BaseException:  # nothing left behind, and wait() does not wait for a driver
             self._kill_actors()
             self._done.set()
@@ -274,6 +353,7 @@ class RayEngine:
             if self._stop_deadline is None and self._config is not None:
                 self._stop_deadline = time.monotonic() + self._config.stop_timeout
         self._stop.set()
+
 
     def abort(self) -> None:
         """Immediate end: the producer stops at once, nothing more is submitted, nodes close
@@ -295,21 +375,9 @@ class RayEngine:
 
     # -- start -----------------------------------------------------------------------------
     def _check(self, stages: list[StageSpec]) -> None:
+        """What the plan (built next, as the process engine builds it) does not check."""
         if not stages or stages[0].kind != PRODUCER:
-            raise ValueError("the Ray engine runs flows that start with one producer")
-        if any(s.kind == PRODUCER for s in stages[1:]) or any(s.join for s in stages):
-            raise ValueError(
-                "the Ray engine runs flows with one producer for now: run a flow that joins "
-                "several producers on the process engine (engine=\"process\")"
-            )
-        if stages[0].nb_tasks != 1 or stages[-1].nb_tasks != 1:
-            raise ValueError("the first and the last node of a flow run as a single task")
-        busy = [s.name for s in stages if s.skip_when_busy]
-        if busy and self._realtime:
-            raise ValueError(
-                f"skip_when_busy ({', '.join(busy)}) is not supported by the Ray engine yet: "
-                "use every=N, or the process engine"
-            )
+            raise ValueError("the Ray engine runs flows that start with a producer")
 
     @staticmethod
     def _pickle(spec: StageSpec) -> bytes:
@@ -355,18 +423,22 @@ class RayEngine:
         from videoflow.engine.ray_actor import CONTROL, NodeActor
 
         assert self._config is not None
-        # Only the producer has a second thread, for control calls (stop, abort, stats) that
-        # must not wait behind the takes queued on it. The other actors run every call in
-        # their main thread, in order: a concurrency group costs each call a hand-over
-        # between threads (4-5 % of the frame rate at 1080p through 3 hops, measured).
+        # Only producers and nodes that skip when busy have a second thread, for control
+        # calls (stop, abort, stats; ``ahead``) that must not wait behind the calls queued on
+        # them. The other actors run every call in their main thread, in order: a concurrency
+        # group costs each call a hand-over between threads (4-5 % of the frame rate at 1080p
+        # through 3 hops, measured).
         node_actor = ray.remote(NodeActor)
-        producer_actor = ray.remote(concurrency_groups={CONTROL: 1})(NodeActor)
+        control_actor = ray.remote(concurrency_groups={CONTROL: 1})(NodeActor)
         gpus = self._gpus_left(ray)
-        # REALTIME drops happen at the producer only (nothing queues elsewhere): by the
-        # policy of the queue in front of the node after it, else the flow's.
-        after = self._stages[1].realtime_drop if len(self._stages) > 1 else None
-        drop_newest = (after or self._config.realtime_drop) == DROP_NEWEST
+        # REALTIME drops happen at the producers only (nothing queues elsewhere): by the
+        # policy of the queue in front of the stage after each (engine/plan.py link_policy).
+        assert self._plan is not None
+        drops = {stage.spec.node_id: stage.outbox.drop for stage in self._plan.stages
+                 if stage.spec.kind == PRODUCER and stage.outbox is not None}
         for index, spec in enumerate(self._stages):
+            drop_newest = drops.get(spec.node_id, self._config.realtime_drop) == DROP_NEWEST
+            control = spec.kind == PRODUCER or (spec.skip_when_busy and self._realtime)
             user = self.actor_options.get(spec.name, {})
             for worker in range(spec.nb_tasks):
                 options: dict[str, Any] = {"num_cpus": 0}
@@ -385,23 +457,25 @@ class RayEngine:
                         log.warning("no GPU left for task %d of node %r: it runs on the CPU",
                                     worker, spec.name)
                 options.update(user)
-                actor_class = producer_actor if spec.kind == PRODUCER else node_actor
+                actor_class = control_actor if control else node_actor
                 handle = actor_class.options(**options).remote(
                     node_bytes[index], dataclasses.replace(spec, node=None), worker,
                     self._realtime, drop_newest, cpu_fallback,
                 )
-                task = _Task(index, spec, worker, handle, handle._actor_id.hex())
+                task = _Task(index, spec, worker, handle, handle._actor_id.hex(), control=control)
+                if control and spec.kind != PRODUCER:
+                    task.ahead = handle.ahead.options(concurrency_group=CONTROL)
                 self._tasks.append(task)
                 self._by_actor[task.actor_id] = task
 
     @staticmethod
     def _control(task: _Task, method: str) -> Any:
-        """``task``'s actor method ``method`` for a control call: in the producer's control
-        thread, in the order of node calls on any other actor."""
+        """``task``'s actor method ``method`` for a control call: in its control thread (a
+        producer's, a skipping node's), in the order of node calls on any other actor."""
         from videoflow.engine.ray_actor import CONTROL
 
         remote_method = getattr(task.handle, method)
-        if task.spec.kind == PRODUCER:
+        if task.control:
             return remote_method.options(concurrency_group=CONTROL)
         return remote_method
 
@@ -432,7 +506,8 @@ class RayEngine:
         "Unhandled error" for an error result (a call to a killed actor, a message that could
         not be sent) dropped unseen; the FlowError has said what went wrong. The actors are
         gone by now, so their pending calls fail at once."""
-        refs = [ref for message in self._flight for _, ref, _ in message.calls]
+        refs = [ref for ref in self._flight if ref is not _END]
+        refs += [ref for message in self._flight.values() for _, ref, _ in message.calls]
         refs += [t.close_ref for t in self._tasks if t.close_ref is not None and not t.closed]
         refs += self._loose
         self._flight.clear()
@@ -545,7 +620,9 @@ class RayEngine:
         the clocks, then the producer's loop; False when an actor died meanwhile."""
         assert self._config is not None
         on_node = collections.Counter(t.info.node_id for t in self._tasks if t.info)
-        producer_ip = self._tasks[0].info.ip if self._tasks[0].info else None
+        # Frame ages compare clocks: counted by consumers on the machine of every producer.
+        producer_ips = {t.info.ip if t.info else None for t in self._tasks
+                        if t.spec.kind == PRODUCER}
         calls = []
         for task in reversed(self._tasks):  # the producer last
             info = task.info
@@ -553,7 +630,7 @@ class RayEngine:
             threads = self._config.opencv_threads_per_task(on_node[info.node_id], info.cpus)
             if self._stop.is_set() and task.spec.kind == PRODUCER:
                 calls.append(self._control(task, "stop").remote())
-            calls.append(self._control(task, "go").remote(threads, info.ip == producer_ip))
+            calls.append(self._control(task, "go").remote(threads, producer_ips == {info.ip}))
         try:
             ray.get(calls, timeout=self._config.start_timeout)
         except Exception as exc:
@@ -563,92 +640,186 @@ class RayEngine:
         self.started_at = time.monotonic()
         return True
 
-    def _submit(self, seq: int) -> _Message:
-        """Submit every call of message ``seq``; returns the message, with the ref of its last
-        stage's result and every call made (so that ``_observe`` can tell what each actor is
-        doing).
+    # -- the driver: streams, joins, submission ------------------------------------------------
+    def _build_segments(self) -> None:
+        """The plan's segments as the driver runs them: the nodes of each and their actors (no
+        MERGE: an actor runs its calls in submission order), the JOIN at its head, run here
+        with the plan's Aligner, and its window."""
+        assert self._plan is not None and self._config is not None
+        plan = self._plan
+        actors: dict[int, list[_Task]] = collections.defaultdict(list)
+        for task in self._tasks:
+            actors[task.spec.node_id].append(task)
+        feeds: dict[int, tuple[int, JoinInput | None]] = {}  # segment -> its input, its JOIN's
+        for stage in plan.stages:
+            for k, fed in enumerate(stage.join_inputs):
+                feeds[plan.stages[fed.stages[0]].segment] = (k, fed)
+        for segment in plan.segments:
+            head = plan.stages[segment.stages[0]]
+            chain = [(plan.stages[i].spec, actors[plan.stages[i].spec.node_id])
+                     for i in segment.stages if plan.stages[i].spec.kind not in (MERGE, JOIN)]
+            join = None
+            if head.spec.kind == JOIN:
+                join = _Join(head.spec.name, head.spec.join, head.join_inputs, Aligner(
+                    head.spec.join, len(head.join_inputs), head.max_pending,
+                    names=[inp.name for inp in head.join_inputs],
+                ))
+                self._joins.append(join)
+            k, inp = feeds.get(segment.index, (-1, None))
+            window = self.window or default_window(
+                [spec for spec, _ in chain], self._realtime, self._config.queue_depth)
+            self._segments.append(_Segment(segment.index, chain, segment.parent, k,
+                                           inp.carries if inp else (), window, join))
+        for seg in sorted(self._segments, key=lambda seg: seg.input):  # in input order
+            if seg.parent >= 0:
+                parent = self._segments[seg.parent].join
+                assert parent is not None
+                parent.feeders.append(seg)
+
+    def _submit(self, seg: _Segment, meta: dict[str, Any] | None = None,
+                inputs: Mapping[int, Any] | None = None) -> None:
+        """Submit every call of the next message of ``seg``: a take from its producer, or (the
+        stream of a JOIN) a set, whose metadata is ``meta`` and whose inputs' outputs are
+        ``inputs`` (node id -> the ref of that node's pair).
 
         Every call returns one (metadata, output) pair. A stage that reads only the previous
         stage gets that pair (``call``); any other gets the previous stage's pair first (the
-        metadata it carries on), then those of its other parents, each ref once, and ``where``
-        says which pair holds each of its inputs (``call_with``)."""
+        metadata it carries on; after a JOIN, the set's metadata itself), then those of its
+        other parents, each once, and ``where`` says which pair holds each of its inputs
+        (``call_with``). The last stage of a stream that feeds a JOIN also returns its
+        metadata as an object of its own (``take_split``, ``call_split``): the driver pairs
+        messages by it without fetching their outputs. Every call is noted in the message
+        (``_flight``), so that the driver can tell what each actor is doing (``_observe``)."""
         t0 = time.perf_counter()
-        results: dict[int, Any] = {}
+        object_ref = self._object_ref
+        results: dict[int, Any] = dict(inputs) if inputs else {}
+        last: Any = None if meta is None else (meta, None)
+        previous: int | None = None
+        tail = len(seg.chain) - 1 if seg.parent >= 0 else -1
+        meta_ref: Any = None
         calls: list[tuple[_Task, Any, tuple[Any, ...]]] = []
-        last: Any = None
-        previous = -1
-        for spec, actors in self._chain:
-            task = actors[seq % len(actors)]
+        for pos, (spec, actors) in enumerate(seg.chain):
+            task = actors[seg.seq % len(actors)]
+            number = task.submitted
             task.submitted += 1
+            split = pos == tail
+            args: list[Any] = [last]
             if spec.kind == PRODUCER:
-                args: tuple[Any, ...] = ()
-                last = task.handle.take.remote()
-            elif spec.reads == (previous,):
-                args = (last,)
+                args = []
+                last = (task.handle.take_split if split else task.handle.take).remote()
+            elif spec.reads == (previous,) and not split and task.ahead is None:
                 last = task.handle.call.remote(last)
             else:
-                refs = [last]
                 for node_id in spec.reads:
-                    if results[node_id] not in refs:
-                        refs.append(results[node_id])
-                where = tuple(refs.index(results[node_id]) for node_id in spec.reads)
-                args = tuple(refs)
-                last = task.handle.call_with.remote(where, *refs)
-            calls.append((task, last, args))
+                    if not any(a is results[node_id] for a in args):
+                        args.append(results[node_id])
+                where = tuple(next(j for j, a in enumerate(args) if a is results[node_id])
+                              for node_id in spec.reads)
+                method = task.handle.call_split if split else task.handle.call_with
+                if task.ahead is None:
+                    last = method.remote(where, *args)
+                else:  # skip_when_busy: the call says its number (ray_actor.NodeActor.ahead)
+                    last = method.remote(where, *args, number=number)
+            if split:
+                meta_ref, last = last
+            calls.append((task, last, tuple(a for a in args if isinstance(a, object_ref))))
+            if task.ahead is not None:  # skip_when_busy: what this call waits for
+                self._loose.append(
+                    task.ahead.remote(number, [a for a in args if isinstance(a, object_ref)]))
             results[spec.node_id] = last
             previous = spec.node_id
+        self._flight[meta_ref if tail >= 0 else last] = _Message(seg.seq, calls)
+        seg.seq += 1
+        if tail >= 0:
+            seg.inflight.append((meta_ref, {n: results[n] for n in seg.carries}))
+        else:
+            seg.inflight.append((last, None))
         self.submit_s += time.perf_counter() - t0
-        return _Message(seq, last, calls)
 
     def _pump(self, ray: Any) -> bool:
-        """Run the flow until the producer has ended and every message has arrived (True), or
-        until an abort, a kill or a failure (False)."""
+        """Run the flow until every producer has ended and every message has arrived (True),
+        or until an abort, a kill or a failure (False)."""
         assert self._config is not None
-        by_stage: dict[int, list[_Task]] = collections.defaultdict(list)
-        for task in self._tasks:
-            by_stage[task.stage].append(task)
-        self._chain = [(spec, by_stage[i]) for i, spec in enumerate(self._stages)]
-        producer = by_stage[0][0]
-        window = self.window or default_window(self._stages, self._realtime,
-                                               self._config.queue_depth)
+        self._object_ref = ray.ObjectRef
+        producers = [seg for seg in self._segments if seg.join is None]
+        roots = [seg for seg in self._segments if seg.parent < 0]
         poll = self._config.poll_interval
-        inflight = self._flight  # the messages in flight, in order
-        seq = 0
-        ending = stop_sent = False
+        stop_sent = False
         self._looked_at = self._moved_at = time.monotonic()
         while True:
             self._watch(ray)
             if self._abort.is_set():
                 return False
             if self._stop.is_set() and not stop_sent:
-                self._loose.append(self._control(producer, "stop").remote())
+                for seg in producers:
+                    self._loose.append(self._control(seg.chain[0][1][0], "stop").remote())
                 stop_sent = True
-            while not ending and len(inflight) < window:
-                inflight.append(self._submit(seq))
-                seq += 1
-            if not inflight:
+            for seg in producers:
+                while not seg.ending and len(seg.inflight) + len(seg.arrived) < seg.window:
+                    self._submit(seg)
+            timeout = self._pair(poll) if self._joins else poll
+            if timeout is None:
+                return False
+            for seg in self._segments:  # the end of a JOIN's stream: nothing to wait for
+                while seg.inflight and seg.inflight[0][0] is _END:
+                    self._came_back(seg, None)
+            if all(seg.ended and not seg.inflight for seg in roots):
                 return True
-            # One get per message, as a hand-written driver does; the timeout only bounds how
-            # long a stop, an abort or a kill waits to be seen. An actor that dies fails the
-            # calls queued for it, and every actor has calls queued while messages are in
-            # flight, so a death reaches this get too.
-            try:
-                meta = ray.get(inflight[0].last, timeout=poll)[0]
-            except ray.exceptions.GetTimeoutError:
-                continue
-            except Exception as exc:
-                self._fail(self._ray_error(ray, exc))
+            if not self._wait_oldest(ray, timeout):
                 return False
-            message = inflight.popleft()  # every call of it has returned (they are chained)
-            self._delivered += 1
-            if isinstance(meta, dict):
-                for task, _, _ in message.calls:
-                    task.returned += 1
-            if meta is None:
-                ending = True
-            elif not isinstance(meta, dict):
-                self._fail(self._failure_error(meta))
-                return False
+
+    def _wait_oldest(self, ray: Any, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the oldest message in flight of any stream and
+        take it in (each stream's messages come back in order); False on a failure.
+
+        One get per message, as a hand-written driver does; the timeout only bounds how long
+        a stop, an abort, a kill or a JOIN's deadline waits to be seen. An actor that dies
+        fails the calls queued for it, and every actor has calls queued while messages are in
+        flight, so a death reaches this wait too."""
+        heads = [seg for seg in self._segments if seg.inflight]
+        if not heads:
+            time.sleep(timeout)  # a JOIN waits for its deadline, or for room after it
+            return True
+        seg = heads[0]
+        if len(heads) > 1:
+            self._turn = turn = (self._turn + 1) % len(heads)  # no stream served first always
+            heads = heads[turn:] + heads[:turn]
+            refs = [s.inflight[0][0] for s in heads]
+            ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+            if not ready:
+                return True
+            seg, timeout = heads[refs.index(ready[0])], 0
+        try:
+            value = ray.get(seg.inflight[0][0], timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            return True
+        except Exception as exc:
+            self._fail(self._ray_error(ray, exc))
+            return False
+        return self._came_back(seg, value if seg.parent >= 0 else value[0])
+
+    def _came_back(self, seg: _Segment, meta: Any) -> bool:
+        """The oldest message in flight of ``seg`` came back with ``meta``: its metadata, None
+        at the end of the stream, or a Failure (False: the flow has failed)."""
+        ref, carried = seg.inflight.popleft()
+        message = self._flight.pop(ref, None)  # every call of it has returned (chained)
+        if seg.ended:  # taken after the end: not a message
+            return True
+        self._delivered += 1
+        if isinstance(meta, dict) and message is not None:
+            for task, _, _ in message.calls:
+                task.returned += 1
+        if meta is None:
+            seg.ended = seg.ending = True
+            if seg.parent >= 0:
+                seg.arrived.append(_END)
+            return True
+        if not isinstance(meta, dict):
+            self._fail(self._failure_error(meta))
+            return False
+        if seg.parent >= 0:
+            seg.arrived.append((meta, carried))
+        return True
 
     # -- the watchdog: what every task is doing, and endings that take too long ------------
     def _watch(self, ray: Any) -> None:
@@ -673,14 +844,14 @@ class RayEngine:
         debugger): nothing could be seen meanwhile, so that time does not count."""
         self._moved_at += skip_gap(now - self._looked_at, self._tasks)
         self._looked_at = now
-        refs = [ref for message in self._flight for _, ref, _ in message.calls]
+        refs = [ref for message in self._flight.values() for _, ref, _ in message.calls]
         refs += [t.close_ref for t in self._tasks if t.close_ref is not None and not t.closed]
         ready: set[Any] = set()
         if refs:
             with contextlib.suppress(Exception):
                 ready = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
         seen: dict[int, tuple[int, int]] = {}
-        for message in self._flight:
+        for message in self._flight.values():
             first = message.calls[0][0] if message.calls else None
             source = first if first is not None and first.spec.kind == PRODUCER else None
             for task, ref, args in message.calls:
@@ -822,6 +993,75 @@ class RayEngine:
             left = [u for u in left if (u.name, u.worker) != (first.name, first.worker)]
         self._fail(stall_error(timeout, first, left))
 
+    def _pair(self, poll: float) -> float | None:
+        """Let every JOIN take the messages that came back from its inputs, and send on the
+        sets it makes while there is room after it. Returns how long the driver may wait for
+        messages before a JOIN's deadline (``poll`` at most); None when pairing failed.
+
+        BATCH offers a JOIN nothing while the stream after it is full: its inputs' messages
+        wait here, their streams' windows fill up and their producers wait, so nothing is
+        lost. REALTIME offers every message at once: ``Join.latest`` keeps the newest of each
+        input and counts the one it replaces as stale."""
+        timeout = poll
+        for seg in self._segments:
+            join = seg.join
+            if join is None:
+                continue
+            t0 = time.thread_time_ns()
+            aligner = join.aligner
+            room = len(seg.inflight) < seg.window and not join.ready
+            if room or self._realtime:
+                for k, feeder in enumerate(join.feeders):
+                    arrived = feeder.arrived
+                    while arrived:
+                        item = arrived[0]
+                        if item is _END:
+                            arrived.popleft()
+                            aligner.end(k)
+                        elif not aligner.wants(k):
+                            break
+                        else:
+                            arrived.popleft()
+                            try:
+                                aligner.offer(k, item, item[0].get("timestamp_ms"))
+                            except Exception as exc:
+                                self._fail(FlowError(
+                                    f"node {join.name!r} (task 0) raised {type(exc).__name__} "
+                                    f"while pairing its inputs: {exc}",
+                                    node=join.name, task=0,
+                                    remote_traceback=traceback.format_exc(),
+                                ))
+                                return None
+            if room:
+                join.ready.extend(aligner.poll())
+            join.cpu_ns += time.thread_time_ns() - t0
+            while join.ready and len(seg.inflight) < seg.window:
+                self._send(seg, join, join.ready.popleft())
+            if aligner.done and not join.ready and not seg.ending:
+                seg.ending = True
+                seg.inflight.append((_END, None))
+            deadline = aligner.deadline()
+            # While the stream after it is full, no set can go: nothing is due before room.
+            if deadline is not None and len(seg.inflight) < seg.window:
+                timeout = min(timeout, max(0.0, deadline - aligner.clock()))
+        return timeout
+
+    def _send(self, seg: _Segment, join: _Join, group: tuple[Any, ...]) -> None:
+        """Send a set on through the JOIN's stream: the metadata of its messages merged as the
+        process engine's JOIN merges them, the outputs each input carries (None for an input
+        missing from the set)."""
+        metas = [None if item is None else item[0] for item in group]
+        meta = set_meta([inp.sources for inp in join.inputs], metas, join.sets)
+        join.sets += 1
+        inputs: dict[int, Any] = {}
+        for inp, item in zip(join.inputs, group, strict=True):
+            if item is None:
+                for node_id in inp.carries:
+                    inputs[node_id] = _NONE_PAIR
+            else:
+                inputs.update(item[1])
+        self._submit(seg, meta, inputs)
+
     def _harvest(
         self, ray: Any, pending: dict[Any, _Task], timeout: float
     ) -> list[tuple[_Task, Any]] | None:
@@ -843,7 +1083,7 @@ class RayEngine:
     def _poll_counters(self, timeout: float) -> None:
         """Ask the actors for their counters, the last stage first and the producer last, so
         that a snapshot never shows more messages delivered than produced. An actor answers
-        after the calls queued on it (the producer at once, and what it is doing too), so this
+        after the calls queued on it (a producer at once, and what it is doing too), so this
         takes up to ``timeout``; the rows are kept only if every live actor answered in time:
         a snapshot stays whole."""
         import ray
@@ -881,10 +1121,10 @@ class RayEngine:
             return
         grace, poll = self._config.stop_grace, self._config.poll_interval
         live = [t for t in self._tasks if not t.dead]
-        if not graceful and not self._tasks[0].dead:
-            # The producer stops at once; the calls already queued on the other actors still
+        for producer in (t for t in live if t.spec.kind == PRODUCER and not graceful):
+            # The producers stop at once; the calls already queued on the other actors still
             # run (or return at once after a failure) before their close.
-            self._loose.append(self._control(self._tasks[0], "abort").remote())
+            self._loose.append(self._control(producer, "abort").remote())
         closes: dict[Any, _Task] = {}
         for task in live:
             task.close_ref = task.handle.close.remote(grace)
@@ -973,36 +1213,64 @@ class RayEngine:
         failed: dict[tuple[str, int], int] = {}
         for err in list(self.errors):
             failed[(err.node, err.task)] = failed.get((err.node, err.task), 0) + 1
-        nodes: list[NodeStats] = []
-        for index, spec in enumerate(self._stages):
-            tasks = [t for t in self._tasks if t.stage == index]
-            rows = [
-                task_stats(spec.name, t.worker, t.counters(),
-                           errors=failed.get((spec.name, t.worker), 0),
-                           elapsed_s=elapsed, doing=self._doing(t, seen),
-                           doing_s=self._doing_s(t, seen), stalled=self._stalled(t, seen))
-                for t in tasks
-            ]
-            queued = None
-            if running and index > 0:
-                queued = max(0, sum(t.submitted for t in tasks) - sum(t.row[IN] for t in tasks))
-            nodes.append(node_stats(
-                spec.name, spec.kind, rows, inbox_queued=queued,
-                one_task=spec.kind != PROCESSOR or spec.one_task,
-                elapsed_s=elapsed,
-            ))
-        if not nodes:
+        if not self._stages:
             return FlowStats(nodes=(), produced=0, delivered=0, dropped=0, running=running)
-        return FlowStats(
-            nodes=tuple(nodes),
-            produced=nodes[0].messages_in,
-            delivered=nodes[-1].messages_in,
-            dropped=sum(n.dropped for n in nodes),
-            running=running,
-            pool_slots_in_use=None if running else 0,
-            errors=sum(failed.values()),
-            elapsed_s=elapsed,
+        layout = ControlLayout.of_specs(self._stages)
+        tasks = list(self._tasks)
+
+        by_task = {(t.stage, t.worker): t for t in tasks}
+
+        def queued(stage: StageRows) -> int | None:
+            if not running or stage.spec.kind == PRODUCER:
+                return None
+            mine = [t for t in tasks if t.stage == stage.index]
+            return max(0, sum(t.submitted for t in mine) - sum(t.row[IN] for t in mine))
+
+        def what(stage: StageRows, worker: int, row: Any) -> tuple[str, float, bool]:
+            task = by_task[(stage.index, worker)]
+            return (self._doing(task, seen), self._doing_s(task, seen),
+                    self._stalled(task, seen))
+
+        snapshot = FlowStats.from_block(
+            layout.pack({(t.stage, t.worker): t.counters() for t in tasks}), layout,
+            running=running, elapsed_s=elapsed, errors=failed, inbox_queued=queued,
+            doing=what, pool_slots_in_use=None if running else 0,
         )
+        # The driver runs the JOINs (no actor, no row): their counters come from its Aligners.
+        return dataclasses.replace(snapshot, joins=self._join_stats())
+
+    def _join_stats(self) -> tuple[JoinStats, ...]:
+        """The JoinStats of every JOIN, as the process engine counts them: from its Aligner,
+        and from the counters of the actors of each input's stream. A JOIN run by the driver
+        never drops a set (it sends sets on only when there is room after it)."""
+        assert self._plan is not None
+        stages = self._plan.stages
+
+        def total(index: int, field: int) -> int:
+            node_id = stages[index].spec.node_id
+            return sum(t.row[field] for t in self._tasks if t.spec.node_id == node_id)
+
+        out = []
+        for join in self._joins:
+            inputs = []
+            for inp, feeder, counts in zip(join.inputs, join.feeders, join.aligner.counts(),
+                                           strict=True):
+                head = feeder.join  # an inner JOIN: the sets it made
+                inputs.append(JoinInputStats(
+                    name=inp.name,
+                    produced=head.sets if head is not None else total(inp.stages[0], IN),
+                    dropped=sum(total(i, DROPPED) for i in inp.stages
+                                if stages[i].spec.kind not in (MERGE, JOIN)),
+                    received=counts.received, used=counts.used, stale=counts.stale,
+                    unmatched=counts.unmatched, buffered=counts.buffered,
+                    waited_s=counts.waited_s,
+                ))
+            out.append(JoinStats(
+                name=join.name, policy=repr(join.policy), sets=join.sets,
+                partial=join.aligner.partial, dropped=0, inputs=tuple(inputs),
+                cpu_s=join.cpu_ns / 1e9,
+            ))
+        return tuple(out)
 
 
 def process_started(pid: int) -> int | None:

@@ -37,6 +37,25 @@ from videoflow.engine.bootstrap import (
     package_copy,
     unpicklable_node,
 )
+from videoflow.engine.control import (
+    ABORT,
+    DROPPED,
+    GO,
+    IN,
+    OUT,
+    P_CLOSE,
+    P_CONSUME,
+    P_ENDED,
+    P_NEXT,
+    P_PROCESS,
+    ROW,
+    STATE,
+    STOP,
+    ControlLayout,
+    StageRows,
+    describe_state,
+    state_phase,
+)
 from videoflow.engine.endings import (
     Unfinished,
     close_timeout_error,
@@ -52,7 +71,6 @@ from videoflow.engine.logs import handle_forwarded, level_snapshot
 from videoflow.engine.plan import (
     JOIN,
     MERGE,
-    PROCESSOR,
     PRODUCER,
     Plan,
     Stage,
@@ -61,28 +79,7 @@ from videoflow.engine.plan import (
     build_plan,
     visible_gpus,
 )
-from videoflow.engine.stats import (
-    ABORT,
-    DROPPED,
-    FLAGS,
-    GO,
-    IN,
-    OUT,
-    P_CLOSE,
-    P_CONSUME,
-    P_ENDED,
-    P_NEXT,
-    P_PROCESS,
-    ROW,
-    STATE,
-    STOP,
-    FlowStats,
-    NodeStats,
-    describe_state,
-    node_stats,
-    state_phase,
-    task_stats,
-)
+from videoflow.engine.stats import FlowStats
 from videoflow.engine.task import STOP_SIGNAL, NodeParcel, TaskSpec, release_queued, task_main
 from videoflow.errors import FlowError, UnpicklableNodeError, read_only_write
 from videoflow.transport import message
@@ -212,7 +209,7 @@ class ProcessEngine:
         self.realtime: bool
         self.plan: Plan
         self.prefix: str
-        self._rows_at: int
+        self.layout: ControlLayout  # where the flags, counters, rows and JOIN blocks are
         self._joins: JoinWiring
         self._ctx: Any
 
@@ -221,11 +218,10 @@ class ProcessEngine:
         self.realtime = realtime
         self.plan = build_plan(stages, config)
         self.prefix = new_flow_prefix()
-        ntasks = len(self.plan.tasks)
-        self._rows_at = FLAGS + self.plan.window_counters
-        self._joins = JoinWiring(self.plan, self._rows_at + ROW * ntasks)  # blocks after rows
+        self.layout = ControlLayout.of(self.plan)
+        self._joins = JoinWiring(self.layout)
         self._ctx = _context(config.start_method)
-        self.control = self._ctx.RawArray("q", self._rows_at + ROW * ntasks + self._joins.size)
+        self.control = self._ctx.RawArray("q", self.layout.size)
 
     @property
     def description(self) -> str:
@@ -275,14 +271,10 @@ class ProcessEngine:
             ]
             queue_names = [queue.name for queue in self._queues]
             self._joins.open(self._ctx)
-            row = self._rows_at
             for stage, worker in plan.tasks:
                 inbox, outbox = stage.inbox, stage.outbox
-                merge_counter = window_counter = -1
-                if inbox is not None and inbox.senders > 1:
-                    merge_counter = FLAGS + inbox.counter
-                if outbox is not None and outbox.window:
-                    window_counter = FLAGS + outbox.counter
+                rows = self.layout.stages[stage.index]
+                row = rows.row(worker)
                 gpu = gpus.get((stage.index, worker))
                 # The node travels once, as bytes, unpickled in the task after its
                 # environment is set (CUDA_VISIBLE_DEVICES...): not in the stage as well.
@@ -297,8 +289,8 @@ class ProcessEngine:
                     inbox_queue=self._queues[inbox.index].name if inbox else None,
                     outbox_queue=self._queues[outbox.index].name if outbox else None,
                     row=row,
-                    inbox_window_counter=merge_counter,
-                    outbox_window_counter=window_counter,
+                    inbox_window_counter=rows.inbox_counter,
+                    outbox_window_counter=rows.outbox_counter,
                     gpu=gpu,
                     cpu_fallback=(stage.index, worker) in gpus and gpu is None,
                     log_levels=log_levels,
@@ -317,7 +309,6 @@ class ProcessEngine:
                     daemon=True,
                 )
                 task = _TaskHandle(stage, worker, row, process, reader)
-                row += ROW
                 self._tasks.append(task)
                 try:
                     with fork_safe(cfg.start_method):
@@ -408,7 +399,7 @@ class ProcessEngine:
         phase = state_phase(self.control[task.row + STATE])[0]
         return phase in (P_NEXT, P_PROCESS, P_CONSUME, P_CLOSE)
 
-    def _stalled(self, task: _TaskHandle, row: list[int], now: float) -> bool:
+    def _stalled(self, task: _TaskHandle, row: Sequence[int], now: float) -> bool:
         """Its process is stopped, or it has been in its node's code far longer than usual."""
         if task.stopped:
             return True
@@ -802,49 +793,27 @@ class ProcessEngine:
         failed: dict[tuple[str, int], int] = {}
         for err in list(self.errors):
             failed[(err.node, err.task)] = failed.get((err.node, err.task), 0) + 1
-        handles = iter(self._tasks)
-        nodes: list[NodeStats] = []
-        dropped = 0
-        at = self._rows_at
-        for stage in self.plan.stages:
-            spec = stage.spec
-            tasks = []
-            for worker in range(spec.nb_tasks):
-                row = rows[at : at + ROW]
-                task = next(handles, None)
-                tasks.append(
-                    task_stats(
-                        spec.name, worker, row,
-                        errors=failed.get((spec.name, worker), 0),
-                        slots_in_use=slots.get((stage.index, worker)) if running else None,
-                        elapsed_s=elapsed,
-                        doing=self._doing(task, None) if task else describe_state(spec.kind, row),
-                        doing_s=seen - task.since if task is not None and task.state else 0.0,
-                        stalled=task is not None and self._stalled(task, row, seen),
-                    )
-                )
-                at += ROW
-            dropped += sum(t.dropped for t in tasks)
-            if spec.kind not in (MERGE, JOIN):
-                nodes.append(
-                    node_stats(
-                        spec.name, spec.kind, tasks,
-                        inbox_queued=self._queued(stage.inbox.index) if stage.inbox else None,
-                        one_task=spec.kind != PROCESSOR or spec.one_task,
-                        elapsed_s=elapsed,
-                    )
-                )
-        return FlowStats(
-            nodes=tuple(nodes),
-            produced=sum(n.messages_in for n in nodes if n.kind == PRODUCER),
-            delivered=nodes[-1].messages_in,
-            dropped=dropped,
-            running=running,
-            pool_slots_in_use=self.pool_slots_in_use,
+        handles = self._tasks
+
+        def doing(stage: StageRows, worker: int, row: Sequence[int]) -> tuple[str, float, bool]:
+            i = stage.first + worker
+            task = handles[i] if i < len(handles) else None  # none: its start failed
+            if task is None:
+                return describe_state(stage.spec.kind, row), 0.0, False
+            return (
+                self._doing(task, None),
+                seen - task.since if task.state else 0.0,
+                self._stalled(task, row, seen),
+            )
+
+        def queued(stage: StageRows) -> int | None:
+            inbox = self.plan.stages[stage.index].inbox
+            return self._queued(inbox.index) if inbox else None
+
+        return FlowStats.from_block(
+            rows, self.layout, running=running, elapsed_s=elapsed, errors=failed, slots=slots,
+            doing=doing, inbox_queued=queued, pool_slots_in_use=self.pool_slots_in_use,
             slots_reclaimed=self.slots_reclaimed,
-            errors=sum(failed.values()),
-            elapsed_s=elapsed,
-            joins=self._joins.stats(rows, self._rows_at),
         )
 
     # -- interpreter exit --------------------------------------------------------------------

@@ -1,69 +1,53 @@
-"""Counters of a running flow and the snapshot ``Flow.stats()`` returns.
+"""The snapshot ``Flow.stats()`` returns, and how it is made from a flow's control block.
 
-Every task owns one row of int64 counters in the flow's control block, a shared array created
-by the flow's owner: the task is the only writer of its row, the owner reads it at any time, so
-counting costs a few memory stores per message and needs no message of its own. Everything else
-in a snapshot (elapsed time, errors, queue and slot-pool occupancy) is read by the owner when the
-snapshot is taken, and costs the tasks nothing.
+Every task counts what it does in its row of the flow's control block (engine/control.py says
+where each row is and who writes what); the owner reads the block at any time, so counting
+costs a task a few memory stores per message and needs no message of its own. Everything else
+in a snapshot (elapsed time, errors, queue and slot-pool occupancy, what a task is doing in
+words) is read by the owner when the snapshot is taken and handed to ``FlowStats.from_block``,
+and costs the tasks nothing. This module knows the control block's layout, not the report:
+engine/report.py imports the snapshot, never the other way round.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-# Flags at the start of the control block.
-STOP, ABORT, GO = 0, 1, 2
-FLAGS = 3
+from videoflow.engine.control import (
+    AGE_AT,
+    AGE_BUCKETS,
+    AGE_FRAMES,
+    AGE_MAX_NS,
+    AGE_SUM_NS,
+    BLOCKED_NS,
+    BUSY_NS,
+    CPU_NS,
+    DROPPED,
+    IN,
+    J_BUFFERED,
+    J_RECEIVED,
+    J_STALE,
+    J_UNMATCHED,
+    J_USED,
+    J_WAITED_NS,
+    OFFLINE_NS,
+    OUT,
+    RECONNECTS,
+    ROW,
+    SKIPPED,
+    WAIT_NS,
+    ControlLayout,
+    JoinBlock,
+    StageRows,
+    age_bucket_bounds,
+)
+from videoflow.engine.plan import JOIN, MERGE, PROCESSOR, PRODUCER
 
-# Per-task counter row: the named counters, then the frame-age histogram (AGE_BUCKETS).
-FIELDS = (
-    "messages_in", "messages_out", "dropped", "busy_ns", "wait_ns", "blocked_ns", "cpu_ns",
-    "reconnects", "offline_ns", "state", "skipped", "age_frames", "age_sum_ns", "age_max_ns",
-)  # fmt: skip
-(
-    IN, OUT, DROPPED, BUSY_NS, WAIT_NS, BLOCKED_NS, CPU_NS, RECONNECTS, OFFLINE_NS, STATE,
-    SKIPPED, AGE_FRAMES, AGE_SUM_NS, AGE_MAX_NS,
-) = range(len(FIELDS))  # fmt: skip
-
-# Frame age: how old a message's frame is when a consumer is called on it, from the time its
-# producer made it: ``meta[PRODUCED_NS]``, time.perf_counter_ns() when next() returned (the
-# task stamps it unless the producer set it; CLOCK_MONOTONIC on Linux, so comparable between
-# the processes of a machine). Each consumer task counts the ages it sees in a histogram of
-# AGE_BUCKETS counters at the end of its row: 4 buckets per octave of microseconds (bucket
-# i >= 4 holds [(4 + i % 4) << (i // 4 - 1), (5 + i % 4) << (i // 4 - 1)) us), from 0 to 33 s;
-# the last bucket also takes anything older.
-PRODUCED_NS = "produced_ns"
-AGE_BUCKETS = 96
-AGE_AT = len(FIELDS)
-ROW = AGE_AT + AGE_BUCKETS
-
-
-def age_bucket(age_ns: int) -> int:
-    """The histogram bucket of an age in nanoseconds."""
-    us = age_ns // 1000
-    if us < 4:
-        return max(us, 0)
-    e = us.bit_length() - 1
-    return min(4 * (e - 1) + ((us >> (e - 2)) & 3), AGE_BUCKETS - 1)
-
-
-def age_bucket_bounds(i: int) -> tuple[float, float]:
-    """(lowest, highest) age in seconds that bucket ``i`` holds."""
-    if i < 4:
-        return i * 1e-6, (i + 1) * 1e-6
-    shift = i // 4 - 1
-    return ((4 + i % 4) << shift) * 1e-6, ((5 + i % 4) << shift) * 1e-6
-
-
-def record_age(control: Any, row: int, age_ns: int) -> None:
-    """Count one frame of age ``age_ns`` in the task row at ``row`` (its only writer)."""
-    age_ns = max(age_ns, 0)
-    control[row + AGE_FRAMES] += 1
-    control[row + AGE_SUM_NS] += age_ns
-    if age_ns > control[row + AGE_MAX_NS]:
-        control[row + AGE_MAX_NS] = age_ns
-    control[row + AGE_AT + age_bucket(age_ns)] += 1
+# What the owner knows of a task beyond its row, for TaskStats: (doing, doing_s, stalled),
+# from the task's stage, its worker number and its row.
+TaskDoing = Callable[[StageRows, int, Sequence[int]], tuple[str, float, bool]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +57,8 @@ class FrameAge:
 
     frames:  frames counted; mean_s, max_s: their mean and largest age in seconds.
     p50_s, p99_s: the median and 99th percentile, from the histogram (within a few percent).
-    buckets: frames per histogram bucket (``stats.age_bucket_bounds(i)`` gives bucket i's
-             range), for exporters; trailing empty buckets are left out.
+    buckets: frames per histogram bucket (``engine.control.age_bucket_bounds(i)`` gives
+             bucket i's range), for exporters; trailing empty buckets are left out.
     """
 
     frames: int
@@ -123,63 +107,6 @@ def _quantile(buckets: list[int], q: float, max_s: float) -> float:
             return min(low + (high - low) * (rank - seen) / count, max_s)
         seen += count
     return max_s
-
-# What a task is doing, in its STATE counter: ``message * PHASE_SPAN + phase``, where message
-# is the index of the message in hand (-1: none). A task stores it when its phase changes: twice
-# per message (before and after its node's call), so that the owner can tell a task stuck in
-# its node's code from one waiting for its neighbours, and name the message it holds.
-PHASES = (
-    "start", "load", "open", "ready", "next", "process", "consume", "between", "finish",
-    "close", "ended",
-)
-(
-    P_START, P_LOAD, P_OPEN, P_READY, P_NEXT, P_PROCESS, P_CONSUME, P_BETWEEN, P_FINISH,
-    P_CLOSE, P_ENDED,
-) = range(len(PHASES))
-PHASE_SPAN = 16
-IN_NODE_CODE = frozenset({P_OPEN, P_NEXT, P_PROCESS, P_CONSUME, P_CLOSE})
-
-
-def state_phase(state: int) -> tuple[int, int]:
-    """(phase, message index or -1) from a STATE counter."""
-    message, phase = divmod(state, PHASE_SPAN)
-    return phase, message
-
-
-def describe_state(kind: str, row: list[int] | tuple[int, ...]) -> str:
-    """What the task whose counter row is ``row`` is doing, in words: "in process() holding
-    message 34", "waiting for input", "sending message 12", ..."""
-    phase, message = state_phase(row[STATE])
-    held = f" message {message}" if message >= 0 else ""
-    if phase == P_NEXT:
-        return f"in next() (making message {message})"
-    if phase in (P_PROCESS, P_CONSUME):
-        return f"in {PHASES[phase]}() holding{held}"
-    if phase == P_BETWEEN and kind == "join":
-        return "pairing its inputs' messages (or waiting for them, or for room downstream)"
-    if phase == P_BETWEEN:
-        holding = kind != "consumer" and row[IN] > row[OUT] + row[DROPPED]
-        if holding:
-            return f"sending{held} (the next queue is full)"
-        return "between two next() calls" if kind == "producer" else "waiting for input"
-    return {
-        P_START: "starting (opening its queues)",
-        P_LOAD: "unpickling its node",
-        P_OPEN: "in open()",
-        P_READY: "waiting for the other tasks to open their nodes",
-        P_FINISH: "passing the end of the stream on (the next queue is full)",
-        P_CLOSE: "in close()",
-        P_ENDED: "ended",
-    }.get(phase, f"in phase {phase}")
-
-# A JOIN stage's block, after the task rows: its doorbell (engine/join_task.py), the sets it
-# sent with some input missing, then one row per input (its own task row has the rest).
-JOIN_BELL, JOIN_PARTIAL = 0, 1
-JOIN_HEAD = 2
-JOIN_FIELDS = ("received", "used", "stale", "unmatched", "buffered", "waited_ns")
-J_RECEIVED, J_USED, J_STALE, J_UNMATCHED, J_BUFFERED, J_WAITED_NS = range(len(JOIN_FIELDS))
-JOIN_ROW = len(JOIN_FIELDS)
-
 
 def _share(seconds: float, tasks: int, elapsed_s: float) -> float:
     """``seconds`` as a fraction of ``tasks`` x ``elapsed_s`` (0.0 when nothing has elapsed)."""
@@ -277,6 +204,26 @@ class TaskStats(_Rates):
         """Fields and derived rates, JSON-ready."""
         return {**dataclasses.asdict(self), **self._rates()}
 
+    @classmethod
+    def from_row(
+        cls, node: str, task: int, row: Sequence[int], *, errors: int = 0,
+        slots_in_use: int | None = None, elapsed_s: float = 0.0, doing: str = "",
+        doing_s: float = 0.0, stalled: bool = False,
+    ) -> TaskStats:
+        """The counters of task ``task`` of ``node`` from its row of the control block
+        (engine/control.py FIELDS), with what the owner knows of it besides."""
+        return cls(
+            node, task, row[IN], row[OUT], row[DROPPED],
+            row[BUSY_NS] / 1e9, row[WAIT_NS] / 1e9, row[BLOCKED_NS] / 1e9,
+            errors=errors, slots_in_use=slots_in_use, cpu_s=row[CPU_NS] / 1e9,
+            elapsed_s=elapsed_s, reconnects=row[RECONNECTS], offline_s=row[OFFLINE_NS] / 1e9,
+            doing=doing, doing_s=doing_s, stalled=stalled, skipped=row[SKIPPED],
+            frame_age=FrameAge.from_counts(
+                row[AGE_FRAMES], row[AGE_SUM_NS], row[AGE_MAX_NS],
+                list(row[AGE_AT : AGE_AT + AGE_BUCKETS]),
+            ) if row[AGE_FRAMES] else None,
+        )  # fmt: skip
+
 
 @dataclasses.dataclass(frozen=True)
 class NodeStats(_Rates):
@@ -329,6 +276,36 @@ class NodeStats(_Rates):
     offline_s: float = 0.0
     skipped: int = 0
     frame_age: FrameAge | None = None
+
+    @classmethod
+    def from_tasks(
+        cls, name: str, kind: str, tasks: Sequence[TaskStats], *,
+        inbox_queued: int | None = None, one_task: bool = False, elapsed_s: float = 0.0,
+    ) -> NodeStats:
+        """The counters of a node, summed over its tasks' counters."""
+        slots = [t.slots_in_use for t in tasks if t.slots_in_use is not None]
+        return cls(
+            name=name,
+            kind=kind,
+            nb_tasks=len(tasks),
+            messages_in=sum(t.messages_in for t in tasks),
+            messages_out=sum(t.messages_out for t in tasks),
+            dropped=sum(t.dropped for t in tasks),
+            busy_s=sum(t.busy_s for t in tasks),
+            wait_s=sum(t.wait_s for t in tasks),
+            blocked_s=sum(t.blocked_s for t in tasks),
+            tasks=tuple(tasks),
+            errors=sum(t.errors for t in tasks),
+            inbox_queued=inbox_queued,
+            slots_in_use=sum(slots) if slots else None,
+            one_task=one_task,
+            cpu_s=sum(t.cpu_s for t in tasks),
+            elapsed_s=elapsed_s,
+            reconnects=sum(t.reconnects for t in tasks),
+            offline_s=sum(t.offline_s for t in tasks),
+            skipped=sum(t.skipped for t in tasks),
+            frame_age=FrameAge.merge([t.frame_age for t in tasks if t.frame_age is not None]),
+        )
 
     @property
     def workers(self) -> int:
@@ -403,6 +380,43 @@ class JoinStats:
     cpu_s: float = 0.0
     wait_s: float = 0.0
 
+    @classmethod
+    def from_block(cls, block: Sequence[int], layout: ControlLayout, join: JoinBlock) -> JoinStats:
+        """The counters of the JOIN whose block is ``join``, from a copy of the control block:
+        its own block, its task's row, and the rows of the stages of each input's stream."""
+        stage = layout.stages[join.stage]
+        inputs = []
+        for i, inp in enumerate(join.inputs):
+            head = layout.stages[inp.stages[0]]
+            if head.spec.kind == PRODUCER:
+                made = layout.total(block, head.index, IN)
+            else:  # an inner JOIN: the sets it made
+                made = sum(layout.total(block, head.index, f) for f in (OUT, DROPPED))
+            at = join.input_at(i)
+            inputs.append(
+                JoinInputStats(
+                    name=inp.name,
+                    produced=made,
+                    dropped=sum(layout.total(block, s, DROPPED) for s in inp.stages),
+                    received=block[at + J_RECEIVED],
+                    used=block[at + J_USED],
+                    stale=block[at + J_STALE],
+                    unmatched=block[at + J_UNMATCHED],
+                    buffered=block[at + J_BUFFERED],
+                    waited_s=block[at + J_WAITED_NS] / 1e9,
+                )
+            )
+        return cls(
+            name=stage.spec.name,
+            policy=repr(stage.spec.join),
+            sets=layout.total(block, stage.index, OUT),
+            partial=block[join.partial],
+            dropped=layout.total(block, stage.index, DROPPED),
+            inputs=tuple(inputs),
+            cpu_s=layout.total(block, stage.index, CPU_NS) / 1e9,
+            wait_s=layout.total(block, stage.index, WAIT_NS) / 1e9,
+        )
+
     @property
     def waits_on(self) -> JoinInputStats | None:
         """The input the JOIN waited on most (None while no set has waited)."""
@@ -442,6 +456,68 @@ class FlowStats:
     elapsed_s: float = 0.0
     joins: tuple[JoinStats, ...] = ()
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_block(
+        cls, block: Sequence[int], layout: ControlLayout, *, running: bool,
+        elapsed_s: float = 0.0, errors: Mapping[tuple[str, int], int] | None = None,
+        slots: Mapping[tuple[int, int], int] | None = None, doing: TaskDoing | None = None,
+        inbox_queued: Callable[[StageRows], int | None] | None = None,
+        pool_slots_in_use: int | None = None, slots_reclaimed: int = 0,
+    ) -> FlowStats:
+        """The snapshot of a flow from a copy of its control block laid out as ``layout``,
+        and what its engine knows besides:
+
+        errors:       failures per (node name, task), from the engine's errors.
+        slots:        slots in use now per (stage index, worker) (None: no pools to read).
+        doing:        (doing, doing_s, stalled) of a task, from its stage, worker and row
+                      (None: nothing is said of what the tasks do).
+        inbox_queued: messages waiting in a stage's inbox now (None: not known).
+        pool_slots_in_use, slots_reclaimed: as in the fields of the same names.
+
+        MERGE and JOIN stages are no node: their drops count in ``dropped``, and each JOIN's
+        counters make a :class:`JoinStats`.
+        """
+        failed = errors or {}
+        nodes: list[NodeStats] = []
+        dropped = 0
+        for stage in layout.stages:
+            spec = stage.spec
+            tasks = []
+            for worker in range(spec.nb_tasks):
+                at = stage.at + ROW * worker
+                row = block[at : at + ROW]
+                said, said_s, stalled = doing(stage, worker, row) if doing else ("", 0.0, False)
+                tasks.append(
+                    TaskStats.from_row(
+                        spec.name, worker, row,
+                        errors=failed.get((spec.name, worker), 0),
+                        slots_in_use=slots.get((stage.index, worker)) if slots else None,
+                        elapsed_s=elapsed_s, doing=said, doing_s=said_s, stalled=stalled,
+                    )
+                )
+            dropped += sum(t.dropped for t in tasks)
+            if spec.kind not in (MERGE, JOIN):
+                nodes.append(
+                    NodeStats.from_tasks(
+                        spec.name, spec.kind, tasks,
+                        inbox_queued=inbox_queued(stage) if inbox_queued else None,
+                        one_task=spec.kind != PROCESSOR or spec.one_task,
+                        elapsed_s=elapsed_s,
+                    )
+                )
+        return cls(
+            nodes=tuple(nodes),
+            produced=sum(n.messages_in for n in nodes if n.kind == PRODUCER),
+            delivered=nodes[-1].messages_in if nodes else 0,
+            dropped=dropped,
+            running=running,
+            pool_slots_in_use=pool_slots_in_use,
+            slots_reclaimed=slots_reclaimed,
+            errors=sum(failed.values()),
+            elapsed_s=elapsed_s,
+            joins=tuple(JoinStats.from_block(block, layout, j) for j in layout.joins),
+        )
 
     @property
     def produced_by(self) -> dict[str, int]:
@@ -487,47 +563,3 @@ class FlowStats:
         return {**fields, "fps": self.fps, "cpu_s": self.cpu_s, "cores_busy": self.cores_busy}
 
 
-def task_stats(
-    node: str, task: int, row: list[int], *, errors: int = 0, slots_in_use: int | None = None,
-    elapsed_s: float = 0.0, doing: str = "", doing_s: float = 0.0, stalled: bool = False,
-) -> TaskStats:
-    return TaskStats(
-        node, task, row[IN], row[OUT], row[DROPPED],
-        row[BUSY_NS] / 1e9, row[WAIT_NS] / 1e9, row[BLOCKED_NS] / 1e9,
-        errors=errors, slots_in_use=slots_in_use, cpu_s=row[CPU_NS] / 1e9, elapsed_s=elapsed_s,
-        reconnects=row[RECONNECTS], offline_s=row[OFFLINE_NS] / 1e9,
-        doing=doing, doing_s=doing_s, stalled=stalled,
-        skipped=row[SKIPPED],
-        frame_age=FrameAge.from_counts(
-            row[AGE_FRAMES], row[AGE_SUM_NS], row[AGE_MAX_NS], row[AGE_AT : AGE_AT + AGE_BUCKETS]
-        ) if row[AGE_FRAMES] else None,
-    )
-
-
-def node_stats(
-    name: str, kind: str, tasks: list[TaskStats], *, inbox_queued: int | None = None,
-    one_task: bool = False, elapsed_s: float = 0.0,
-) -> NodeStats:
-    slots = [t.slots_in_use for t in tasks if t.slots_in_use is not None]
-    return NodeStats(
-        name=name,
-        kind=kind,
-        nb_tasks=len(tasks),
-        messages_in=sum(t.messages_in for t in tasks),
-        messages_out=sum(t.messages_out for t in tasks),
-        dropped=sum(t.dropped for t in tasks),
-        busy_s=sum(t.busy_s for t in tasks),
-        wait_s=sum(t.wait_s for t in tasks),
-        blocked_s=sum(t.blocked_s for t in tasks),
-        tasks=tuple(tasks),
-        errors=sum(t.errors for t in tasks),
-        inbox_queued=inbox_queued,
-        slots_in_use=sum(slots) if slots else None,
-        one_task=one_task,
-        cpu_s=sum(t.cpu_s for t in tasks),
-        elapsed_s=elapsed_s,
-        reconnects=sum(t.reconnects for t in tasks),
-        offline_s=sum(t.offline_s for t in tasks),
-        skipped=sum(t.skipped for t in tasks),
-        frame_age=FrameAge.merge([t.frame_age for t in tasks if t.frame_age is not None]),
-    )

@@ -25,12 +25,7 @@ import numpy as np
 
 from videoflow.config import DROP_OLDEST, FlowConfig
 from videoflow.engine.bootstrap import copy_mismatch, set_process_title
-from videoflow.engine.logs import EventSender, forward_to_owner
-from videoflow.engine.plan import CONSUMER, MERGE, PRODUCER, Link, Stage
-from videoflow.engine.profiling import run_profiled
-from videoflow.engine.skipping import make_skipper
-from videoflow.engine.slots import MessageSlots
-from videoflow.engine.stats import (
+from videoflow.engine.control import (
     ABORT,
     BLOCKED_NS,
     BUSY_NS,
@@ -60,6 +55,11 @@ from videoflow.engine.stats import (
     record_age,
     state_phase,
 )
+from videoflow.engine.logs import EventSender, forward_to_owner
+from videoflow.engine.plan import CONSUMER, MERGE, PRODUCER, Link, Stage
+from videoflow.engine.profiling import run_profiled
+from videoflow.engine.skipping import make_skipper
+from videoflow.engine.slots import MessageSlots
 from videoflow.transport import message
 from videoflow.transport.codec import Codec
 from videoflow.transport.doorbell import DoorbellSpec
@@ -483,7 +483,7 @@ class Task:
         self.control = control
         self.life = Lifeline(control, spec.owner_pid)
         self.row = spec.row
-        self.state_at = spec.row + STATE  # what this task is doing (stats.describe_state)
+        self.state_at = spec.row + STATE  # what this task is doing (control.describe_state)
         self.registry = PoolRegistry(debug=spec.config.debug)
         self.allocator: SlotAllocator | None = None
         if self.stage.keep_output or self.stage.outbox is not None:
@@ -507,7 +507,7 @@ class Task:
 
     # -- lifecycle -------------------------------------------------------------------------
     def _publish(self, phase: int) -> None:
-        """Tell the owner what this task is doing now (stats.PHASES), holding no message."""
+        """Tell the owner what this task is doing now (control.PHASES), holding no message."""
         self.control[self.state_at] = -PHASE_SPAN + phase
 
     def _stop_in_next(self, signum: int, frame: Any) -> None:
@@ -708,7 +708,7 @@ class Task:
                 break
             t1 = _now()
             control[row + BUSY_NS] += t1 - t0
-            if PRODUCED_NS not in meta:  # the age of the frame counts from here (stats.py)
+            if PRODUCED_NS not in meta:  # the age of the frame counts from here (control.py)
                 meta[PRODUCED_NS] = t1
             slots.output(value)
             del value
