@@ -119,6 +119,7 @@ GONE_WITHIN = 5.0  # seconds to wait for the processes of killed local actors to
 SETTLE_WITHIN = 3.0  # seconds to wait for the results of calls to killed actors (see _settle)
 LOOK_WAIT = 1.0  # seconds a forced ending waits for a producer to say what it is doing
 TICK = 0.2  # seconds between the driver's looks at what every task is doing
+LOOSE_KEPT = 256  # unfetched results of fire-and-forget calls kept before the done ones go
 _running: weakref.WeakSet[RayEngine] = weakref.WeakSet()
 _exit_hook = False
 
@@ -512,14 +513,22 @@ class RayEngine:
         refs += self._loose
         self._flight.clear()
         self._loose = []
-        refs = list(dict.fromkeys(refs))  # ray.wait takes each ref once
+        self._fetched(ray, list(dict.fromkeys(refs)), SETTLE_WITHIN)  # each ref once
+
+    @staticmethod
+    def _fetched(ray: Any, refs: list[Any], timeout: float) -> list[Any]:
+        """Fetch and drop the results among ``refs`` ready within ``timeout`` (errors
+        included); returns the refs still pending."""
         if not refs:
-            return
-        with contextlib.suppress(Exception):
-            done, _ = ray.wait(refs, num_returns=len(refs), timeout=SETTLE_WITHIN)
-            for ref in done:
-                with contextlib.suppress(Exception):
-                    ray.get(ref, timeout=0)
+            return []
+        try:
+            done, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        except Exception:
+            return refs
+        for ref in done:
+            with contextlib.suppress(Exception):
+                ray.get(ref, timeout=0)
+        return list(pending)
 
     def _fail(self, err: FlowError, task: _Task | None = None) -> None:
         """Record ``err`` and abort; after a kill (a second Ctrl-C) what fails next is the
@@ -844,6 +853,9 @@ class RayEngine:
         debugger): nothing could be seen meanwhile, so that time does not count."""
         self._moved_at += skip_gap(now - self._looked_at, self._tasks)
         self._looked_at = now
+        if len(self._loose) > LOOSE_KEPT:  # fire-and-forget calls (ahead, stop): done ones go
+            loose, self._loose = self._loose, []
+            self._loose += self._fetched(ray, loose, 0)
         refs = [ref for message in self._flight.values() for _, ref, _ in message.calls]
         refs += [t.close_ref for t in self._tasks if t.close_ref is not None and not t.closed]
         ready: set[Any] = set()
