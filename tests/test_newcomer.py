@@ -10,10 +10,12 @@ import os
 import pickle
 import re
 import shutil
+import subprocess
 import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -414,3 +416,17 @@ def test_the_links_of_the_docs_lead_somewhere(page):
     if page == "README.md":
         for needed in ("docs/guide.md", "samples/", "videoflow bench", "docs/architecture.md"):
             assert needed in text.split("## Where next", 1)[1].split("\n## ", 1)[0]
+
+
+def test_no_file_of_the_checkout_holds_a_merge_conflict_marker():
+    """A merge resolved in haste once left <<<<<<< blocks in docs/architecture.md."""
+    root = os.path.dirname(PACKAGE)
+    if not os.path.isdir(os.path.join(root, ".git")):
+        pytest.skip("not a git checkout")
+    listed = subprocess.run(
+        ["git", "-C", root, "ls-files", "*.py", "*.md", "*.toml", "*.c", "*.h", ".ci/run"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    marker = re.compile(r"^(<{7}|>{7})( |$)|^={7}$", re.M)
+    marked = [p for p in listed if marker.search(Path(root, p).read_text(errors="replace"))]
+    assert not marked, f"merge conflict markers in {marked}"
