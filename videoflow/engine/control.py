@@ -135,7 +135,10 @@ PHASES = (
     P_CLOSE, P_ENDED,
 ) = range(len(PHASES))
 PHASE_SPAN = 16
-IN_NODE_CODE = frozenset({P_OPEN, P_NEXT, P_PROCESS, P_CONSUME, P_CLOSE})
+# The phases in which a task runs its node's code and can be stuck there, for the stall
+# watchdog, stop deadlines and "for N s" in what it is doing. Not open(): loading a model may
+# rightly take minutes, and the flow has not started meanwhile.
+IN_NODE_CODE = frozenset({P_NEXT, P_PROCESS, P_CONSUME, P_CLOSE})
 
 
 def state_phase(state: int) -> tuple[int, int]:

@@ -42,12 +42,11 @@ from videoflow.engine.control import (
     DROPPED,
     GO,
     IN,
+    IN_NODE_CODE,
     OUT,
     P_CLOSE,
-    P_CONSUME,
     P_ENDED,
     P_NEXT,
-    P_PROCESS,
     ROW,
     STATE,
     STOP,
@@ -396,8 +395,7 @@ class ProcessEngine:
                     task.stopped = stopped
 
     def _in_node_code(self, task: _TaskHandle) -> bool:
-        phase = state_phase(self.control[task.row + STATE])[0]
-        return phase in (P_NEXT, P_PROCESS, P_CONSUME, P_CLOSE)
+        return state_phase(self.control[task.row + STATE])[0] in IN_NODE_CODE
 
     def _stalled(self, task: _TaskHandle, row: Sequence[int], now: float) -> bool:
         """Its process is stopped, or it has been in its node's code far longer than usual."""
