@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -40,3 +42,14 @@ def read_lines(path: str) -> list[str]:
         return []
     with open(path) as f:
         return f.read().split()
+
+
+def wait_for(
+    predicate: Callable[[], object], seconds: float = 60.0, what: str = "the condition"
+) -> None:
+    """Wait until ``predicate()`` is true; fail naming ``what`` after ``seconds`` (a liveness
+    bound for a loaded machine, never a figure the test measures)."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} did not come within {seconds} s"
+        time.sleep(0.02)

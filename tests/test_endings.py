@@ -22,7 +22,7 @@ import time
 import weakref
 
 import pytest
-from conftest import read_lines, wait_clean
+from conftest import read_lines, wait_clean, wait_for
 from nodes import (
     CountsLoads,
     ExitsAt,
@@ -45,12 +45,6 @@ from videoflow.producers import IntProducer, SyntheticFrameProducer
 
 FAST = {"stop_timeout": 0.5, "stop_grace": 0.5}
 
-
-def wait_for(predicate, seconds: float = 30.0, what: str = "the condition") -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} did not come within {seconds} s"
-        time.sleep(0.02)
 
 
 def wait_settled(count, done: int, quiet: float = 2.0, seconds: float = 30.0) -> None:

@@ -15,12 +15,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
+from conftest import wait_for
 from video_helpers import MjpegServer as StreamingServer
 from video_helpers import assert_clean, expected_frame, mean_abs_diff, run_flow
 
@@ -66,12 +67,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -126,7 +121,7 @@ def test_stream_reader_rides_out_a_restart_of_the_camera(tmp_path):
     port, log = free_port(), str(tmp_path / "meta.jsonl")
     url = f"http://127.0.0.1:{port}/stream.mjpg"
     with camera(port):
-        wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/"), 30, "the camera's server")
+        wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/"), 30, "the camera's server")
         reader = StreamReader(
             url, read_timeout=3.0, open_timeout=3.0, backoff=0.2, backoff_max=1.0,
             reconnect_timeout=60.0, name="reader",
@@ -135,7 +130,7 @@ def test_stream_reader_rides_out_a_restart_of_the_camera(tmp_path):
         flow = Flow([reader], [sink], flow_type=REALTIME, flow_options={"progress": False})
         flow.run()
         try:
-            wait_until(lambda: len(read_log(log)) >= 10, 60, "frames before the restart")
+            wait_for(lambda: len(read_log(log)) >= 10, 60, "frames before the restart")
         except BaseException:
             flow.abort()
             flow.join(20)
@@ -146,11 +141,11 @@ def test_stream_reader_rides_out_a_restart_of_the_camera(tmp_path):
         assert flow.stats().running
         before = len(read_log(log))
         with camera(port):
-            wait_until(
+            wait_for(
                 lambda: any(r.get("reconnected", 0) >= 1 for r in read_log(log)), 60,
                 "frames after the restart",
             )  # fmt: skip
-            wait_until(lambda: len(read_log(log)) >= before + 5, 30, "more frames")
+            wait_for(lambda: len(read_log(log)) >= before + 5, 30, "more frames")
             assert flow.stats().running
         flow.stop()
         assert flow.join(30)
@@ -227,7 +222,7 @@ def test_stop_during_an_outage_ends_the_flow_cleanly(tmp_path):
         flow = Flow([reader], [sink], flow_options={"progress": False})
         flow.run()
         try:
-            wait_until(lambda: server.accepted >= 2, 30, "a reconnect attempt")
+            wait_for(lambda: server.accepted >= 2, 30, "a reconnect attempt")
             flow.stop()
             assert flow.join(30), "stop did not end a flow waiting for its source"
         finally:
@@ -340,7 +335,7 @@ def test_a_stalled_viewer_never_holds_up_the_flow_and_others_keep_watching(tmp_p
     flow.run()
     stalled = socket.socket()
     try:
-        wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/"), 30, "the preview server")
+        wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/"), 30, "the preview server")
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.connect(("127.0.0.1", port))
         stalled.sendall(b"GET /stream.mjpg HTTP/1.0\r\n\r\n")  # and never read
@@ -354,7 +349,7 @@ def test_a_stalled_viewer_never_holds_up_the_flow_and_others_keep_watching(tmp_p
         for t in threads:
             t.join(60)
         in_before = flow.stats().node("preview").messages_in
-        wait_until(
+        wait_for(
             lambda: flow.stats().node("preview").messages_in >= in_before + 30, 30,
             "frames while the stalled viewer is connected",
         )  # fmt: skip
@@ -385,7 +380,7 @@ def test_consume_never_waits_for_a_viewer():
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.connect(server._server.server_address)
         stalled.sendall(b"GET /stream.mjpg HTTP/1.0\r\n\r\n")
-        wait_until(lambda: server._latest.viewers == 1, 10, "the viewer")  # type: ignore[union-attr]
+        wait_for(lambda: server._latest.viewers == 1, 10, "the viewer")  # type: ignore[union-attr]
         for i in range(200):
             server.consume(expected_frame(i, W, H))
         assert server._latest.seq >= 1
@@ -432,7 +427,7 @@ def test_camera_sample_prints_its_addresses_and_serves_them(tmp_path):
     cam, preview, metrics = free_port(), free_port(), free_port()
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with camera(cam):
-        wait_until(lambda: _http_ok(f"http://127.0.0.1:{cam}/"), 30, "the camera's server")
+        wait_for(lambda: _http_ok(f"http://127.0.0.1:{cam}/"), 30, "the camera's server")
         proc = subprocess.Popen(
             [sys.executable, os.path.join(root, "samples", "camera_realtime.py"),
              f"http://127.0.0.1:{cam}/stream.mjpg", "--seconds", "8",
@@ -440,8 +435,8 @@ def test_camera_sample_prints_its_addresses_and_serves_them(tmp_path):
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         )  # fmt: skip
         try:
-            wait_until(lambda: _http_ok(f"http://127.0.0.1:{preview}/"), 60, "the preview")
-            wait_until(lambda: _http_ok(f"http://127.0.0.1:{metrics}/metrics"), 30, "metrics")
+            wait_for(lambda: _http_ok(f"http://127.0.0.1:{preview}/"), 60, "the preview")
+            wait_for(lambda: _http_ok(f"http://127.0.0.1:{metrics}/metrics"), 30, "metrics")
             out, _ = proc.communicate(timeout=90)
         finally:
             proc.kill()

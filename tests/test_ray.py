@@ -32,7 +32,7 @@ import join_nodes  # noqa: E402
 import nodes  # noqa: E402
 import test_joins  # noqa: E402
 import test_realtime  # noqa: E402
-from conftest import read_lines  # noqa: E402
+from conftest import read_lines, wait_for  # noqa: E402
 from nodes import (  # noqa: E402
     FailingConsumer,
     FailingProcessor,
@@ -550,12 +550,6 @@ def test_with_restarts_a_killed_actor_loses_nothing(tmp_path, output_file):
 
 FAST = {"stop_timeout": 0.5, "stop_grace": 0.5}
 
-
-def wait_for(predicate, seconds: float = 60.0, what: str = "the condition") -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} did not come within {seconds} s"
-        time.sleep(0.02)
 
 
 def join_error(flow: Flow) -> FlowError:
