@@ -354,7 +354,8 @@ def test_display_backend_is_read_from_opencv_and_told(monkeypatch, capsys):
 def test_the_package_says_it_is_typed_and_licensed():
     assert os.path.isfile(os.path.join(PACKAGE, "py.typed"))
     assert re.search(r'videoflow\s*=\s*\[[^\]]*"py\.typed"', read("pyproject.toml"))
-    assert re.search(r'license\s*=\s*\{\s*text\s*=\s*"MIT"\s*\}', read("pyproject.toml"))
+    assert re.search(r'^license\s*=\s*"MIT"$', read("pyproject.toml"), re.M)
+    assert re.search(r'^license-files\s*=\s*\["LICENSE"\]$', read("pyproject.toml"), re.M)
     assert read("LICENSE").startswith("MIT License\n")
     assert "## [0.1.0]" in read("CHANGELOG.md")
 
