@@ -3,7 +3,7 @@
 Both engines bound every ending the same way (``stop_timeout``, ``stall_timeout``; see
 FlowConfig) and name, in the FlowError, each task that had not finished and what it was doing.
 The process engine reads what a task is doing from the STATE counter the task publishes; the
-Ray engine works it out from the calls it has in flight (engine/ray_engine.py). Either way the
+Ray engine works it out from the calls it has in flight (engine/ray_watch.py). Either way the
 words come from here: what a task does (``doing``), when it counts as stalled
 (``stalled_after``), and the three errors (``stop_timeout_error``, ``stall_error``,
 ``close_timeout_error``).

@@ -12,7 +12,7 @@ and the last stage's results complete in order.
 Several producers: the driver runs the plan's segments (engine/plan.py), one stream per
 producer and one per JOIN, and every JOIN with the plan's ``Aligner`` (engine/align.py) on the
 metadata of its inputs' messages, which the last stage of each such stream returns as an object
-of its own; a set goes on as one more message of the JOIN's stream (``_pair``, and
+of its own; a set goes on as one more message of the JOIN's stream (``Streams.pair``, and
 docs/architecture.md for why the driver and not an actor). A node that skips when busy learns
 from the driver which later calls wait for it (``ahead``, REALTIME).
 
@@ -31,7 +31,7 @@ engine: a stop that has not ended the flow after ``stop_timeout``, a ``close()``
 returned ``stop_timeout`` after the last call, and (with ``stall_timeout``) a task stuck in
 one call fail the flow with a FlowError naming each task concerned and what it was doing, in
 the words of engine/endings.py. The driver knows what each actor is doing from the calls it
-has in flight (``_observe``): an actor runs its calls in order, so its oldest call that has
+has in flight (``Watchdog.observe``): an actor runs its calls in order, so its oldest call that has
 not returned is the one it runs once that call's arguments are ready. Whatever the ending,
 the driver fetches every result it has not (``_settle``), so Ray logs no "Unhandled error".
 
@@ -42,7 +42,14 @@ again) and retries the calls it had, and the chain of refs still delivers every 
 exactly once and in order. Producers and consumers are never restarted: their side effects
 (frames read from a camera, lines written to a file) cannot be replayed exactly once.
 
-``import ray`` happens in ``start()``: importing videoflow never imports Ray.
+This module owns the engine (the Engine protocol), the start (connecting, the actors), the
+driver loop and the endings (closes, kills, results nobody fetched) and the counters. What the
+driver tracks, and its streams and JOINs (building, submitting, pairing), are in
+engine/ray_streams.py; the watchdog (what every task is doing, endings that take too long) in
+engine/ray_watch.py; the actor's side in engine/ray_actor.py.
+
+``import ray`` happens in ``start()``: importing videoflow never imports Ray (nor do
+ray_streams.py and ray_watch.py, which get the module from the driver).
 """
 
 from __future__ import annotations
@@ -57,58 +64,28 @@ import os
 import signal
 import threading
 import time
-import traceback
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from videoflow.config import DROP_NEWEST
-from videoflow.engine.align import Aligner, set_meta
-from videoflow.engine.control import (
-    DROPPED,
-    IN,
-    IN_NODE_CODE,
-    OUT,
-    P_BETWEEN,
-    P_CLOSE,
-    P_CONSUME,
-    P_ENDED,
-    P_NEXT,
-    P_PROCESS,
-    P_READY,
-    PHASE_SPAN,
-    ROW,
-    STATE,
-    ControlLayout,
-    StageRows,
+from videoflow.engine.control import IN, P_ENDED, ControlLayout, StageRows
+from videoflow.engine.plan import GPU, PROCESSOR, PRODUCER, Plan, StageSpec, build_plan
+from videoflow.engine.ray_streams import (
+    END,
+    Streams,
+    Task,
+    control,
+    default_window,
+    failure_error,
+    fetched,
 )
-from videoflow.engine.endings import (
-    Unfinished,
-    close_timeout_error,
-    doing,
-    skip_gap,
-    stall_error,
-    stalled_after,
-    stop_timeout_error,
-)
-from videoflow.engine.plan import (
-    CONSUMER,
-    GPU,
-    JOIN,
-    MERGE,
-    PROCESSOR,
-    PRODUCER,
-    JoinInput,
-    Plan,
-    StageSpec,
-    build_plan,
-)
-from videoflow.engine.stats import FlowStats, JoinInputStats, JoinStats
+from videoflow.engine.ray_watch import Watchdog
+from videoflow.engine.stats import FlowStats
 from videoflow.errors import FlowError
 
 if TYPE_CHECKING:
     from videoflow.config import FlowConfig
-    from videoflow.engine.ray_actor import ActorInfo, Failure
 
 log = logging.getLogger(__name__)
 
@@ -117,133 +94,13 @@ STATS_WAIT = 1.0  # seconds stats() waits for the actors' counters while the flo
 STATS_FRESH = 0.5  # seconds during which stats() reuses the counters it last asked for
 GONE_WITHIN = 5.0  # seconds to wait for the processes of killed local actors to exit
 SETTLE_WITHIN = 3.0  # seconds to wait for the results of calls to killed actors (see _settle)
-LOOK_WAIT = 1.0  # seconds a forced ending waits for a producer to say what it is doing
-TICK = 0.2  # seconds between the driver's looks at what every task is doing
-LOOSE_KEPT = 256  # unfetched results of fire-and-forget calls kept before the done ones go
 _running: weakref.WeakSet[RayEngine] = weakref.WeakSet()
 _exit_hook = False
-
-
-def default_window(stages: Sequence[StageSpec], realtime: bool, queue_depth: int) -> int:
-    """Messages in flight at most in a stream of ``stages`` when RayEngine(window=None).
-    BATCH: two per actor plus ``queue_depth``, so that every actor has its next call queued
-    behind the one it runs, whatever Ray's latency per call. REALTIME: one per actor plus
-    one, so that the slowest actor always has work while a message waits in front of it as
-    little as possible (every message in flight is one more frame of latency; the producer
-    drops the rest)."""
-    actors = sum(s.nb_tasks for s in stages)
-    return actors + 1 if realtime else 2 * actors + queue_depth
 
 
 def ray_available() -> bool:
     """True when Ray can be imported (without importing it)."""
     return importlib.util.find_spec("ray") is not None
-
-
-@dataclasses.dataclass
-class _Task:
-    """One actor: a task of a stage, as the driver tracks it."""
-
-    stage: int
-    spec: StageSpec
-    worker: int
-    handle: Any
-    actor_id: str
-    info: ActorInfo | None = None
-    row: list[int] = dataclasses.field(default_factory=lambda: [0] * ROW)
-    submitted: int = 0  # data messages submitted to this actor
-    failed: bool = False  # its node raised, or its actor died
-    dead: bool = False  # its actor died: nothing more can be asked of it
-    control: bool = False  # it has a control thread (a producer, a node that skips when busy)
-    ahead: Any = None  # skip_when_busy: its ``ahead`` method, in its control thread
-    # What it is doing, as the driver sees it from the calls in flight (_observe): a phase of
-    # stats.PHASES and the driver's number of the message it holds (-1: none), since when;
-    # whether its process is stopped (actors on this machine only), since when.
-    phase: int = P_READY
-    seq: int = -1
-    since: float = 0.0
-    stopped: bool = False
-    stopped_since: float = 0.0
-    source: _Task | None = None  # the producer whose take made the message it holds
-    close_ref: Any = None  # its close() call, once asked
-    closed: bool = False  # ... which returned
-    returned: int = 0  # its calls for data messages the driver saw return
-    # A producer says what it does itself (NodeActor.look): its row (STATE), for how long,
-    # when it said so; and which message each of its latest takes got.
-    look: tuple[list[int], float, float] | None = None
-    taken: tuple[int, list[int]] = (0, [])
-
-    def counters(self) -> list[int]:
-        """Its counter row: as the actor last said, but never below the calls the driver saw
-        return (an actor whose close() never returned never sent its final row)."""
-        row = list(self.row)
-        if not self.closed:
-            row[IN] = max(row[IN], self.returned)
-            if self.spec.kind != CONSUMER:
-                row[OUT] = max(row[OUT], self.returned)
-        return row
-
-    @property
-    def pending(self) -> bool:
-        """It has a call in flight that has not returned (a node call, or its close)."""
-        return self.seq >= 0 or self.phase == P_CLOSE
-
-
-
-
-@dataclasses.dataclass
-class _Message:
-    """One message in flight: its number in its stream, and every call made for it: (actor,
-    result ref, argument refs)."""
-
-    seq: int
-    calls: list[tuple[_Task, Any, tuple[Any, ...]]]
-
-
-_END: Any = None  # in a stream's queue of messages: the stream has ended
-_NONE_PAIR = (None, None)  # the pair of a node whose input is missing from a set
-
-
-@dataclasses.dataclass
-class _Join:
-    """A JOIN stage, run by the driver: the streams it pairs and its Aligner."""
-
-    name: str
-    policy: Any  # the node's Join
-    inputs: tuple[JoinInput, ...]
-    aligner: Aligner
-    sets: int = 0  # sets sent on: the next set's index
-    ready: collections.deque[tuple[Any, ...]] = dataclasses.field(
-        default_factory=collections.deque)  # sets made, waiting for room after the JOIN
-    cpu_ns: int = 0  # the driver's CPU time spent pairing for this JOIN
-    feeders: list[_Segment] = dataclasses.field(default_factory=list)  # its inputs' streams
-
-
-@dataclasses.dataclass
-class _Segment:
-    """One producer set's chain (engine/plan.py): the stream of one producer, or of the sets a
-    JOIN makes, through the stages of its nodes, submitted by the driver message by message.
-
-    inflight: per message in flight, oldest first, the ref to wait for and what the JOIN after
-              it needs: the ref of its last stage's metadata and the refs of the outputs it
-              carries (``_END`` once the stream has ended, for a JOIN's own stream).
-    arrived:  messages of a stream that feeds a JOIN whose metadata came back, not yet offered
-              to that JOIN (its buffer for this input is full); ``_END`` ends the input.
-    """
-
-    index: int
-    chain: list[tuple[StageSpec, list[_Task]]]  # its nodes' stages and their actors
-    parent: int  # the segment whose JOIN it feeds; -1: none, it ends the flow
-    input: int  # its input number in that JOIN
-    carries: tuple[int, ...]  # node ids that JOIN needs of its messages
-    window: int
-    join: _Join | None = None  # the JOIN at its head (None: it starts with a producer)
-    inflight: collections.deque[tuple[Any, Any]] = dataclasses.field(
-        default_factory=collections.deque)
-    arrived: collections.deque[Any] = dataclasses.field(default_factory=collections.deque)
-    seq: int = 0  # messages submitted
-    ending: bool = False  # no more messages will be submitted
-    ended: bool = False  # its end came back: what is in flight after it is not a message
 
 
 class RayEngine:
@@ -293,16 +150,12 @@ class RayEngine:
         self.errors: list[FlowError] = []
         self.started_at: float | None = None
         self.ended_at: float | None = None
-        self.submit_s = 0.0  # driver seconds spent submitting calls (its own cost per message)
         self._polled_at = -STATS_FRESH  # monotonic time stats() last asked the actors
         self._stages: list[StageSpec] = []
-        self._tasks: list[_Task] = []
+        self._tasks: list[Task] = []
         self._plan: Plan | None = None
-        self._segments: list[_Segment] = []
-        self._joins: list[_Join] = []
-        self._object_ref: Any = object  # ray.ObjectRef, once Ray is imported
         self._turn = 0  # the stream the driver looks at first when several have messages
-        self._by_actor: dict[str, _Task] = {}
+        self._by_actor: dict[str, Task] = {}
         self._realtime = False
         self._config: FlowConfig | None = None
         self._done = threading.Event()
@@ -312,14 +165,11 @@ class RayEngine:
         self._killed = threading.Event()
         self._started = False
         self._stop_deadline: float | None = None  # stop() + stop_timeout
-        # The messages in flight of every stream, by the ref the driver waits for, in the
-        # order they were submitted (_observe, _settle).
-        self._flight: dict[Any, _Message] = {}
-        self._loose: list[Any] = []  # refs of calls whose results nobody fetched (_settle)
-        self._looked_at = 0.0  # the driver's last look at the tasks (_observe)
-        self._moved_at = 0.0  # when a message last moved (stall watchdog)
-        self._signature: tuple[Any, ...] = ()
-        self._delivered = 0  # messages that came back to the driver
+        # Refs of calls whose results nobody fetched (_settle); shared with the streams and
+        # the watchdog, so never replaced, only changed in place.
+        self._loose: list[Any] = []
+        self._streams = Streams(self._fail, self._loose)  # its streams, JOINs, messages
+        self._watchdog: Watchdog  # what its tasks do (start)
 
     # -- Engine protocol -------------------------------------------------------------------
     def start(self, stages: Sequence[StageSpec], realtime: bool, config: FlowConfig) -> None:
@@ -329,6 +179,8 @@ class RayEngine:
             raise RuntimeError("this RayEngine was already started: an engine runs one flow")
         self._started = True
         self._stages, self._realtime, self._config = list(stages), realtime, config
+        self._watchdog = Watchdog(self._tasks, config, realtime, self._streams.flight,
+                                  self._loose, self._fail, self._abort)
         try:
             self._check(self._stages)
             self._plan = build_plan(self._stages, config)  # segments and joins, or a clear error
@@ -338,7 +190,8 @@ class RayEngine:
                                  f"{', '.join(sorted(unknown))}")
             node_bytes = [self._pickle(spec) for spec in self._stages]
             self._create_actors(self._connect(), node_bytes)
-            self._build_segments()
+            self._streams.build(self._plan, self._tasks, realtime, self.window,
+                                config.queue_depth)
         except BaseException:  # nothing left behind, and wait() does not wait for a driver
             self._kill_actors()
             self._done.set()
@@ -373,6 +226,11 @@ class RayEngine:
     @property
     def running(self) -> bool:
         return self._started and not self._done.is_set()
+
+    @property
+    def submit_s(self) -> float:
+        """Driver seconds spent submitting calls (its own cost per message)."""
+        return self._streams.submit_s
 
     # -- start -----------------------------------------------------------------------------
     def _check(self, stages: list[StageSpec]) -> None:
@@ -463,22 +321,11 @@ class RayEngine:
                     node_bytes[index], dataclasses.replace(spec, node=None), worker,
                     self._realtime, drop_newest, cpu_fallback,
                 )
-                task = _Task(index, spec, worker, handle, handle._actor_id.hex(), control=control)
+                task = Task(index, spec, worker, handle, handle._actor_id.hex(), control=control)
                 if control and spec.kind != PRODUCER:
                     task.ahead = handle.ahead.options(concurrency_group=CONTROL)
                 self._tasks.append(task)
                 self._by_actor[task.actor_id] = task
-
-    @staticmethod
-    def _control(task: _Task, method: str) -> Any:
-        """``task``'s actor method ``method`` for a control call: in its control thread (a
-        producer's, a skipping node's), in the order of node calls on any other actor."""
-        from videoflow.engine.ray_actor import CONTROL
-
-        remote_method = getattr(task.handle, method)
-        if task.control:
-            return remote_method.options(concurrency_group=CONTROL)
-        return remote_method
 
     # -- the driver ------------------------------------------------------------------------
     def _drive(self) -> None:
@@ -507,30 +354,16 @@ class RayEngine:
         "Unhandled error" for an error result (a call to a killed actor, a message that could
         not be sent) dropped unseen; the FlowError has said what went wrong. The actors are
         gone by now, so their pending calls fail at once."""
-        refs = [ref for ref in self._flight if ref is not _END]
-        refs += [ref for message in self._flight.values() for _, ref, _ in message.calls]
+        flight = self._streams.flight
+        refs = [ref for ref in flight if ref is not END]
+        refs += [ref for message in flight.values() for _, ref, _ in message.calls]
         refs += [t.close_ref for t in self._tasks if t.close_ref is not None and not t.closed]
         refs += self._loose
-        self._flight.clear()
-        self._loose = []
-        self._fetched(ray, list(dict.fromkeys(refs)), SETTLE_WITHIN)  # each ref once
+        flight.clear()
+        self._loose.clear()
+        fetched(ray, list(dict.fromkeys(refs)), SETTLE_WITHIN)  # each ref once
 
-    @staticmethod
-    def _fetched(ray: Any, refs: list[Any], timeout: float) -> list[Any]:
-        """Fetch and drop the results among ``refs`` ready within ``timeout`` (errors
-        included); returns the refs still pending."""
-        if not refs:
-            return []
-        try:
-            done, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
-        except Exception:
-            return refs
-        for ref in done:
-            with contextlib.suppress(Exception):
-                ray.get(ref, timeout=0)
-        return list(pending)
-
-    def _fail(self, err: FlowError, task: _Task | None = None) -> None:
+    def _fail(self, err: FlowError, task: Task | None = None) -> None:
         """Record ``err`` and abort; after a kill (a second Ctrl-C) what fails next is the
         kill's doing, and not recorded."""
         if self._killed.is_set():
@@ -542,15 +375,7 @@ class RayEngine:
             task.failed = True
         self._abort.set()
 
-    def _failure_error(self, failure: Failure) -> FlowError:
-        where = " at load" if failure.phase == "load" else f" in {failure.phase}()"
-        return FlowError(
-            f"node {failure.node!r} (task {failure.task}) raised {failure.type_name}{where}: "
-            f"{failure.message}",
-            node=failure.node, task=failure.task, remote_traceback=failure.traceback,
-        )
-
-    def _task_of(self, exc: BaseException) -> _Task | None:
+    def _task_of(self, exc: BaseException) -> Task | None:
         """The task an exception from Ray is about: by its actor id, else by the actor's
         ``repr`` in its text (Ray names every actor a task error went through there, the one
         where it started last)."""
@@ -564,7 +389,7 @@ class RayEngine:
         at, task = max(found, key=lambda pair: pair[0], default=(-1, None))
         return task if at >= 0 else None
 
-    def _ray_error(self, ray: Any, exc: BaseException, task: _Task | None = None) -> FlowError:
+    def _ray_error(self, ray: Any, exc: BaseException, task: Task | None = None) -> FlowError:
         """A FlowError for an exception Ray raised in the driver (an actor died, a value could
         not be serialized, an object was lost), naming the node when it can."""
         task = self._task_of(exc) or task
@@ -592,10 +417,28 @@ class RayEngine:
         return FlowError(f"node {node!r} (task {worker}) failed in Ray: {detail}",
                          node=node, task=worker)
 
+    def _harvest(
+        self, ray: Any, pending: dict[Any, Task], timeout: float
+    ) -> list[tuple[Task, Any]] | None:
+        """The results among ``pending`` (ref -> task) ready within ``timeout``, taken out of
+        it; None when one of them raised (an actor died...): the flow has then failed."""
+        if not pending:
+            return []
+        done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout)
+        ready = []
+        for ref in done:
+            task = pending.pop(ref)
+            try:
+                ready.append((task, ray.get(ref)))
+            except Exception as exc:
+                self._fail(self._ray_error(ray, exc, task), task)
+                return None
+        return ready
+
     def _open(self, ray: Any) -> bool:
         """Wait until every actor has opened its node; False when the flow cannot go on."""
         assert self._config is not None
-        pending = {self._control(task, "info").remote(): task for task in self._tasks}
+        pending = {control(task, "info").remote(): task for task in self._tasks}
         deadline = time.monotonic() + self._config.start_timeout
         poll = self._config.poll_interval
         while pending:
@@ -609,7 +452,7 @@ class RayEngine:
             for task, info in ready:
                 task.info = info
                 if info.failure is not None:
-                    self._fail(self._failure_error(info.failure), task)
+                    self._fail(failure_error(info.failure), task)
                     self._loose += pending
                     return False
             if pending and time.monotonic() > deadline:
@@ -638,8 +481,8 @@ class RayEngine:
             assert info is not None
             threads = self._config.opencv_threads_per_task(on_node[info.node_id], info.cpus)
             if self._stop.is_set() and task.spec.kind == PRODUCER:
-                calls.append(self._control(task, "stop").remote())
-            calls.append(self._control(task, "go").remote(threads, producer_ips == {info.ip}))
+                calls.append(control(task, "stop").remote())
+            calls.append(control(task, "go").remote(threads, producer_ips == {info.ip}))
         try:
             ray.get(calls, timeout=self._config.start_timeout)
         except Exception as exc:
@@ -649,129 +492,35 @@ class RayEngine:
         self.started_at = time.monotonic()
         return True
 
-    # -- the driver: streams, joins, submission ------------------------------------------------
-    def _build_segments(self) -> None:
-        """The plan's segments as the driver runs them: the nodes of each and their actors (no
-        MERGE: an actor runs its calls in submission order), the JOIN at its head, run here
-        with the plan's Aligner, and its window."""
-        assert self._plan is not None and self._config is not None
-        plan = self._plan
-        actors: dict[int, list[_Task]] = collections.defaultdict(list)
-        for task in self._tasks:
-            actors[task.spec.node_id].append(task)
-        feeds: dict[int, tuple[int, JoinInput | None]] = {}  # segment -> its input, its JOIN's
-        for stage in plan.stages:
-            for k, fed in enumerate(stage.join_inputs):
-                feeds[plan.stages[fed.stages[0]].segment] = (k, fed)
-        for segment in plan.segments:
-            head = plan.stages[segment.stages[0]]
-            chain = [(plan.stages[i].spec, actors[plan.stages[i].spec.node_id])
-                     for i in segment.stages if plan.stages[i].spec.kind not in (MERGE, JOIN)]
-            join = None
-            if head.spec.kind == JOIN:
-                join = _Join(head.spec.name, head.spec.join, head.join_inputs, Aligner(
-                    head.spec.join, len(head.join_inputs), head.max_pending,
-                    names=[inp.name for inp in head.join_inputs],
-                ))
-                self._joins.append(join)
-            k, inp = feeds.get(segment.index, (-1, None))
-            window = self.window or default_window(
-                [spec for spec, _ in chain], self._realtime, self._config.queue_depth)
-            self._segments.append(_Segment(segment.index, chain, segment.parent, k,
-                                           inp.carries if inp else (), window, join))
-        for seg in sorted(self._segments, key=lambda seg: seg.input):  # in input order
-            if seg.parent >= 0:
-                parent = self._segments[seg.parent].join
-                assert parent is not None
-                parent.feeders.append(seg)
-
-    def _submit(self, seg: _Segment, meta: dict[str, Any] | None = None,
-                inputs: Mapping[int, Any] | None = None) -> None:
-        """Submit every call of the next message of ``seg``: a take from its producer, or (the
-        stream of a JOIN) a set, whose metadata is ``meta`` and whose inputs' outputs are
-        ``inputs`` (node id -> the ref of that node's pair).
-
-        Every call returns one (metadata, output) pair. A stage that reads only the previous
-        stage gets that pair (``call``); any other gets the previous stage's pair first (the
-        metadata it carries on; after a JOIN, the set's metadata itself), then those of its
-        other parents, each once, and ``where`` says which pair holds each of its inputs
-        (``call_with``). The last stage of a stream that feeds a JOIN also returns its
-        metadata as an object of its own (``take_split``, ``call_split``): the driver pairs
-        messages by it without fetching their outputs. Every call is noted in the message
-        (``_flight``), so that the driver can tell what each actor is doing (``_observe``)."""
-        t0 = time.perf_counter()
-        object_ref = self._object_ref
-        results: dict[int, Any] = dict(inputs) if inputs else {}
-        last: Any = None if meta is None else (meta, None)
-        previous: int | None = None
-        tail = len(seg.chain) - 1 if seg.parent >= 0 else -1
-        meta_ref: Any = None
-        calls: list[tuple[_Task, Any, tuple[Any, ...]]] = []
-        for pos, (spec, actors) in enumerate(seg.chain):
-            task = actors[seg.seq % len(actors)]
-            number = task.submitted
-            task.submitted += 1
-            split = pos == tail
-            args: list[Any] = [last]
-            if spec.kind == PRODUCER:
-                args = []
-                last = (task.handle.take_split if split else task.handle.take).remote()
-            elif spec.reads == (previous,) and not split and task.ahead is None:
-                last = task.handle.call.remote(last)
-            else:
-                for node_id in spec.reads:
-                    if not any(a is results[node_id] for a in args):
-                        args.append(results[node_id])
-                where = tuple(next(j for j, a in enumerate(args) if a is results[node_id])
-                              for node_id in spec.reads)
-                method = task.handle.call_split if split else task.handle.call_with
-                if task.ahead is None:
-                    last = method.remote(where, *args)
-                else:  # skip_when_busy: the call says its number (ray_actor.NodeActor.ahead)
-                    last = method.remote(where, *args, number=number)
-            if split:
-                meta_ref, last = last
-            calls.append((task, last, tuple(a for a in args if isinstance(a, object_ref))))
-            if task.ahead is not None:  # skip_when_busy: what this call waits for
-                self._loose.append(
-                    task.ahead.remote(number, [a for a in args if isinstance(a, object_ref)]))
-            results[spec.node_id] = last
-            previous = spec.node_id
-        self._flight[meta_ref if tail >= 0 else last] = _Message(seg.seq, calls)
-        seg.seq += 1
-        if tail >= 0:
-            seg.inflight.append((meta_ref, {n: results[n] for n in seg.carries}))
-        else:
-            seg.inflight.append((last, None))
-        self.submit_s += time.perf_counter() - t0
-
+    # -- the driver loop: submit, pair, take in (the streams themselves: ray_streams.py) ----
     def _pump(self, ray: Any) -> bool:
         """Run the flow until every producer has ended and every message has arrived (True),
         or until an abort, a kill or a failure (False)."""
         assert self._config is not None
-        self._object_ref = ray.ObjectRef
-        producers = [seg for seg in self._segments if seg.join is None]
-        roots = [seg for seg in self._segments if seg.parent < 0]
+        streams = self._streams
+        streams.object_ref = ray.ObjectRef
+        producers = [seg for seg in streams.segments if seg.join is None]
+        roots = [seg for seg in streams.segments if seg.parent < 0]
         poll = self._config.poll_interval
         stop_sent = False
-        self._looked_at = self._moved_at = time.monotonic()
+        self._watchdog.begin()
         while True:
             self._watch(ray)
             if self._abort.is_set():
                 return False
             if self._stop.is_set() and not stop_sent:
                 for seg in producers:
-                    self._loose.append(self._control(seg.chain[0][1][0], "stop").remote())
+                    self._loose.append(control(seg.chain[0][1][0], "stop").remote())
                 stop_sent = True
             for seg in producers:
                 while not seg.ending and len(seg.inflight) + len(seg.arrived) < seg.window:
-                    self._submit(seg)
-            timeout = self._pair(poll) if self._joins else poll
+                    streams.submit(seg)
+            timeout = streams.pair(poll) if streams.joins else poll
             if timeout is None:
                 return False
-            for seg in self._segments:  # the end of a JOIN's stream: nothing to wait for
-                while seg.inflight and seg.inflight[0][0] is _END:
-                    self._came_back(seg, None)
+            for seg in streams.segments:  # the end of a JOIN's stream: nothing to wait for
+                while seg.inflight and seg.inflight[0][0] is END:
+                    streams.came_back(seg, None)
             if all(seg.ended and not seg.inflight for seg in roots):
                 return True
             if not self._wait_oldest(ray, timeout):
@@ -785,7 +534,7 @@ class RayEngine:
         a stop, an abort, a kill or a JOIN's deadline waits to be seen. An actor that dies
         fails the calls queued for it, and every actor has calls queued while messages are in
         flight, so a death reaches this wait too."""
-        heads = [seg for seg in self._segments if seg.inflight]
+        heads = [seg for seg in self._streams.segments if seg.inflight]
         if not heads:
             time.sleep(timeout)  # a JOIN waits for its deadline, or for room after it
             return True
@@ -805,322 +554,14 @@ class RayEngine:
         except Exception as exc:
             self._fail(self._ray_error(ray, exc))
             return False
-        return self._came_back(seg, value if seg.parent >= 0 else value[0])
+        return self._streams.came_back(seg, value if seg.parent >= 0 else value[0])
 
-    def _came_back(self, seg: _Segment, meta: Any) -> bool:
-        """The oldest message in flight of ``seg`` came back with ``meta``: its metadata, None
-        at the end of the stream, or a Failure (False: the flow has failed)."""
-        ref, carried = seg.inflight.popleft()
-        message = self._flight.pop(ref, None)  # every call of it has returned (chained)
-        if seg.ended:  # taken after the end: not a message
-            return True
-        self._delivered += 1
-        if isinstance(meta, dict) and message is not None:
-            for task, _, _ in message.calls:
-                task.returned += 1
-        if meta is None:
-            seg.ended = seg.ending = True
-            if seg.parent >= 0:
-                seg.arrived.append(_END)
-            return True
-        if not isinstance(meta, dict):
-            self._fail(self._failure_error(meta))
-            return False
-        if seg.parent >= 0:
-            seg.arrived.append((meta, carried))
-        return True
-
-    # -- the watchdog: what every task is doing, and endings that take too long ------------
     def _watch(self, ray: Any) -> None:
-        """Every ``TICK``: look at what every task is doing; past the stop deadline, or with a
-        task stalled for ``stall_timeout``, fail the flow naming them (which aborts it)."""
-        now = time.monotonic()
-        if now - self._looked_at < TICK:
-            return
-        self._observe(ray, now)
-        if not self._abort.is_set():
-            self._check_stop(ray, now)
-        if not self._abort.is_set():
-            self._check_stall(ray, now)
+        """Let the watchdog look at what every task is doing, and fail the flow if an ending
+        takes too long or a task is stalled (ray_watch.py)."""
+        self._watchdog.watch(ray, self._streams.delivered, self._stop_deadline)
 
-    def _observe(self, ray: Any, now: float) -> None:
-        """What every task is doing, from the calls in flight: an actor runs its calls in the
-        order they were made, so its oldest call that has not returned is the one it runs,
-        once that call's arguments are ready (else it waits for them); an actor with no call
-        left waits for input, or has closed. A change of what it does restarts its clock.
-
-        A long gap since the last look means this process was not running (Ctrl-Z, a
-        debugger): nothing could be seen meanwhile, so that time does not count."""
-        self._moved_at += skip_gap(now - self._looked_at, self._tasks)
-        self._looked_at = now
-        if len(self._loose) > LOOSE_KEPT:  # fire-and-forget calls (ahead, stop): done ones go
-            loose, self._loose = self._loose, []
-            self._loose += self._fetched(ray, loose, 0)
-        refs = [ref for message in self._flight.values() for _, ref, _ in message.calls]
-        refs += [t.close_ref for t in self._tasks if t.close_ref is not None and not t.closed]
-        ready: set[Any] = set()
-        if refs:
-            with contextlib.suppress(Exception):
-                ready = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
-        seen: dict[int, tuple[int, int]] = {}
-        for message in self._flight.values():
-            first = message.calls[0][0] if message.calls else None
-            source = first if first is not None and first.spec.kind == PRODUCER else None
-            for task, ref, args in message.calls:
-                if id(task) in seen or ref in ready:
-                    continue
-                if all(arg in ready for arg in args):
-                    phase = {PRODUCER: P_NEXT, CONSUMER: P_CONSUME}.get(task.spec.kind, P_PROCESS)
-                else:
-                    phase = P_BETWEEN  # waiting for the input of that message
-                seen[id(task)] = (phase, message.seq)
-                task.source = source
-        here = _this_ip(ray)
-        for task in self._tasks:
-            state = seen.get(id(task))
-            if state is None and task.close_ref is not None:
-                done = task.closed or task.close_ref in ready
-                state = (P_ENDED if done else P_CLOSE, -1)
-            if state is None:
-                state = (P_BETWEEN, -1)
-            if state != (task.phase, task.seq):
-                task.phase, task.seq = state
-                task.since = now
-            if task.info is not None and task.info.ip == here and not task.dead:
-                stopped = _process_stopped(task.info.pid)
-                if stopped and not task.stopped:
-                    task.stopped_since = now
-                task.stopped = stopped
-
-    def _look(self, ray: Any) -> None:
-        """Ask every producer what it is doing and which messages its latest takes got (for
-        the words of a forced ending); one that does not answer keeps its previous answer."""
-        asked = {self._control(t, "look").remote(): t for t in self._tasks
-                 if t.spec.kind == PRODUCER and not t.dead and t.info is not None}
-        if not asked:
-            return
-        done, _ = ray.wait(list(asked), num_returns=len(asked), timeout=LOOK_WAIT)
-        for ref in asked:
-            if ref not in done:
-                self._loose.append(ref)
-                continue
-            with contextlib.suppress(Exception):
-                self._looked(asked[ref], ray.get(ref))
-
-    @staticmethod
-    def _looked(task: _Task, answer: tuple[list[int], float, int, list[int]]) -> None:
-        """Keep what producer ``task`` answered to ``look``."""
-        row, seconds, first, indices = answer
-        task.row, task.taken = row, (first, indices)
-        task.look = (row, seconds, time.monotonic())
-
-    def _index(self, task: _Task) -> int:
-        """The message index (``meta["index"]``) of the message ``task`` holds: the driver's
-        number for it in BATCH; in REALTIME, where the producer drops messages, what its take
-        got (-1 when unknown)."""
-        if not self._realtime or task.seq < 0:
-            return task.seq
-        first, indices = task.source.taken if task.source is not None else (0, [])
-        at = task.seq - first
-        return indices[at] if 0 <= at < len(indices) else -1
-
-    def _doing(self, task: _Task, now: float) -> str:
-        """What ``task`` is doing, in the process engine's words (engine/endings.py). The
-        producer says it itself (``_look``); the driver knows for the others."""
-        look = task.look
-        if look is not None and not task.closed:
-            row, took, when = look
-            phase = row[STATE] % PHASE_SPAN
-            return doing(task.spec.kind, row, took + now - when if phase in IN_NODE_CODE
-                         else None, task.stopped)
-        row = [0] * ROW
-        message = self._index(task) if task.phase != P_BETWEEN else -1
-        row[STATE] = message * PHASE_SPAN + task.phase
-        seconds = now - task.since if task.phase in IN_NODE_CODE else None
-        return doing(task.spec.kind, row, seconds, task.stopped)
-
-    def _doing_s(self, task: _Task, now: float) -> float:
-        """For how long ``task`` has been doing what it does (as far as the driver saw)."""
-        look = task.look
-        if look is not None and not task.closed:
-            return look[1] + now - look[2]
-        return now - task.since if task.since else 0.0
-
-    def _stalled(self, task: _Task, now: float) -> bool:
-        """Its process is stopped, or it has been in its node's code far longer than usual."""
-        if task.stopped:
-            return True
-        producer = task.spec.kind == PRODUCER
-        if self.started_at is None or (producer and task.look is None):
-            return False
-        phase = task.row[STATE] % PHASE_SPAN if producer else task.phase
-        assert self._config is not None
-        return (phase in IN_NODE_CODE
-                and self._doing_s(task, now) >= stalled_after(self._config.stall_timeout, task.row))
-
-    def _unfinished(self, ray: Any, now: float) -> list[Unfinished]:
-        """The tasks with a call that has not returned (those in their node's code, or
-        stopped, first), each with what it is doing."""
-        self._look(ray)
-        left = [t for t in self._tasks if t.pending and not t.dead]
-        left.sort(key=lambda t: not (t.stopped or t.phase in IN_NODE_CODE))
-        return [Unfinished(t.spec.name, t.worker, self._doing(t, now)) for t in left]
-
-    def _check_stop(self, ray: Any, now: float) -> None:
-        """Past ``stop_timeout`` after stop(): fail (and so abort) the flow, naming the tasks
-        that had not finished."""
-        deadline = self._stop_deadline
-        if deadline is None or now < deadline:
-            return
-        left = self._unfinished(ray, now)
-        if left:
-            assert self._config is not None
-            self._fail(stop_timeout_error(self._config.stop_timeout, self._config.stop_grace,
-                                          left))
-
-    def _check_stall(self, ray: Any, now: float) -> None:
-        """With stall_timeout: fail the flow when a task has been stuck that long (in its
-        node's code, or its process stopped), or when nothing at all moved that long."""
-        assert self._config is not None
-        timeout = self._config.stall_timeout
-        if not timeout:
-            return
-        signature = (self._delivered, *((t.phase, t.seq, t.stopped) for t in self._tasks))
-        if signature != self._signature:
-            self._signature, self._moved_at = signature, now
-        stuck = [
-            t for t in self._tasks if not t.dead and (
-                (t.stopped and now - t.stopped_since >= timeout)
-                or (t.phase in IN_NODE_CODE and now - t.since >= timeout))
-        ]
-        if not stuck and now - self._moved_at < timeout:
-            return
-        left = self._unfinished(ray, now)
-        if not left:
-            return
-        first = None
-        if stuck:
-            task = min(stuck, key=lambda t: t.stopped_since if t.stopped else t.since)
-            first = Unfinished(task.spec.name, task.worker, self._doing(task, now))
-            left = [u for u in left if (u.name, u.worker) != (first.name, first.worker)]
-        self._fail(stall_error(timeout, first, left))
-
-    def _pair(self, poll: float) -> float | None:
-        """Let every JOIN take the messages that came back from its inputs, and send on the
-        sets it makes while there is room after it. Returns how long the driver may wait for
-        messages before a JOIN's deadline (``poll`` at most); None when pairing failed.
-
-        BATCH offers a JOIN nothing while the stream after it is full: its inputs' messages
-        wait here, their streams' windows fill up and their producers wait, so nothing is
-        lost. REALTIME offers every message at once: ``Join.latest`` keeps the newest of each
-        input and counts the one it replaces as stale."""
-        timeout = poll
-        for seg in self._segments:
-            join = seg.join
-            if join is None:
-                continue
-            t0 = time.thread_time_ns()
-            aligner = join.aligner
-            room = len(seg.inflight) < seg.window and not join.ready
-            if room or self._realtime:
-                for k, feeder in enumerate(join.feeders):
-                    arrived = feeder.arrived
-                    while arrived:
-                        item = arrived[0]
-                        if item is _END:
-                            arrived.popleft()
-                            aligner.end(k)
-                        elif not aligner.wants(k):
-                            break
-                        else:
-                            arrived.popleft()
-                            try:
-                                aligner.offer(k, item, item[0].get("timestamp_ms"))
-                            except Exception as exc:
-                                self._fail(FlowError(
-                                    f"node {join.name!r} (task 0) raised {type(exc).__name__} "
-                                    f"while pairing its inputs: {exc}",
-                                    node=join.name, task=0,
-                                    remote_traceback=traceback.format_exc(),
-                                ))
-                                return None
-            if room:
-                join.ready.extend(aligner.poll())
-            join.cpu_ns += time.thread_time_ns() - t0
-            while join.ready and len(seg.inflight) < seg.window:
-                self._send(seg, join, join.ready.popleft())
-            if aligner.done and not join.ready and not seg.ending:
-                seg.ending = True
-                seg.inflight.append((_END, None))
-            deadline = aligner.deadline()
-            # While the stream after it is full, no set can go: nothing is due before room.
-            if deadline is not None and len(seg.inflight) < seg.window:
-                timeout = min(timeout, max(0.0, deadline - aligner.clock()))
-        return timeout
-
-    def _send(self, seg: _Segment, join: _Join, group: tuple[Any, ...]) -> None:
-        """Send a set on through the JOIN's stream: the metadata of its messages merged as the
-        process engine's JOIN merges them, the outputs each input carries (None for an input
-        missing from the set)."""
-        metas = [None if item is None else item[0] for item in group]
-        meta = set_meta([inp.sources for inp in join.inputs], metas, join.sets)
-        join.sets += 1
-        inputs: dict[int, Any] = {}
-        for inp, item in zip(join.inputs, group, strict=True):
-            if item is None:
-                for node_id in inp.carries:
-                    inputs[node_id] = _NONE_PAIR
-            else:
-                inputs.update(item[1])
-        self._submit(seg, meta, inputs)
-
-    def _harvest(
-        self, ray: Any, pending: dict[Any, _Task], timeout: float
-    ) -> list[tuple[_Task, Any]] | None:
-        """The results among ``pending`` (ref -> task) ready within ``timeout``, taken out of
-        it; None when one of them raised (an actor died...): the flow has then failed."""
-        if not pending:
-            return []
-        done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout)
-        ready = []
-        for ref in done:
-            task = pending.pop(ref)
-            try:
-                ready.append((task, ray.get(ref)))
-            except Exception as exc:
-                self._fail(self._ray_error(ray, exc, task), task)
-                return None
-        return ready
-
-    def _poll_counters(self, timeout: float) -> None:
-        """Ask the actors for their counters, the last stage first and the producer last, so
-        that a snapshot never shows more messages delivered than produced. An actor answers
-        after the calls queued on it (a producer at once, and what it is doing too), so this
-        takes up to ``timeout``; the rows are kept only if every live actor answered in time:
-        a snapshot stays whole."""
-        import ray
-
-        deadline = time.monotonic() + timeout
-        answers: list[tuple[_Task, Any]] = []
-        for index in reversed(range(len(self._stages))):
-            pending = {self._control(t, "look" if t.spec.kind == PRODUCER else "stats").remote(): t
-                       for t in self._tasks if t.stage == index and t.info and not t.dead}
-            left = max(0.0, deadline - time.monotonic())
-            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=left)
-            if len(done) < len(pending):
-                self._loose += pending
-                return
-            try:
-                answers += [(pending[ref], ray.get(ref)) for ref in done]
-            except Exception:  # a dead actor: the driver reports it
-                self._loose += pending
-                return
-        for task, answer in answers:
-            if task.spec.kind == PRODUCER:
-                self._looked(task, answer)
-            else:
-                task.row = answer
-
+    # -- finishing ------------------------------------------------------------------------
     def _finish(self, ray: Any, graceful: bool) -> None:
         """Close every node (after the calls queued on its actor), then kill the actors.
         Graceful: the closes have ``stop_timeout`` (and the flow what is left of the stop
@@ -1136,8 +577,8 @@ class RayEngine:
         for producer in (t for t in live if t.spec.kind == PRODUCER and not graceful):
             # The producers stop at once; the calls already queued on the other actors still
             # run (or return at once after a failure) before their close.
-            self._loose.append(self._control(producer, "abort").remote())
-        closes: dict[Any, _Task] = {}
+            self._loose.append(control(producer, "abort").remote())
+        closes: dict[Any, Task] = {}
         for task in live:
             task.close_ref = task.handle.close.remote(grace)
             closes[task.close_ref] = task
@@ -1150,21 +591,11 @@ class RayEngine:
             for task, (row, failure) in self._harvest(ray, closes, poll) or ():
                 task.row, task.closed, task.phase, task.seq = row, True, P_ENDED, -1
                 if failure is not None and not task.failed:
-                    self._fail(self._failure_error(failure), task)
+                    self._fail(failure_error(failure), task)
             if deadline is None:
                 self._watch(ray)
-                self._check_closes(time.monotonic())
+                self._watchdog.check_closes(time.monotonic())
         self._kill_actors()
-
-    def _check_closes(self, now: float) -> None:
-        """A close() that has not returned ``stop_timeout`` seconds after the task's last call
-        fails the flow, naming it; its actor is killed with the others."""
-        assert self._config is not None
-        timeout = self._config.stop_timeout
-        for task in self._tasks:
-            if (task.phase == P_CLOSE and not task.failed and not task.dead
-                    and now - task.since >= timeout):
-                self._fail(close_timeout_error(task.spec.name, task.worker, timeout), task)
 
     def _kill_actors(self) -> None:
         """Kill every actor of the flow and wait for the processes of those on this machine
@@ -1240,8 +671,9 @@ class RayEngine:
 
         def what(stage: StageRows, worker: int, row: Any) -> tuple[str, float, bool]:
             task = by_task[(stage.index, worker)]
-            return (self._doing(task, seen), self._doing_s(task, seen),
-                    self._stalled(task, seen))
+            watchdog = self._watchdog
+            return (watchdog.doing(task, seen), watchdog.doing_s(task, seen),
+                    watchdog.stalled(task, seen, self.started_at is not None))
 
         snapshot = FlowStats.from_block(
             layout.pack({(t.stage, t.worker): t.counters() for t in tasks}), layout,
@@ -1249,40 +681,38 @@ class RayEngine:
             doing=what, pool_slots_in_use=None if running else 0,
         )
         # The driver runs the JOINs (no actor, no row): their counters come from its Aligners.
-        return dataclasses.replace(snapshot, joins=self._join_stats())
-
-    def _join_stats(self) -> tuple[JoinStats, ...]:
-        """The JoinStats of every JOIN, as the process engine counts them: from its Aligner,
-        and from the counters of the actors of each input's stream. A JOIN run by the driver
-        never drops a set (it sends sets on only when there is room after it)."""
         assert self._plan is not None
-        stages = self._plan.stages
+        joins = self._streams.join_stats(self._plan.stages, self._tasks)
+        return dataclasses.replace(snapshot, joins=joins)
 
-        def total(index: int, field: int) -> int:
-            node_id = stages[index].spec.node_id
-            return sum(t.row[field] for t in self._tasks if t.spec.node_id == node_id)
+    def _poll_counters(self, timeout: float) -> None:
+        """Ask the actors for their counters, the last stage first and the producer last, so
+        that a snapshot never shows more messages delivered than produced. An actor answers
+        after the calls queued on it (a producer at once, and what it is doing too), so this
+        takes up to ``timeout``; the rows are kept only if every live actor answered in time:
+        a snapshot stays whole."""
+        import ray
 
-        out = []
-        for join in self._joins:
-            inputs = []
-            for inp, feeder, counts in zip(join.inputs, join.feeders, join.aligner.counts(),
-                                           strict=True):
-                head = feeder.join  # an inner JOIN: the sets it made
-                inputs.append(JoinInputStats(
-                    name=inp.name,
-                    produced=head.sets if head is not None else total(inp.stages[0], IN),
-                    dropped=sum(total(i, DROPPED) for i in inp.stages
-                                if stages[i].spec.kind not in (MERGE, JOIN)),
-                    received=counts.received, used=counts.used, stale=counts.stale,
-                    unmatched=counts.unmatched, buffered=counts.buffered,
-                    waited_s=counts.waited_s,
-                ))
-            out.append(JoinStats(
-                name=join.name, policy=repr(join.policy), sets=join.sets,
-                partial=join.aligner.partial, dropped=0, inputs=tuple(inputs),
-                cpu_s=join.cpu_ns / 1e9,
-            ))
-        return tuple(out)
+        deadline = time.monotonic() + timeout
+        answers: list[tuple[Task, Any]] = []
+        for index in reversed(range(len(self._stages))):
+            pending = {control(t, "look" if t.spec.kind == PRODUCER else "stats").remote(): t
+                       for t in self._tasks if t.stage == index and t.info and not t.dead}
+            left = max(0.0, deadline - time.monotonic())
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=left)
+            if len(done) < len(pending):
+                self._loose += pending
+                return
+            try:
+                answers += [(pending[ref], ray.get(ref)) for ref in done]
+            except Exception:  # a dead actor: the driver reports it
+                self._loose += pending
+                return
+        for task, answer in answers:
+            if task.spec.kind == PRODUCER:
+                task.looked(answer)
+            else:
+                task.row = answer
 
 
 def process_started(pid: int) -> int | None:
@@ -1294,24 +724,6 @@ def process_started(pid: int) -> int | None:
     except (OSError, IndexError):
         return None
     return None if fields[0] in ("Z", "X") else int(fields[19])
-
-
-_here: list[str] = []
-
-
-def _this_ip(ray: Any) -> str | None:
-    """This machine's address in the Ray cluster (several Ray nodes may share a machine)."""
-    if not _here:
-        with contextlib.suppress(Exception):
-            _here.append(ray.util.get_node_ip_address())
-    return _here[0] if _here else None
-
-
-def _process_stopped(pid: int) -> bool:
-    """Process ``pid`` of this machine is stopped (SIGSTOP, a debugger)."""
-    from videoflow.engine.runner import process_state
-
-    return process_state(pid) in ("T", "t")
 
 
 def _shutdown_running() -> None:
