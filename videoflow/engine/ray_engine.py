@@ -297,7 +297,7 @@ class RayEngine:
                  if stage.spec.kind == PRODUCER and stage.outbox is not None}
         for index, spec in enumerate(self._stages):
             drop_newest = drops.get(spec.node_id, self._config.realtime_drop) == DROP_NEWEST
-            control = spec.kind == PRODUCER or (spec.skip_when_busy and self._realtime)
+            threaded = spec.kind == PRODUCER or (spec.skip_when_busy and self._realtime)
             user = self.actor_options.get(spec.name, {})
             for worker in range(spec.nb_tasks):
                 options: dict[str, Any] = {"num_cpus": 0}
@@ -316,13 +316,13 @@ class RayEngine:
                         log.warning("no GPU left for task %d of node %r: it runs on the CPU",
                                     worker, spec.name)
                 options.update(user)
-                actor_class = control_actor if control else node_actor
+                actor_class = control_actor if threaded else node_actor
                 handle = actor_class.options(**options).remote(
                     node_bytes[index], dataclasses.replace(spec, node=None), worker,
                     self._realtime, drop_newest, cpu_fallback,
                 )
-                task = Task(index, spec, worker, handle, handle._actor_id.hex(), control=control)
-                if control and spec.kind != PRODUCER:
+                task = Task(index, spec, worker, handle, handle._actor_id.hex(), control=threaded)
+                if threaded and spec.kind != PRODUCER:
                     task.ahead = handle.ahead.options(concurrency_group=CONTROL)
                 self._tasks.append(task)
                 self._by_actor[task.actor_id] = task
