@@ -22,6 +22,9 @@ def test_info_says_what_is_in_use(capsys):
     assert f"start method: {FlowConfig.from_options().start_method} " in out
     assert "/dev/shm: " in out and "GiB free" in out
     assert f"threads: {FlowConfig.from_options().opencv_threads_rule()}" in out
+    engines = r"^engines: process(, ray \(\d| \(ray: not installed; pip install)"
+    assert re.search(engines, out, re.M), out
+    assert re.search(r"^video writer for \.mp4: H\.264 by (libx264|h264_nvenc) ", out, re.M), out
 
 
 @pytest.mark.timeout(60)

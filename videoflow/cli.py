@@ -51,6 +51,30 @@ def _script(path: str) -> str:
     return path
 
 
+def _engines_line() -> str:
+    """The engines a flow can run on here (``Flow(engine=...)``), Ray's version if installed,
+    found without importing Ray."""
+    import importlib.metadata
+
+    from videoflow.engine.ray_engine import ray_available
+
+    if not ray_available():
+        return 'process (ray: not installed; pip install "videoflow-shm[ray]")'
+    return f"process, ray ({importlib.metadata.version('ray')})"
+
+
+def _writer_line() -> str:
+    """What ``VideoWriter(path.mp4)`` (codec="auto") writes with here, and why."""
+    from videoflow.consumers import encoders
+
+    try:
+        choice = encoders.choose_codec("auto", "out.mp4")
+    except (ImportError, RuntimeError, ValueError) as exc:
+        return f"not available ({exc})"
+    reason = f"; {choice.reason}" if choice.reason else ""
+    return f"{choice.codec.label} by {choice.codec.encoder} ({choice.codec.backend}){reason}"
+
+
 def _info(_: argparse.Namespace) -> int:
     from videoflow.transport import native_status
 
@@ -64,6 +88,8 @@ def _info(_: argparse.Namespace) -> int:
         print("/dev/shm: not available")
     else:
         print(f"/dev/shm: {usage.total / 2**30:.1f} GiB, {usage.free / 2**30:.1f} GiB free")
+    print(f"engines: {_engines_line()}")
+    print(f"video writer for .mp4: {_writer_line()}")
     try:
         import cv2
     except ImportError:

@@ -36,9 +36,6 @@ from videoflow.engine.control import (
     J_UNMATCHED,
     J_USED,
     J_WAITED_NS,
-    JOIN_HEAD,
-    JOIN_PARTIAL,
-    JOIN_ROW,
     WAIT_NS,
     ControlLayout,
 )
@@ -60,7 +57,7 @@ class JoinTask(Task):
     def _open_queues(self) -> None:
         super()._open_queues()  # the outbox
         spec, stage = self.spec, self.stage
-        assert spec.doorbell is not None and spec.join_at >= 0
+        assert spec.doorbell is not None and spec.join_block is not None
         self.queues = [ControlQueue(name) for name in spec.inbox_queues]
         self.bell: Doorbell = spec.doorbell.open(self.control)
         self.inputs = stage.join_inputs
@@ -93,16 +90,17 @@ class JoinTask(Task):
         aligner, control = self.aligner, self.control
         if aligner is None:
             return
-        control[self.spec.join_at + JOIN_PARTIAL] = aligner.partial
-        at = self.spec.join_at + JOIN_HEAD
+        block = self.spec.join_block
+        assert block is not None
+        control[block.partial] = aligner.partial
         for i in range(aligner.inputs):
+            at = block.input_at(i)
             control[at + J_RECEIVED] = aligner.received[i]
             control[at + J_USED] = aligner.used[i]
             control[at + J_STALE] = aligner.stale[i]
             control[at + J_UNMATCHED] = aligner.unmatched[i]
             control[at + J_BUFFERED] = aligner.buffered(i)
             control[at + J_WAITED_NS] = int(aligner.waited[i] * 1e9)
-            at += JOIN_ROW
 
     # -- the loop --------------------------------------------------------------------------
     def _send(self, group: Sequence[Message | None]) -> None:
@@ -197,7 +195,7 @@ class JoinWiring:
         if stage.spec.kind == JOIN:
             fields["inbox_queues"] = tuple(queue_names[link.index] for link in stage.inboxes)
             fields["doorbell"] = self.receivers[stage.index]
-            fields["join_at"] = self.layout.join(stage.index).at
+            fields["join_block"] = self.layout.join(stage.index)
         elif stage.outbox is not None and stage.outbox.join >= 0:
             fields["doorbell"] = self.senders[stage.outbox.join]
         return fields

@@ -52,6 +52,7 @@ from videoflow.engine.control import (
     STATE,
     STOP,
     WAIT_NS,
+    JoinBlock,
     record_age,
     state_phase,
 )
@@ -163,7 +164,7 @@ class TaskSpec:
     # doorbell a JOIN sleeps on, or that the tail of a segment feeding one rings.
     inbox_queues: tuple[str, ...] = ()
     doorbell: DoorbellSpec | None = None
-    join_at: int = -1
+    join_block: JoinBlock | None = None  # a JOIN's block of the control block
     owner_copy: tuple[str, str] = ("", "")  # owner's bootstrap.package_copy(); "": no check
 
 
