@@ -510,11 +510,13 @@ class KillOnce(ProcessorNode):
             pass
 
     def process(self, value: Any) -> Any:
-        marker = os.path.join(self.folder, "killed")
-        if self.meta["index"] >= self.at and not os.path.exists(marker):
-            with open(marker, "w"):
+        if self.meta["index"] >= self.at:
+            try:  # O_EXCL: of two workers past ``at`` at once, only one kills itself
+                os.close(os.open(os.path.join(self.folder, "killed"), os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
                 pass
-            os.kill(os.getpid(), signal.SIGKILL)
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(0.002)
         return value
 
