@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from videoflow.engine.runner import process_state
+
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 #: The first lines of every flow script: the tests' modules importable, and Ctrl-C as in a
@@ -184,12 +186,5 @@ def wait_gone(pids: set[int], seconds: float) -> set[int]:
 
 
 def alive(pids: set[int]) -> set[int]:
-    left = set()
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
-                    left.add(pid)
-        except OSError:
-            pass
-    return left
+    """Those of ``pids`` still running (a zombie counts as gone)."""
+    return {pid for pid in pids if process_state(pid) not in ("", "Z")}

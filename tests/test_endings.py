@@ -35,12 +35,12 @@ from nodes import (
     Stuck,
     Unloadable,
 )
-from scripts import run_script, script_stats, write_script
+from scripts import alive, run_script, script_stats, write_script
 
 from videoflow import FlowError
 from videoflow.consumers import VoidConsumer
 from videoflow.core import BATCH, REALTIME, Flow
-from videoflow.engine.runner import forkserver_pid, process_state
+from videoflow.engine.runner import forkserver_pid
 from videoflow.producers import IntProducer, SyntheticFrameProducer
 
 FAST = {"stop_timeout": 0.5, "stop_grace": 0.5}
@@ -78,10 +78,6 @@ def run_to_error(source, node) -> tuple[Flow, FlowError]:
     err = join_error(flow)
     assert err.node == node.name, str(err)
     return flow, err
-
-
-def all_gone(pids: list[int]) -> bool:
-    return all(process_state(pid) in ("", "Z") for pid in pids)
 
 
 def stuck_flow(
@@ -408,7 +404,7 @@ def test_a_dead_forkserver_is_reported_as_such(tmp_path):
     assert err.node == "<forkserver>", str(err)
     assert f"the forkserver process (pid {server}) died" in str(err)
     assert "no node is to blame" in str(err)
-    wait_for(lambda: all_gone(noted(tmp_path, "pid")), 10, "the end of the orphaned tasks")
+    wait_for(lambda: not alive(set(noted(tmp_path, "pid"))), 10, "the end of the orphaned tasks")
     assert flow.stats().pool_slots_in_use == 0
     a2 = IntProducer(0, 5)
     flow2 = Flow([a2], [VoidConsumer()(a2)], flow_options={"start_method": "forkserver"})
