@@ -227,11 +227,6 @@ class RayEngine:
     def running(self) -> bool:
         return self._started and not self._done.is_set()
 
-    @property
-    def submit_s(self) -> float:
-        """Driver seconds spent submitting calls (its own cost per message)."""
-        return self._streams.submit_s
-
     # -- start -----------------------------------------------------------------------------
     def _check(self, stages: list[StageSpec]) -> None:
         """What the plan (built next, as the process engine builds it) does not check."""

@@ -216,7 +216,6 @@ class Streams:
         # order they were submitted (ray_watch.Watchdog.observe, RayEngine._settle).
         self.flight: dict[Any, Message] = {}
         self.delivered = 0  # messages that came back to the driver
-        self.submit_s = 0.0  # driver seconds spent submitting calls (its own cost per message)
 
     def build(self, plan: Plan, tasks: Sequence[Task], realtime: bool, window: int | None,
               queue_depth: int) -> None:
@@ -266,7 +265,6 @@ class Streams:
         metadata as an object of its own (``take_split``, ``call_split``): the driver pairs
         messages by it without fetching their outputs. Every call is noted in the message
         (``flight``), so that the watchdog can tell what each actor is doing."""
-        t0 = time.perf_counter()
         object_ref = self.object_ref
         results: dict[int, Any] = dict(inputs) if inputs else {}
         last: Any = None if meta is None else (meta, None)
@@ -298,10 +296,10 @@ class Streams:
                     last = method.remote(where, *args, number=number)
             if split:
                 meta_ref, last = last
-            calls.append((task, last, tuple(a for a in args if isinstance(a, object_ref))))
+            refs = tuple(a for a in args if isinstance(a, object_ref))
+            calls.append((task, last, refs))
             if task.ahead is not None:  # skip_when_busy: what this call waits for
-                self.loose.append(
-                    task.ahead.remote(number, [a for a in args if isinstance(a, object_ref)]))
+                self.loose.append(task.ahead.remote(number, list(refs)))
             results[spec.node_id] = last
             previous = spec.node_id
         self.flight[meta_ref if tail >= 0 else last] = Message(seg.seq, calls)
@@ -310,7 +308,6 @@ class Streams:
             seg.inflight.append((meta_ref, {n: results[n] for n in seg.carries}))
         else:
             seg.inflight.append((last, None))
-        self.submit_s += time.perf_counter() - t0
 
     def came_back(self, seg: Segment, meta: Any) -> bool:
         """The oldest message in flight of ``seg`` came back with ``meta``: its metadata, None
